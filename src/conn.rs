@@ -1,0 +1,534 @@
+//! The per-connection protocol state machine: windows, acknowledgements,
+//! retransmission back-off, heartbeats, loss detection and reordering.
+//!
+//! [`Conn`] performs no I/O and reads no clock, in the manner of quinn-proto:
+//! a driver feeds it decoded messages ([`Conn::handle`]), epoch ticks
+//! ([`Conn::on_epoch`]), application writes ([`Conn::write`]) and close
+//! requests ([`Conn::close`]), then pulls what to send ([`Conn::poll_transmit`]),
+//! what to hand to the reader ([`Conn::poll_delivered`]) and state changes
+//! ([`Conn::poll_event`]). Drivers call the `poll_*` methods after every input
+//! until they return `None`. Because time is just a count of `on_epoch` calls,
+//! the whole protocol can be tested deterministically.
+//!
+//! This is the "lsp buffer" of the design notes: `handle` is saveInboundMessage
+//! plus ackMessage/cAckMessage, `write` is relayOutboundMessage, and the window
+//! check is updateOutbox.
+
+use std::collections::VecDeque;
+
+use crate::message::{Message, MsgType};
+use crate::Params;
+
+/// A state change the driver must act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// A client's Connect was acknowledged; [`Conn::conn_id`] is now set.
+    Connected,
+    /// Nothing was heard from the peer for `epoch_limit` epochs (for a client
+    /// still connecting: the connect failed). Unsent and unacknowledged
+    /// messages were discarded.
+    Lost,
+    /// The connection is closing and every message written was acknowledged.
+    Drained,
+}
+
+/// Where the connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Client only: Connect sent, no Ack yet.
+    Connecting,
+    /// Exchanging data.
+    Open,
+    /// Closing: no new writes, nothing more delivered; waiting for acks.
+    Closing,
+    /// Closed after draining.
+    Drained,
+    /// Lost to the epoch limit.
+    Lost,
+}
+
+/// Why [`Conn::handle`] did not use a message. Drivers count these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// Data whose payload is shorter than `Size` or whose checksum is wrong.
+    Corrupt,
+    /// Data at or beyond the end of the receive window: dropped without an Ack.
+    OutsideWindow,
+    /// An Ack or CAck for a sequence number that was never sent.
+    UnsentAck,
+    /// A message that makes no sense in this phase (Data while connecting, a
+    /// Connect to a client, a message for another connection id).
+    Unexpected,
+}
+
+/// Counters kept by the state machine (the driver adds socket-level ones).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Distinct Data messages sent (first transmissions).
+    pub data_sent: u64,
+    /// Data retransmissions on the back-off schedule.
+    pub retransmissions: u64,
+    /// Payload bytes of first transmissions.
+    pub bytes_sent: u64,
+    /// Heartbeats `(Ack, id, 0)` sent.
+    pub heartbeats_sent: u64,
+    /// Acks sent for received Data.
+    pub acks_sent: u64,
+    /// Data messages delivered in order.
+    pub data_received: u64,
+    /// Payload bytes delivered in order.
+    pub bytes_received: u64,
+    /// Data messages received again (below the window or already buffered).
+    pub duplicates_received: u64,
+    /// Heartbeats received.
+    pub heartbeats_received: u64,
+    /// Data dropped by the integrity rules.
+    pub corrupt_received: u64,
+    /// Data dropped for being outside the receive window.
+    pub outside_window: u64,
+}
+
+/// One written message, from `write` until it is acknowledged.
+#[derive(Debug)]
+struct Outgoing {
+    payload: Vec<u8>,
+    acked: bool,
+    /// Epochs to wait, beyond one, before the next retransmission.
+    backoff: u32,
+    /// Epochs since the last transmission.
+    since_sent: u32,
+}
+
+/// A datagram waiting in [`Conn::poll_transmit`]. Data refers to the queued
+/// payload by sequence number, so nothing is copied until it is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transmit {
+    Connect,
+    Ack(u64),
+    Data(u64),
+}
+
+/// The protocol state of one connection. See the [module docs](self).
+#[derive(Debug)]
+pub struct Conn {
+    params: Params,
+    conn_id: u32,
+    isn: u64,
+    phase: Phase,
+
+    /// Sequence number of `out[0]`: the oldest unacknowledged message, or the
+    /// next to send when nothing is in flight.
+    base: u64,
+    /// Written messages: `out[..sent]` were sent at least once, the rest wait for the window.
+    out: VecDeque<Outgoing>,
+    sent: usize,
+    unacked: usize,
+    /// Whether any Data went out since the last epoch (no heartbeat needed then).
+    data_sent_this_epoch: bool,
+
+    /// Next sequence number to deliver in order.
+    expected: u64,
+    /// `window[i]` buffers sequence number `expected + i`; never longer than the window.
+    window: VecDeque<Option<Vec<u8>>>,
+    delivered: VecDeque<Vec<u8>>,
+
+    epochs_silent: u32,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<ConnEvent>,
+    counters: Counters,
+}
+
+impl Conn {
+    /// A client connection: it starts by sending `(Connect, 0, isn)`.
+    pub fn client(params: Params, isn: u64) -> Conn {
+        let mut conn = Conn::new(params, 0, isn, Phase::Connecting);
+        conn.transmits.push_back(Transmit::Connect);
+        conn
+    }
+
+    /// A server connection accepted from `(Connect, 0, isn)`: it starts by
+    /// sending `(Ack, conn_id, isn)`.
+    pub fn server(params: Params, conn_id: u32, isn: u64) -> Conn {
+        let mut conn = Conn::new(params, conn_id, isn, Phase::Open);
+        conn.transmits.push_back(Transmit::Ack(isn));
+        conn
+    }
+
+    fn new(params: Params, conn_id: u32, isn: u64, phase: Phase) -> Conn {
+        Conn {
+            params,
+            conn_id,
+            isn,
+            phase,
+            base: isn + 1,
+            out: VecDeque::new(),
+            sent: 0,
+            unacked: 0,
+            data_sent_this_epoch: false,
+            expected: isn + 1,
+            window: VecDeque::new(),
+            delivered: VecDeque::new(),
+            epochs_silent: 0,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    // ----- getters -----
+
+    /// The connection id (0 while a client is still connecting).
+    pub fn conn_id(&self) -> u32 {
+        self.conn_id
+    }
+
+    /// The client's initial sequence number.
+    pub fn isn(&self) -> u64 {
+        self.isn
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Messages sent and not yet acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.unacked
+    }
+
+    /// Messages written but not yet sent (waiting for the window).
+    pub fn queued(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// Oldest unacknowledged sequence number (or the next to send).
+    pub fn oldest_unacked(&self) -> u64 {
+        self.base
+    }
+
+    /// Sequence numbers currently unacknowledged, in order.
+    pub fn in_flight(&self) -> impl Iterator<Item = u64> + '_ {
+        let base = self.base;
+        self.out
+            .iter()
+            .take(self.sent)
+            .enumerate()
+            .filter(|(_, m)| !m.acked)
+            .map(move |(i, _)| base + i as u64)
+    }
+
+    /// Next sequence number the receiver will deliver.
+    pub fn next_expected(&self) -> u64 {
+        self.expected
+    }
+
+    /// Out-of-order messages buffered for delivery.
+    pub fn buffered(&self) -> usize {
+        self.window.iter().filter(|slot| slot.is_some()).count()
+    }
+
+    /// Epochs since anything was heard from the peer.
+    pub fn epochs_silent(&self) -> u32 {
+        self.epochs_silent
+    }
+
+    /// Whether everything written has been acknowledged.
+    pub fn is_idle(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// The state machine's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn is_live(&self) -> bool {
+        matches!(self.phase, Phase::Open | Phase::Closing)
+    }
+
+    // ----- inputs -----
+
+    /// Queues a payload for sending (relayOutboundMessage). It goes out at once
+    /// if the window allows. Ignored unless the connection is open.
+    pub fn write(&mut self, payload: Vec<u8>) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        self.out.push_back(Outgoing {
+            payload,
+            acked: false,
+            backoff: 0,
+            since_sent: 0,
+        });
+        self.fill_window();
+    }
+
+    /// Starts closing: no more writes are accepted, nothing more is delivered,
+    /// and [`ConnEvent::Drained`] follows once everything is acknowledged
+    /// (at once if it already is). Received Data is still acknowledged so the
+    /// peer can drain too.
+    pub fn close(&mut self) {
+        match self.phase {
+            Phase::Open => {
+                self.phase = Phase::Closing;
+                self.delivered.clear();
+                self.window.clear();
+                self.check_drained();
+            }
+            // A connect that never completed has nothing to drain.
+            Phase::Connecting => {
+                self.phase = Phase::Drained;
+                self.transmits.clear();
+                self.events.push_back(ConnEvent::Drained);
+            }
+            Phase::Closing | Phase::Drained | Phase::Lost => {}
+        }
+    }
+
+    /// Processes one message from the peer (the driver has already checked
+    /// that it came from the peer's address).
+    pub fn handle(&mut self, mut msg: Message<'_>) -> Result<(), Rejected> {
+        match self.phase {
+            Phase::Drained | Phase::Lost => return Err(Rejected::Unexpected),
+            Phase::Connecting => {
+                self.epochs_silent = 0;
+                // The first Ack carrying our isn answers the Connect (with isn 0 it
+                // looks like a heartbeat; that is the reference's behaviour too).
+                if msg.kind == MsgType::Ack && msg.seq_num == self.isn && msg.conn_id != 0 {
+                    self.conn_id = msg.conn_id;
+                    self.phase = Phase::Open;
+                    self.events.push_back(ConnEvent::Connected);
+                    self.fill_window();
+                    return Ok(());
+                }
+                return Err(Rejected::Unexpected);
+            }
+            Phase::Open | Phase::Closing => {}
+        }
+        if msg.conn_id != self.conn_id && msg.kind != MsgType::Connect {
+            return Err(Rejected::Unexpected);
+        }
+        match msg.kind {
+            MsgType::Connect => {
+                // A repeated Connect (our Ack was lost): answer it again.
+                if msg.seq_num != self.isn || self.conn_id == 0 {
+                    return Err(Rejected::Unexpected);
+                }
+                self.epochs_silent = 0;
+                self.transmits.push_back(Transmit::Ack(self.isn));
+                Ok(())
+            }
+            MsgType::Data => {
+                if !msg.verify_data() {
+                    self.counters.corrupt_received += 1;
+                    return Err(Rejected::Corrupt);
+                }
+                let sn = msg.seq_num;
+                let window = u64::from(self.params.window_size);
+                if sn >= self.expected.saturating_add(window) {
+                    self.counters.outside_window += 1;
+                    return Err(Rejected::OutsideWindow);
+                }
+                self.epochs_silent = 0;
+                self.transmits.push_back(Transmit::Ack(sn));
+                self.counters.acks_sent += 1;
+                if sn < self.expected {
+                    self.counters.duplicates_received += 1;
+                    return Ok(());
+                }
+                if self.phase == Phase::Closing {
+                    // Acknowledge so the peer drains, but deliver nothing more.
+                    return Ok(());
+                }
+                let index = (sn - self.expected) as usize;
+                if self.window.len() <= index {
+                    self.window.resize(index + 1, None);
+                }
+                if self.window[index].is_some() {
+                    self.counters.duplicates_received += 1;
+                    return Ok(());
+                }
+                self.window[index] = Some(msg.payload.into_owned());
+                while let Some(Some(_)) = self.window.front() {
+                    if let Some(Some(payload)) = self.window.pop_front() {
+                        self.counters.data_received += 1;
+                        self.counters.bytes_received += payload.len() as u64;
+                        self.delivered.push_back(payload);
+                    }
+                    self.expected += 1;
+                }
+                Ok(())
+            }
+            MsgType::Ack if msg.seq_num == 0 => {
+                self.epochs_silent = 0;
+                self.counters.heartbeats_received += 1;
+                Ok(())
+            }
+            MsgType::Ack => {
+                let sn = msg.seq_num;
+                if sn >= self.base + self.sent as u64 {
+                    return Err(Rejected::UnsentAck);
+                }
+                self.epochs_silent = 0;
+                if sn >= self.base {
+                    self.ack_one((sn - self.base) as usize);
+                    self.after_acks();
+                }
+                Ok(())
+            }
+            MsgType::CAck => {
+                let sn = msg.seq_num;
+                if sn >= self.base + self.sent as u64 {
+                    return Err(Rejected::UnsentAck);
+                }
+                self.epochs_silent = 0;
+                if sn >= self.base {
+                    for i in 0..=(sn - self.base) as usize {
+                        self.ack_one(i);
+                    }
+                    self.after_acks();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// One epoch passed: detect loss, retransmit on the back-off schedule,
+    /// send a heartbeat if no Data went out, resend an unanswered Connect.
+    pub fn on_epoch(&mut self) {
+        if !matches!(self.phase, Phase::Connecting | Phase::Open | Phase::Closing) {
+            return;
+        }
+        self.epochs_silent += 1;
+        if self.epochs_silent >= self.params.epoch_limit {
+            self.lose();
+            return;
+        }
+        if self.phase == Phase::Connecting {
+            self.transmits.push_back(Transmit::Connect);
+            return;
+        }
+        let cap = self.params.max_backoff_interval;
+        for (i, m) in self.out.iter_mut().take(self.sent).enumerate() {
+            if m.acked {
+                continue;
+            }
+            m.since_sent += 1;
+            if m.since_sent > m.backoff {
+                m.since_sent = 0;
+                m.backoff = if m.backoff == 0 {
+                    1
+                } else {
+                    m.backoff.saturating_mul(2)
+                }
+                .min(cap);
+                self.transmits
+                    .push_back(Transmit::Data(self.base + i as u64));
+                self.counters.retransmissions += 1;
+                self.data_sent_this_epoch = true;
+            }
+        }
+        if !self.data_sent_this_epoch {
+            self.transmits.push_back(Transmit::Ack(0));
+            self.counters.heartbeats_sent += 1;
+        }
+        self.data_sent_this_epoch = false;
+    }
+
+    // ----- outputs -----
+
+    /// The next datagram to send, if any. Data borrows its queued payload.
+    pub fn poll_transmit(&mut self) -> Option<Message<'_>> {
+        loop {
+            let t = self.transmits.pop_front()?;
+            return Some(match t {
+                Transmit::Connect => Message::connect(self.isn),
+                Transmit::Ack(sn) => Message::ack(self.conn_id, sn),
+                Transmit::Data(sn) => {
+                    // Acknowledged since it was queued: nothing to send.
+                    let Some(m) = sn
+                        .checked_sub(self.base)
+                        .and_then(|i| self.out.get(i as usize))
+                    else {
+                        continue;
+                    };
+                    if m.acked {
+                        continue;
+                    }
+                    Message::data(self.conn_id, sn, &m.payload)
+                }
+            });
+        }
+    }
+
+    /// The next payload to hand to the application, in order.
+    pub fn poll_delivered(&mut self) -> Option<Vec<u8>> {
+        self.delivered.pop_front()
+    }
+
+    /// The next state change.
+    pub fn poll_event(&mut self) -> Option<ConnEvent> {
+        self.events.pop_front()
+    }
+
+    // ----- internals -----
+
+    /// Sends queued messages while `seq <= base + window - 1` and fewer than
+    /// `max_unacked` are in flight (updateOutbox).
+    fn fill_window(&mut self) {
+        if !self.is_live() {
+            return;
+        }
+        let window = self.params.window_size as usize;
+        let max_unacked = self.params.max_unacked_messages as usize;
+        while self.sent < self.out.len() && self.sent < window && self.unacked < max_unacked {
+            let m = &mut self.out[self.sent];
+            m.backoff = 0;
+            m.since_sent = 0;
+            self.counters.data_sent += 1;
+            self.counters.bytes_sent += m.payload.len() as u64;
+            self.transmits
+                .push_back(Transmit::Data(self.base + self.sent as u64));
+            self.sent += 1;
+            self.unacked += 1;
+            self.data_sent_this_epoch = true;
+        }
+    }
+
+    fn ack_one(&mut self, index: usize) {
+        let m = &mut self.out[index];
+        if !m.acked {
+            m.acked = true;
+            m.payload = Vec::new();
+            self.unacked -= 1;
+        }
+    }
+
+    fn after_acks(&mut self) {
+        while self.out.front().is_some_and(|m| m.acked) {
+            self.out.pop_front();
+            self.base += 1;
+            self.sent -= 1;
+        }
+        self.fill_window();
+        self.check_drained();
+    }
+
+    fn check_drained(&mut self) {
+        if self.phase == Phase::Closing && self.out.is_empty() {
+            self.phase = Phase::Drained;
+            self.events.push_back(ConnEvent::Drained);
+        }
+    }
+
+    fn lose(&mut self) {
+        self.phase = Phase::Lost;
+        self.out.clear();
+        self.sent = 0;
+        self.unacked = 0;
+        self.window.clear();
+        self.transmits.clear();
+        self.events.push_back(ConnEvent::Lost);
+    }
+}

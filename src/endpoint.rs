@@ -1,0 +1,509 @@
+//! The thin threaded driver shared by [`Client`](crate::Client) and
+//! [`Server`](crate::Server).
+//!
+//! Each instance owns one UDP socket and three threads:
+//!
+//! * the **receive thread** decodes datagrams and hands them to the role
+//!   (client or server), which runs the state machine under the connection's
+//!   lock and sends Acks and newly allowed Data itself;
+//! * the **epoch thread** ticks every epoch (and releases datagrams held back
+//!   by the delay fault);
+//! * the **close manager** waits for a close request, asks the role to drain,
+//!   waits until it has, then stops the other two threads, joins them and
+//!   releases the socket.
+//!
+//! User threads send directly from `write`, so a message needs no thread
+//! hand-off on the way out; only delivery to `read` crosses a channel.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{after, never, select, tick, unbounded, Receiver, Sender};
+use parking_lot::{Mutex, RwLock};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::faults::{Injector, Plan};
+use crate::message::{DecodeError, Message, MAX_DATAGRAM};
+use crate::{Error, Faults, Params};
+
+/// Socket buffer size we ask the kernel for.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Socket-level counters of one instance.
+#[derive(Debug, Default)]
+pub(crate) struct IoCounters {
+    pub datagrams_received: AtomicU64,
+    pub datagrams_sent: AtomicU64,
+    /// Not JSON, wrong shape, unknown type, bad base64.
+    pub malformed: AtomicU64,
+    /// Well-formed but unusable: wrong address for the connection, unknown
+    /// connection, corrupt, outside the window, acks for unsent messages.
+    pub rejected: AtomicU64,
+    pub send_errors: AtomicU64,
+}
+
+/// A datagram held back by the delay fault.
+struct Delayed {
+    due: Instant,
+    bytes: Vec<u8>,
+    to: SocketAddr,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        self.due == other.due
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.due.cmp(&other.due)
+    }
+}
+
+thread_local! {
+    /// Encoding buffer reused by every send from this thread.
+    static ENCODE_BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(2048));
+}
+
+/// The socket and everything needed to send on it.
+pub(crate) struct Io {
+    /// `None` once the instance is closed, which releases the port.
+    socket: RwLock<Option<UdpSocket>>,
+    local_addr: SocketAddr,
+    pub params: Params,
+    faults: Option<Injector>,
+    delayed: Sender<Delayed>,
+    pub counters: IoCounters,
+    /// Signalled by the role when closing has drained every connection.
+    drained: Sender<()>,
+}
+
+impl Io {
+    /// Encodes `msg` and sends it to `to`, applying the instance's faults.
+    /// Send errors are counted and logged, never returned: for a datagram
+    /// protocol they are indistinguishable from loss.
+    pub(crate) fn send(&self, msg: &Message<'_>, to: SocketAddr) {
+        let mut delay = None;
+        let mut replacement = None;
+        if let Some(faults) = &self.faults {
+            match faults.plan(msg, self.params.epoch()) {
+                Plan::Drop => {
+                    log::trace!("fault: dropped outgoing {msg:?}");
+                    return;
+                }
+                Plan::Send { msg, delay: d } => {
+                    replacement = msg;
+                    delay = d;
+                }
+            }
+        }
+        let msg = replacement.as_ref().unwrap_or(msg);
+        ENCODE_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            msg.encode(&mut buf);
+            if let Some(delay) = delay {
+                let _ = self.delayed.send(Delayed {
+                    due: Instant::now() + delay,
+                    bytes: buf.clone(),
+                    to,
+                });
+            } else {
+                self.send_raw(&buf, to);
+            }
+        });
+    }
+
+    fn send_raw(&self, bytes: &[u8], to: SocketAddr) {
+        let guard = self.socket.read();
+        let Some(socket) = guard.as_ref() else { return };
+        match socket.send_to(bytes, to) {
+            Ok(_) => {
+                self.counters.datagrams_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) => {
+                self.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                log::debug!("send to {to} failed: {err}");
+            }
+        }
+    }
+
+    /// Called by the role when a close it was asked for has finished draining.
+    pub(crate) fn signal_drained(&self) {
+        let _ = self.drained.send(());
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub(crate) fn count_rejected(&self, from: SocketAddr, what: &dyn std::fmt::Debug) {
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        log::debug!("dropped datagram from {from}: {what:?}");
+    }
+}
+
+/// What a client or server does with datagrams, epochs and close requests.
+pub(crate) trait Role: Send + Sync + 'static {
+    /// A decoded datagram from `from`.
+    fn on_message(&self, io: &Io, from: SocketAddr, msg: Message<'_>);
+    /// One epoch passed.
+    fn on_epoch(&self, io: &Io);
+    /// Stop accepting work and drain; call [`Io::signal_drained`] when done
+    /// (possibly from inside this call).
+    fn begin_close(&self, io: &Io);
+    /// The outcome of the close, asked once after draining.
+    fn close_result(&self) -> Result<(), Error>;
+}
+
+/// State shared by the user's handle and the instance's threads.
+pub(crate) struct Shared<R> {
+    pub io: Io,
+    pub role: R,
+}
+
+/// A close request sent to the close manager; `reply` is `None` for a drop.
+struct CloseRequest {
+    reply: Option<Sender<Result<(), Error>>>,
+}
+
+/// The running threads of one instance, owned by the user's handle.
+pub(crate) struct Endpoint<R: Role> {
+    pub shared: Arc<Shared<R>>,
+    close_tx: Sender<CloseRequest>,
+    manager: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+/// Creates a UDP socket bound to `addr` with large buffers.
+pub(crate) fn bind_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel caps these at its own maximum.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// The unspecified address of `peer`'s family, port 0: where a client binds.
+pub(crate) fn any_addr_for(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    }
+}
+
+impl<R: Role> Endpoint<R> {
+    /// Starts the threads around `socket`. `role` is built from the [`Io`]'s
+    /// pieces it may need before the threads run (nothing is received yet).
+    pub(crate) fn start(
+        socket: UdpSocket,
+        params: Params,
+        faults: Faults,
+        role: R,
+    ) -> Result<Endpoint<R>, Error> {
+        let local_addr = socket.local_addr()?;
+        let receiver = socket.try_clone()?;
+        let (delay_tx, delay_rx) = unbounded();
+        let (drained_tx, drained_rx) = unbounded();
+        let shared = Arc::new(Shared {
+            io: Io {
+                socket: RwLock::new(Some(socket)),
+                local_addr,
+                params,
+                faults: Injector::new(faults),
+                delayed: delay_tx,
+                counters: IoCounters::default(),
+                drained: drained_tx,
+            },
+            role,
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop_epoch_tx, stop_epoch_rx) = unbounded::<()>();
+
+        let recv = {
+            let shared = shared.clone();
+            let stop = stop.clone();
+            spawn("liveseq-recv", move || {
+                receive_loop(&shared, receiver, &stop)
+            })?
+        };
+        let epoch = {
+            let for_thread = shared.clone();
+            match spawn("liveseq-epoch", move || {
+                epoch_loop(&for_thread, delay_rx, stop_epoch_rx)
+            }) {
+                Ok(handle) => handle,
+                Err(err) => {
+                    stop_receiver(&shared.io, &stop);
+                    let _ = recv.join();
+                    return Err(err);
+                }
+            }
+        };
+        let (close_tx, close_rx) = unbounded::<CloseRequest>();
+        let manager = {
+            let shared = shared.clone();
+            let threads = Threads {
+                recv,
+                epoch,
+                stop,
+                stop_epoch: stop_epoch_tx,
+            };
+            // If this spawn fails the threads are stopped when `threads` drops.
+            spawn("liveseq-close", move || {
+                close_manager(&shared, close_rx, drained_rx, threads)
+            })?
+        };
+        Ok(Endpoint {
+            shared,
+            close_tx,
+            manager: Mutex::new(Some(manager)),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Closes and waits: drains, stops every thread, releases the socket.
+    /// A second call returns [`Error::Closed`].
+    pub(crate) fn close(&self) -> Result<(), Error> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        let (reply_tx, reply_rx) = unbounded();
+        let result = match self.close_tx.send(CloseRequest {
+            reply: Some(reply_tx),
+        }) {
+            Ok(()) => reply_rx.recv().unwrap_or(Err(Error::Closed)),
+            Err(_) => Err(Error::Closed),
+        };
+        if let Some(manager) = self.manager.lock().take() {
+            let _ = manager.join();
+        }
+        result
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+impl<R: Role> Drop for Endpoint<R> {
+    /// Dropping without `close` closes in the background: pending messages
+    /// are still delivered, then the threads exit on their own.
+    fn drop(&mut self) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            let _ = self.close_tx.send(CloseRequest { reply: None });
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, Error> {
+    Ok(thread::Builder::new().name(name.to_string()).spawn(f)?)
+}
+
+/// The receive and epoch threads, stopped and joined by the close manager.
+struct Threads {
+    recv: JoinHandle<()>,
+    epoch: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    stop_epoch: Sender<()>,
+}
+
+fn close_manager<R: Role>(
+    shared: &Shared<R>,
+    requests: Receiver<CloseRequest>,
+    drained: Receiver<()>,
+    threads: Threads,
+) {
+    // Every handle gone without a request (impossible, but harmless): just stop.
+    let request = requests.recv().ok();
+    log::debug!("closing {}: draining connections", shared.io.local_addr);
+    shared.role.begin_close(&shared.io);
+    let _ = drained.recv();
+    let result = shared.role.close_result();
+    log::debug!("closing {}: stopping threads", shared.io.local_addr);
+    let Threads {
+        recv,
+        epoch,
+        stop,
+        stop_epoch,
+    } = threads;
+    drop(stop_epoch);
+    stop_receiver(&shared.io, &stop);
+    let _ = epoch.join();
+    let _ = recv.join();
+    log::debug!("closing {}: releasing the socket", shared.io.local_addr);
+    shared.io.socket.write().take();
+    if let Some(CloseRequest { reply: Some(reply) }) = request {
+        let _ = reply.send(result);
+    }
+}
+
+/// Makes the receive thread leave its blocking `recv_from`: set the flag, then
+/// send an empty datagram to our own port. If the kernel drops it because the
+/// buffer is full, the thread wakes for the queued datagrams and sees the flag.
+fn stop_receiver(io: &Io, stop: &AtomicBool) {
+    stop.store(true, Ordering::SeqCst);
+    let mut to = io.local_addr;
+    if to.ip().is_unspecified() {
+        to.set_ip(match to {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let guard = io.socket.read();
+    if let Some(socket) = guard.as_ref() {
+        if let Err(err) = socket.send_to(&[], to) {
+            log::warn!("could not wake the receive thread: {err}");
+        }
+    }
+}
+
+fn receive_loop<R: Role>(shared: &Shared<R>, socket: UdpSocket, stop: &AtomicBool) {
+    let io = &shared.io;
+    // One byte more than the largest datagram, so nothing is silently cut.
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    loop {
+        let received = socket.recv_from(&mut buf);
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let (len, from) = match received {
+            Ok(r) => r,
+            Err(err) => {
+                // ICMP errors and the like: loss, as far as LSP is concerned.
+                log::debug!("receive error: {err}");
+                continue;
+            }
+        };
+        io.counters
+            .datagrams_received
+            .fetch_add(1, Ordering::Relaxed);
+        if io.faults.as_ref().is_some_and(|f| f.drop_read()) {
+            continue;
+        }
+        match Message::decode(&buf[..len]) {
+            Ok(msg) => shared.role.on_message(io, from, msg),
+            Err(err) => {
+                io.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                log_malformed(from, err, &buf[..len]);
+            }
+        }
+    }
+}
+
+fn log_malformed(from: SocketAddr, err: DecodeError, datagram: &[u8]) {
+    if log::log_enabled!(log::Level::Debug) {
+        let shown = &datagram[..datagram.len().min(80)];
+        log::debug!(
+            "dropped malformed datagram from {from} ({err:?}): {:?}",
+            String::from_utf8_lossy(shown)
+        );
+    }
+}
+
+fn epoch_loop<R: Role>(shared: &Shared<R>, delay_rx: Receiver<Delayed>, stop: Receiver<()>) {
+    let io = &shared.io;
+    // `tick` has capacity one: a slow epoch merges ticks rather than bursting.
+    let ticker = tick(io.params.epoch());
+    let mut held: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
+    loop {
+        let next_due = match held.peek() {
+            Some(Reverse(d)) => after(d.due.saturating_duration_since(Instant::now())),
+            None => never(),
+        };
+        select! {
+            recv(ticker) -> _ => shared.role.on_epoch(io),
+            recv(delay_rx) -> d => if let Ok(d) = d { held.push(Reverse(d)) },
+            recv(next_due) -> _ => {}
+            recv(stop) -> _ => return,
+        }
+        let now = Instant::now();
+        while held.peek().is_some_and(|Reverse(d)| d.due <= now) {
+            if let Some(Reverse(d)) = held.pop() {
+                io.send_raw(&d.bytes, d.to);
+            }
+        }
+    }
+}
+
+/// The application side of an instance: delivered items, and a channel that
+/// disconnects when the instance is closed so that blocked readers wake.
+pub(crate) struct Inbox<T> {
+    pub tx: Sender<T>,
+    rx: Receiver<T>,
+    shutdown_tx: Mutex<Option<Sender<()>>>,
+    shutdown_rx: Receiver<()>,
+}
+
+/// What a read that found nothing returns.
+pub(crate) enum Empty {
+    Closed,
+    Timeout,
+}
+
+impl<T> Inbox<T> {
+    pub(crate) fn new() -> Inbox<T> {
+        let (tx, rx) = unbounded();
+        let (shutdown_tx, shutdown_rx) = unbounded();
+        Inbox {
+            tx,
+            rx,
+            shutdown_tx: Mutex::new(Some(shutdown_tx)),
+            shutdown_rx,
+        }
+    }
+
+    /// Wakes every blocked reader; later reads return `Empty::Closed`.
+    pub(crate) fn shut(&self) {
+        self.shutdown_tx.lock().take();
+    }
+
+    /// Blocks until an item arrives, the inbox is shut, or `timeout` passes.
+    pub(crate) fn recv(&self, timeout: Option<Duration>) -> Result<T, Empty> {
+        if self.shutdown_tx.lock().is_none() {
+            return Err(Empty::Closed);
+        }
+        let timer = match timeout {
+            Some(t) => after(t),
+            None => never(),
+        };
+        select! {
+            recv(self.rx) -> item => item.map_err(|_| Empty::Closed),
+            recv(self.shutdown_rx) -> _ => Err(Empty::Closed),
+            recv(timer) -> _ => Err(Empty::Timeout),
+        }
+    }
+}
+
+/// Checks a write against the largest payload that fits one datagram.
+pub(crate) fn check_payload(len: usize, max: usize) -> Result<(), Error> {
+    if len > max {
+        Err(Error::PayloadTooLarge { len, max })
+    } else {
+        Ok(())
+    }
+}
+
+/// Validates a configured maximum datagram size.
+pub(crate) fn check_datagram_size(size: usize) -> Result<(), Error> {
+    if !(crate::message::DEFAULT_MAX_DATAGRAM / 4..=MAX_DATAGRAM).contains(&size) {
+        return Err(Error::InvalidParams(format!(
+            "max_datagram_size must be between 368 and {MAX_DATAGRAM}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! The one error type of the crate.
+
+use crate::ConnId;
+
+/// Everything that can go wrong in liveseq.
+///
+/// Messages are short and lower-case, in the style of `std::io::Error`.
+///
+/// # Examples
+///
+/// ```
+/// use liveseq::{Error, ConnId};
+///
+/// let err = Error::ConnectionLost(ConnId::from(3));
+/// assert_eq!(err.to_string(), "connection 3 lost");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error from the UDP socket (binding, for example).
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A [`Params`](crate::Params) field has an invalid value; the string names it.
+    #[error("invalid parameters: {0}")]
+    InvalidParams(String),
+    /// The server did not acknowledge the Connect within `epoch_limit` epochs.
+    #[error("connect timed out")]
+    ConnectTimeout,
+    /// Nothing was heard from the peer for `epoch_limit` epochs.
+    #[error("connection {0} lost")]
+    ConnectionLost(ConnId),
+    /// The connection was closed with [`Server::close_conn`](crate::Server::close_conn).
+    #[error("connection {0} closed")]
+    ConnectionClosed(ConnId),
+    /// The client or server was closed.
+    #[error("endpoint closed")]
+    Closed,
+    /// The server has no connection with this id (never had, or it is gone).
+    #[error("unknown connection {0}")]
+    UnknownConnection(ConnId),
+    /// The payload does not fit in one datagram of the configured maximum size.
+    #[error("payload of {len} bytes exceeds the maximum of {max}")]
+    PayloadTooLarge {
+        /// Length of the rejected payload.
+        len: usize,
+        /// Largest payload that fits.
+        max: usize,
+    },
+    /// Nothing arrived before the timeout of a `read_timeout`.
+    #[error("timed out")]
+    Timeout,
+    /// The server's `close` finished, but these connections were lost before
+    /// everything written to them was acknowledged.
+    #[error("connections lost during close: {0:?}")]
+    LostDuringClose(Vec<ConnId>),
+}

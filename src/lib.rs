@@ -1,0 +1,52 @@
+//! # liveseq: the Live Sequence Protocol
+//!
+//! LSP gives you reliable, ordered, exactly-once messages over UDP, with
+//! message boundaries and loss detection. A [`Server`] talks to many
+//! [`Client`]s over one socket; every API blocks like `std::net` does and
+//! needs no async runtime. liveseq speaks the same bytes as the Go LSP
+//! implementations used in distributed-systems teaching.
+//!
+//! ```
+//! use liveseq::{Client, Params, Server};
+//!
+//! # fn main() -> Result<(), liveseq::Error> {
+//! let params = Params { epoch_millis: 100, ..Params::default() };
+//! let server = Server::bind("127.0.0.1:0", params)?;
+//! let client = Client::connect(server.local_addr()?, params)?;
+//!
+//! client.write(b"hello")?;
+//! let (id, msg) = server.read()?;
+//! server.write(id, &msg)?;
+//! assert_eq!(client.read()?, b"hello");
+//!
+//! client.close()?;
+//! server.close()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The protocol logic lives in [`Conn`], a state machine that does no I/O
+//! and reads no clock; the client and server are thin threaded drivers
+//! around it.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod checksum;
+mod client;
+pub mod conn;
+mod endpoint;
+mod error;
+mod faults;
+pub mod message;
+mod params;
+mod server;
+
+pub use checksum::checksum;
+pub use client::{Client, ClientBuilder};
+pub use conn::Conn;
+pub use error::Error;
+pub use faults::Faults;
+pub use message::{max_payload, Message, MsgType};
+pub use params::Params;
+pub use server::{ConnId, Server, ServerBuilder};

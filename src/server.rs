@@ -1,0 +1,552 @@
+//! The LSP server: many clients on one UDP socket, with a fixed number of threads.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::conn::{Conn, ConnEvent, Phase};
+use crate::endpoint::{self, Empty, Endpoint, Inbox, Io, Role};
+use crate::message::{max_payload, Message, MsgType, DEFAULT_MAX_DATAGRAM};
+use crate::{Error, Faults, Params};
+
+/// Identifies one client connection of a [`Server`].
+///
+/// # Examples
+///
+/// ```
+/// use liveseq::ConnId;
+///
+/// let id = ConnId::from(7);
+/// assert_eq!(u32::from(id), 7);
+/// assert_eq!(id.to_string(), "7");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub(crate) u32);
+
+impl From<u32> for ConnId {
+    fn from(id: u32) -> Self {
+        ConnId(id)
+    }
+}
+
+impl From<ConnId> for u32 {
+    fn from(id: ConnId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// What the threads hand to `read`, in order.
+enum Item {
+    Data(u32, Vec<u8>),
+    Lost(u32),
+    /// Queued by `close_conn` behind the connection's last data.
+    Closed(u32),
+}
+
+/// One connection in the table.
+struct Entry {
+    id: u32,
+    addr: SocketAddr,
+    state: Mutex<EntryState>,
+}
+
+struct EntryState {
+    conn: Conn,
+    /// `close_conn` was called: nothing more goes to `read`.
+    closed_by_user: bool,
+}
+
+#[derive(Default)]
+struct Table {
+    by_addr: HashMap<SocketAddr, Arc<Entry>>,
+    by_id: HashMap<u32, Arc<Entry>>,
+    next_id: u32,
+    /// The server is closing: no new connections; signal when empty.
+    closing: bool,
+}
+
+/// The server side of the state shared with the threads.
+pub(crate) struct ServerRole {
+    table: Mutex<Table>,
+    inbox: Inbox<Item>,
+    /// Ids passed to `close_conn` whose `Closed` item `read` has not returned yet:
+    /// data from them still in the inbox is skipped.
+    user_closed: Mutex<HashSet<u32>>,
+    lost_during_close: Mutex<Vec<crate::ConnId>>,
+}
+
+/// What to do with an entry once its lock is released (the table lock is
+/// never taken while a connection lock is held).
+#[derive(PartialEq)]
+enum After {
+    Keep,
+    Remove,
+}
+
+impl ServerRole {
+    /// Sends what the state machine wants sent, hands delivered data to the
+    /// inbox and acts on events. Runs under the entry's lock.
+    fn drive(&self, io: &Io, entry: &Entry, s: &mut EntryState) -> After {
+        while let Some(msg) = s.conn.poll_transmit() {
+            io.send(&msg, entry.addr);
+        }
+        while let Some(payload) = s.conn.poll_delivered() {
+            if !s.closed_by_user {
+                let _ = self.inbox.tx.send(Item::Data(entry.id, payload));
+            }
+        }
+        let mut after = After::Keep;
+        while let Some(event) = s.conn.poll_event() {
+            match event {
+                ConnEvent::Lost => {
+                    log::debug!("connection {} ({}) lost", entry.id, entry.addr);
+                    if s.conn.phase() == Phase::Lost && !s.closed_by_user {
+                        let _ = self.inbox.tx.send(Item::Lost(entry.id));
+                    }
+                    after = After::Remove;
+                }
+                ConnEvent::Drained => {
+                    log::debug!("connection {} ({}) closed", entry.id, entry.addr);
+                    after = After::Remove;
+                }
+                ConnEvent::Connected => {}
+            }
+        }
+        after
+    }
+
+    /// Removes `entry` if it is still the one in the table; signals the close
+    /// manager when a closing server has no connection left.
+    fn remove(&self, io: &Io, entries: &[Arc<Entry>]) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut table = self.table.lock();
+        for entry in entries {
+            if table
+                .by_id
+                .get(&entry.id)
+                .is_some_and(|e| Arc::ptr_eq(e, entry))
+            {
+                table.by_id.remove(&entry.id);
+            }
+            if table
+                .by_addr
+                .get(&entry.addr)
+                .is_some_and(|e| Arc::ptr_eq(e, entry))
+            {
+                table.by_addr.remove(&entry.addr);
+            }
+        }
+        if table.closing && table.by_id.is_empty() {
+            io.signal_drained();
+        }
+    }
+
+    fn on_connect(&self, io: &Io, from: SocketAddr, isn: u64) {
+        let mut table = self.table.lock();
+        if let Some(existing) = table.by_addr.get(&from).cloned() {
+            let mut s = existing.state.lock();
+            if s.conn.isn() == isn {
+                // Our Ack was lost: answer the repeated Connect the same way.
+                let _ = s.conn.handle(Message::connect(isn));
+                self.drive(io, &existing, &mut s);
+                return;
+            }
+            if table.closing {
+                return;
+            }
+            // A new incarnation of the client at this address: the old
+            // connection is gone for good.
+            log::debug!(
+                "connection {} ({from}) replaced by a new connect",
+                existing.id
+            );
+            if !s.closed_by_user && matches!(s.conn.phase(), Phase::Open | Phase::Closing) {
+                let _ = self.inbox.tx.send(Item::Lost(existing.id));
+            }
+            drop(s);
+            table.by_id.remove(&existing.id);
+            table.by_addr.remove(&from);
+        }
+        if table.closing {
+            return;
+        }
+        table.next_id = table.next_id.wrapping_add(1).max(1);
+        while table.by_id.contains_key(&table.next_id) {
+            table.next_id = table.next_id.wrapping_add(1).max(1);
+        }
+        let id = table.next_id;
+        let entry = Arc::new(Entry {
+            id,
+            addr: from,
+            state: Mutex::new(EntryState {
+                conn: Conn::server(io.params, id, isn),
+                closed_by_user: false,
+            }),
+        });
+        log::debug!("connection {id} accepted from {from} (isn {isn})");
+        table.by_addr.insert(from, entry.clone());
+        table.by_id.insert(id, entry.clone());
+        let mut s = entry.state.lock();
+        self.drive(io, &entry, &mut s);
+    }
+
+    fn lookup(&self, id: crate::ConnId) -> Result<Arc<Entry>, Error> {
+        self.table
+            .lock()
+            .by_id
+            .get(&id.0)
+            .cloned()
+            .ok_or(Error::UnknownConnection(id))
+    }
+}
+
+impl Role for ServerRole {
+    fn on_message(&self, io: &Io, from: SocketAddr, msg: Message<'_>) {
+        if msg.kind == MsgType::Connect {
+            self.on_connect(io, from, msg.seq_num);
+            return;
+        }
+        let Some(entry) = self.table.lock().by_addr.get(&from).cloned() else {
+            io.count_rejected(from, &"no connection from this address");
+            return;
+        };
+        if msg.conn_id != entry.id {
+            io.count_rejected(
+                from,
+                &format_args!("connection id {} is not this address's", msg.conn_id),
+            );
+            return;
+        }
+        let after = {
+            let mut s = entry.state.lock();
+            if let Err(why) = s.conn.handle(msg) {
+                io.count_rejected(from, &why);
+            }
+            self.drive(io, &entry, &mut s)
+        };
+        if after == After::Remove {
+            self.remove(io, &[entry]);
+        }
+    }
+
+    fn on_epoch(&self, io: &Io) {
+        let entries: Vec<Arc<Entry>> = self.table.lock().by_id.values().cloned().collect();
+        let mut gone = Vec::new();
+        for entry in entries {
+            let mut s = entry.state.lock();
+            let was_closing = s.conn.phase() == Phase::Closing;
+            s.conn.on_epoch();
+            if self.drive(io, &entry, &mut s) == After::Remove {
+                if s.conn.phase() == Phase::Lost && was_closing && self.table.lock().closing {
+                    self.lost_during_close.lock().push(crate::ConnId(entry.id));
+                }
+                drop(s);
+                gone.push(entry);
+            }
+        }
+        self.remove(io, &gone);
+    }
+
+    fn begin_close(&self, io: &Io) {
+        let entries: Vec<Arc<Entry>> = {
+            let mut table = self.table.lock();
+            table.closing = true;
+            table.by_id.values().cloned().collect()
+        };
+        let mut gone = Vec::new();
+        for entry in entries {
+            let mut s = entry.state.lock();
+            s.closed_by_user = true;
+            s.conn.close();
+            if self.drive(io, &entry, &mut s) == After::Remove {
+                drop(s);
+                gone.push(entry);
+            }
+        }
+        self.remove(io, &gone);
+        if self.table.lock().by_id.is_empty() {
+            io.signal_drained();
+        }
+    }
+
+    fn close_result(&self) -> Result<(), Error> {
+        let mut lost = std::mem::take(&mut *self.lost_during_close.lock());
+        if lost.is_empty() {
+            Ok(())
+        } else {
+            lost.sort();
+            Err(Error::LostDuringClose(lost))
+        }
+    }
+}
+
+/// An LSP server: accepts any number of clients on one UDP socket.
+///
+/// All methods take `&self`, and `Server` is `Send + Sync`: one thread may
+/// block in [`read`](Server::read) while others write, close connections or
+/// close the server. The server runs three threads however many clients it has.
+///
+/// # Examples
+///
+/// An echo server:
+///
+/// ```no_run
+/// use liveseq::{Error, Params, Server};
+///
+/// # fn main() -> Result<(), Error> {
+/// let server = Server::bind("127.0.0.1:9999", Params::default())?;
+/// loop {
+///     match server.read() {
+///         Ok((id, msg)) => server.write(id, &msg)?,
+///         Err(Error::ConnectionLost(id)) => eprintln!("client {id} lost"),
+///         Err(Error::ConnectionClosed(_)) => {}
+///         Err(err) => return Err(err),
+///     }
+/// }
+/// # }
+/// ```
+pub struct Server {
+    endpoint: Endpoint<ServerRole>,
+    max_payload: usize,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.endpoint.shared.io.local_addr())
+            .finish()
+    }
+}
+
+/// Configures a [`Server`] before binding.
+///
+/// # Examples
+///
+/// ```
+/// use liveseq::{Faults, Params, Server};
+///
+/// # fn main() -> Result<(), liveseq::Error> {
+/// let server = Server::builder()
+///     .params(Params { epoch_millis: 50, ..Params::default() })
+///     .faults(Faults { read_drop_percent: 10, ..Faults::default() })
+///     .max_datagram_size(9000)
+///     .bind("127.0.0.1:0")?;
+/// assert_eq!(server.max_payload(), liveseq::max_payload(9000));
+/// server.close()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ServerBuilder {
+    params: Params,
+    faults: Faults,
+    max_datagram_size: Option<usize>,
+}
+
+impl ServerBuilder {
+    /// Protocol parameters (default: [`Params::default`]).
+    pub fn params(mut self, params: Params) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// Faults to inject into this server's traffic (default: none).
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Largest datagram this server sends, 368 to 65507 bytes (default 1472).
+    pub fn max_datagram_size(mut self, size: usize) -> Self {
+        self.max_datagram_size = Some(size);
+        self
+    }
+
+    /// Binds the server's socket to `addr` and starts serving. Does not block.
+    pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Server, Error> {
+        self.params.validate()?;
+        let max_datagram = self.max_datagram_size.unwrap_or(DEFAULT_MAX_DATAGRAM);
+        endpoint::check_datagram_size(max_datagram)?;
+        let mut last_err = None;
+        for addr in addr.to_socket_addrs()? {
+            match endpoint::bind_socket(addr) {
+                Ok(socket) => {
+                    let role = ServerRole {
+                        table: Mutex::new(Table::default()),
+                        inbox: Inbox::new(),
+                        user_closed: Mutex::new(HashSet::new()),
+                        lost_during_close: Mutex::new(Vec::new()),
+                    };
+                    let endpoint = Endpoint::start(socket, self.params, self.faults, role)?;
+                    log::debug!("server listening on {}", endpoint.shared.io.local_addr());
+                    return Ok(Server {
+                        endpoint,
+                        max_payload: max_payload(max_datagram),
+                    });
+                }
+                Err(err) => last_err = Some(err),
+            }
+        }
+        Err(Error::Io(last_err.unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind to")
+        })))
+    }
+}
+
+impl Server {
+    /// Binds to `addr` with the given parameters and no faults.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Params, Server};
+    ///
+    /// let server = Server::bind("127.0.0.1:0", Params::default()).unwrap();
+    /// assert_ne!(server.local_addr().unwrap().port(), 0);
+    /// server.close().unwrap();
+    /// ```
+    pub fn bind(addr: impl ToSocketAddrs, params: Params) -> Result<Server, Error> {
+        Server::builder().params(params).bind(addr)
+    }
+
+    /// A builder for the less common settings.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The address the server's socket is bound to.
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        Ok(self.endpoint.shared.io.local_addr())
+    }
+
+    /// The largest payload [`write`](Server::write) accepts.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Blocks until a message from any client arrives (each client's messages
+    /// in order), or a connection ends.
+    ///
+    /// Returns `Err(ConnectionLost(id))` once per lost connection, after its
+    /// last message; `Err(ConnectionClosed(id))` once after
+    /// [`close_conn`](Server::close_conn); `Err(Closed)` after [`close`](Server::close).
+    pub fn read(&self) -> Result<(crate::ConnId, Vec<u8>), Error> {
+        self.read_inner(None)
+    }
+
+    /// Like [`read`](Server::read), but gives up with [`Error::Timeout`] after `timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Error, Params, Server};
+    /// use std::time::Duration;
+    ///
+    /// let server = Server::bind("127.0.0.1:0", Params::default()).unwrap();
+    /// assert!(matches!(server.read_timeout(Duration::from_millis(5)), Err(Error::Timeout)));
+    /// ```
+    pub fn read_timeout(&self, timeout: Duration) -> Result<(crate::ConnId, Vec<u8>), Error> {
+        self.read_inner(Some(timeout))
+    }
+
+    fn read_inner(&self, timeout: Option<Duration>) -> Result<(crate::ConnId, Vec<u8>), Error> {
+        let role = &self.endpoint.shared.role;
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            if self.endpoint.is_closed() {
+                return Err(Error::Closed);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            let item = match role.inbox.recv(left) {
+                Ok(item) => item,
+                Err(Empty::Closed) => return Err(Error::Closed),
+                Err(Empty::Timeout) => return Err(Error::Timeout),
+            };
+            match item {
+                Item::Data(id, payload) => {
+                    if !role.user_closed.lock().contains(&id) {
+                        return Ok((crate::ConnId(id), payload));
+                    }
+                }
+                Item::Lost(id) => return Err(Error::ConnectionLost(crate::ConnId(id))),
+                Item::Closed(id) => {
+                    role.user_closed.lock().remove(&id);
+                    return Err(Error::ConnectionClosed(crate::ConnId(id)));
+                }
+            }
+        }
+    }
+
+    /// Queues `payload` for connection `id` and returns at once.
+    ///
+    /// Fails with [`Error::UnknownConnection`] if there is no such connection
+    /// (it never existed, was lost, or finished closing),
+    /// [`Error::ConnectionClosed`] after [`close_conn`](Server::close_conn),
+    /// [`Error::PayloadTooLarge`], or [`Error::Closed`].
+    pub fn write(&self, id: crate::ConnId, payload: &[u8]) -> Result<(), Error> {
+        endpoint::check_payload(payload.len(), self.max_payload)?;
+        if self.endpoint.is_closed() {
+            return Err(Error::Closed);
+        }
+        let shared = &self.endpoint.shared;
+        let entry = shared.role.lookup(id)?;
+        let mut s = entry.state.lock();
+        match s.conn.phase() {
+            Phase::Open => {
+                s.conn.write(payload.to_vec());
+                shared.role.drive(&shared.io, &entry, &mut s);
+                Ok(())
+            }
+            Phase::Closing | Phase::Drained => Err(Error::ConnectionClosed(id)),
+            Phase::Lost | Phase::Connecting => Err(Error::UnknownConnection(id)),
+        }
+    }
+
+    /// Closes connection `id` without blocking: messages already written are
+    /// still delivered (in the background), but `read` returns nothing more
+    /// from it, only one `Err(ConnectionClosed(id))`.
+    pub fn close_conn(&self, id: crate::ConnId) -> Result<(), Error> {
+        if self.endpoint.is_closed() {
+            return Err(Error::Closed);
+        }
+        let shared = &self.endpoint.shared;
+        let entry = shared.role.lookup(id)?;
+        let after = {
+            let mut s = entry.state.lock();
+            if s.closed_by_user {
+                return Ok(());
+            }
+            s.closed_by_user = true;
+            shared.role.user_closed.lock().insert(id.0);
+            let _ = shared.role.inbox.tx.send(Item::Closed(id.0));
+            s.conn.close();
+            shared.role.drive(&shared.io, &entry, &mut s)
+        };
+        if after == After::Remove {
+            shared.role.remove(&shared.io, &[entry]);
+        }
+        Ok(())
+    }
+
+    /// Closes the server: blocks until every message written to every client
+    /// is acknowledged, then stops the server's threads and releases its
+    /// socket. Connections lost meanwhile are reported with
+    /// [`Error::LostDuringClose`]. A `read` blocked in another thread returns
+    /// [`Error::Closed`] at once.
+    pub fn close(&self) -> Result<(), Error> {
+        self.endpoint.shared.role.inbox.shut();
+        self.endpoint.close()
+    }
+}
