@@ -93,6 +93,8 @@ pub struct Counters {
 struct Outgoing {
     payload: Vec<u8>,
     acked: bool,
+    /// Retransmitted at least once (its ack then gives no RTT sample).
+    retransmitted: bool,
     /// Epochs to wait, beyond one, before the next retransmission.
     backoff: u32,
     /// Epochs since the last transmission.
@@ -135,6 +137,8 @@ pub struct Conn {
     epochs_silent: u32,
     transmits: VecDeque<Transmit>,
     events: VecDeque<ConnEvent>,
+    /// Sequence numbers acknowledged on their first transmission.
+    first_acked: VecDeque<u64>,
     counters: Counters,
 }
 
@@ -171,6 +175,7 @@ impl Conn {
             epochs_silent: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            first_acked: VecDeque::new(),
             counters: Counters::default(),
         }
     }
@@ -258,6 +263,7 @@ impl Conn {
         self.out.push_back(Outgoing {
             payload,
             acked: false,
+            retransmitted: false,
             backoff: 0,
             since_sent: 0,
         });
@@ -417,6 +423,7 @@ impl Conn {
             m.since_sent += 1;
             if m.since_sent > m.backoff {
                 m.since_sent = 0;
+                m.retransmitted = true;
                 m.backoff = if m.backoff == 0 {
                     1
                 } else {
@@ -467,6 +474,17 @@ impl Conn {
         self.delivered.pop_front()
     }
 
+    /// The next sequence number acknowledged on its first transmission
+    /// (drivers use these for round-trip time samples).
+    pub fn poll_first_acked(&mut self) -> Option<u64> {
+        self.first_acked.pop_front()
+    }
+
+    /// Sequence number the next newly sent message will carry.
+    pub fn next_unsent(&self) -> u64 {
+        self.base + self.sent as u64
+    }
+
     /// The next state change.
     pub fn poll_event(&mut self) -> Option<ConnEvent> {
         self.events.pop_front()
@@ -502,6 +520,9 @@ impl Conn {
             m.acked = true;
             m.payload = Vec::new();
             self.unacked -= 1;
+            if !m.retransmitted {
+                self.first_acked.push_back(self.base + index as u64);
+            }
         }
     }
 
@@ -524,6 +545,7 @@ impl Conn {
 
     fn lose(&mut self) {
         self.phase = Phase::Lost;
+        self.first_acked.clear();
         self.out.clear();
         self.sent = 0;
         self.unacked = 0;

@@ -86,6 +86,8 @@ pub(crate) struct Io {
     pub params: Params,
     faults: Option<Injector>,
     delayed: Sender<Delayed>,
+    /// Datagrams the reorder fault holds until the next send (or epoch).
+    held_back: Mutex<Vec<(Vec<u8>, SocketAddr)>>,
     pub counters: IoCounters,
     /// Signalled by the role when closing has drained every connection.
     drained: Sender<()>,
@@ -96,35 +98,52 @@ impl Io {
     /// Send errors are counted and logged, never returned: for a datagram
     /// protocol they are indistinguishable from loss.
     pub(crate) fn send(&self, msg: &Message<'_>, to: SocketAddr) {
-        let mut delay = None;
-        let mut replacement = None;
-        if let Some(faults) = &self.faults {
-            match faults.plan(msg, self.params.epoch()) {
-                Plan::Drop => {
-                    log::trace!("fault: dropped outgoing {msg:?}");
-                    return;
-                }
-                Plan::Send { msg, delay: d } => {
-                    replacement = msg;
-                    delay = d;
-                }
+        let Some(faults) = &self.faults else {
+            ENCODE_BUF.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                buf.clear();
+                msg.encode(&mut buf);
+                self.send_raw(&buf, to);
+            });
+            return;
+        };
+        let (replacement, delay, duplicate, reorder) = match faults.plan(msg, self.params.epoch()) {
+            Plan::Drop => {
+                log::trace!("fault: dropped outgoing {msg:?}");
+                return;
             }
-        }
-        let msg = replacement.as_ref().unwrap_or(msg);
-        ENCODE_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            buf.clear();
-            msg.encode(&mut buf);
+            Plan::Send {
+                msg,
+                delay,
+                duplicate,
+                reorder,
+            } => (msg, delay, duplicate, reorder),
+        };
+        let mut bytes = Vec::new();
+        replacement.as_ref().unwrap_or(msg).encode(&mut bytes);
+        let copies = if duplicate { 2 } else { 1 };
+        for _ in 0..copies {
             if let Some(delay) = delay {
                 let _ = self.delayed.send(Delayed {
                     due: Instant::now() + delay,
-                    bytes: buf.clone(),
+                    bytes: bytes.clone(),
                     to,
                 });
+            } else if reorder {
+                self.held_back.lock().push((bytes.clone(), to));
             } else {
-                self.send_raw(&buf, to);
+                self.send_raw(&bytes, to);
+                self.release_held_back();
             }
-        });
+        }
+    }
+
+    /// Sends the datagrams the reorder fault held back.
+    fn release_held_back(&self) {
+        let held = std::mem::take(&mut *self.held_back.lock());
+        for (bytes, to) in held {
+            self.send_raw(&bytes, to);
+        }
     }
 
     fn send_raw(&self, bytes: &[u8], to: SocketAddr) {
@@ -226,6 +245,7 @@ impl<R: Role> Endpoint<R> {
                 params,
                 faults: Injector::new(faults),
                 delayed: delay_tx,
+                held_back: Mutex::new(Vec::new()),
                 counters: IoCounters::default(),
                 drained: drained_tx,
             },
@@ -426,7 +446,12 @@ fn epoch_loop<R: Role>(shared: &Shared<R>, delay_rx: Receiver<Delayed>, stop: Re
             None => never(),
         };
         select! {
-            recv(ticker) -> _ => shared.role.on_epoch(io),
+            recv(ticker) -> _ => {
+                if io.faults.is_some() {
+                    io.release_held_back();
+                }
+                shared.role.on_epoch(io);
+            }
             recv(delay_rx) -> d => if let Ok(d) = d { held.push(Reverse(d)) },
             recv(next_due) -> _ => {}
             recv(stop) -> _ => return,

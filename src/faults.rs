@@ -20,6 +20,9 @@ use crate::message::{Message, MsgType};
 /// * `lengthen_percent`: append bytes to a sent Data payload, keeping `Size` (the receiver must truncate).
 /// * `corrupt_percent`: flip the first byte of a sent Data payload, keeping `Checksum` (the receiver must drop it).
 /// * `delay_percent`: hold a sent datagram back for a random time of up to two epochs (this reorders).
+/// * `duplicate_percent`: send a datagram twice.
+/// * `reorder_percent`: hold a datagram back until after the next one is sent
+///   (or the next epoch, if nothing else is sent).
 /// * `seed`: seed of the random generator, for repeatable runs (random when `None`).
 ///
 /// # Examples
@@ -45,6 +48,10 @@ pub struct Faults {
     pub corrupt_percent: u8,
     /// Percent of sent datagrams delayed by up to two epochs.
     pub delay_percent: u8,
+    /// Percent of sent datagrams sent twice.
+    pub duplicate_percent: u8,
+    /// Percent of sent datagrams held back behind the next one.
+    pub reorder_percent: u8,
     /// Seed for the fault generator; `None` picks one at random.
     pub seed: Option<u64>,
 }
@@ -58,6 +65,8 @@ impl Faults {
             | self.lengthen_percent
             | self.corrupt_percent
             | self.delay_percent
+            | self.duplicate_percent
+            | self.reorder_percent
             != 0
     }
 }
@@ -66,8 +75,12 @@ impl Faults {
 pub(crate) enum Plan<'m> {
     Drop,
     Send {
+        /// A mangled replacement for the message.
         msg: Option<Message<'m>>,
         delay: Option<Duration>,
+        duplicate: bool,
+        /// Hold it until the next datagram has been sent.
+        reorder: bool,
     },
 }
 
@@ -126,9 +139,13 @@ impl Injector {
         }
         let delay =
             chance(&mut rng, f.delay_percent).then(|| epoch.mul_f64(rng.gen_range(0.0..2.0)));
+        let duplicate = chance(&mut rng, f.duplicate_percent);
+        let reorder = chance(&mut rng, f.reorder_percent);
         Plan::Send {
             msg: mangled,
             delay,
+            duplicate,
+            reorder,
         }
     }
 }
