@@ -1,20 +1,26 @@
 //! The LSP client: one connection to one server.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
 
-use crate::conn::{Conn, ConnEvent, Phase};
+use crate::conn::{Conn, Event, Phase};
 use crate::endpoint::{self, Empty, Endpoint, Inbox, Io, Role};
+use crate::lifecycle::{ConnEvent, ConnState, ReconnectPolicy, Subscribers};
 use crate::message::{max_payload, Message, MsgType, DEFAULT_MAX_DATAGRAM};
+use crate::stats::{ConnStats, Timing};
 use crate::{ConnId, Error, Faults, Params};
 
 /// What the receive and epoch threads hand to `read`, in order.
 enum Item {
     Data(Vec<u8>),
-    Lost,
+    Lost(u32),
+    Reconnected { old: u32, new: u32 },
 }
 
 /// The client side of the state shared with the threads.
@@ -22,59 +28,144 @@ pub(crate) struct ClientRole {
     server: SocketAddr,
     conn: Mutex<ClientConn>,
     inbox: Inbox<Item>,
+    events: Subscribers,
+    /// The current connection id, readable without the lock.
+    conn_id: AtomicU32,
 }
 
 struct ClientConn {
     conn: Conn,
-    /// Told once whether the connect succeeded; `None` afterwards.
+    timing: Timing,
+    state: ConnState,
+    /// Told once whether the first connect succeeded; `None` afterwards.
     connected: Option<Sender<Result<u32, Error>>>,
     closing: bool,
-    /// Set when the connection was lost with messages still unacknowledged.
+    /// The connection ended with messages never acknowledged.
     lost_with_pending: bool,
+    policy: Option<ReconnectPolicy>,
+    /// Reconnect attempts since the last connection that exchanged data.
+    attempt: u32,
+    /// While waiting to dial again: when to send the Connect.
+    redial_at: Option<Instant>,
+    /// The connection lost before a reconnect, reported to `read` at the gap.
+    lost_id: Option<u32>,
+    rng: SmallRng,
 }
 
 impl ClientRole {
-    /// Sends what the state machine wants sent and acts on its events.
-    /// Runs under the connection lock.
+    fn set_state(&self, c: &mut ClientConn, conn_id: u32, state: ConnState) {
+        c.state = state;
+        self.events
+            .emit((conn_id != 0).then_some(conn_id), self.server, state);
+    }
+
+    /// Sends what the state machine wants sent, hands data to `read` and acts
+    /// on events. Runs under the connection lock, which keeps events in order.
     fn drive(&self, io: &Io, c: &mut ClientConn) {
-        while let Some(msg) = c.conn.poll_transmit() {
-            io.send(&msg, self.server);
+        if c.redial_at.is_none() {
+            while let Some(msg) = c.conn.poll_transmit() {
+                io.send(&msg, self.server);
+            }
         }
+        let conn = &mut c.conn;
+        c.timing.update(
+            conn.next_unsent(),
+            conn.oldest_unacked(),
+            std::iter::from_fn(|| conn.poll_first_acked()),
+        );
         while let Some(payload) = c.conn.poll_delivered() {
             let _ = self.inbox.tx.send(Item::Data(payload));
         }
         while let Some(event) = c.conn.poll_event() {
+            let id = c.conn.conn_id();
             match event {
-                ConnEvent::Connected => {
-                    log::debug!(
-                        "connected to {} as connection {}",
-                        self.server,
-                        c.conn.conn_id()
-                    );
+                Event::Connected => {
+                    log::debug!("connected to {} as connection {id}", self.server);
+                    self.conn_id.store(id, Ordering::SeqCst);
+                    c.timing.mark_connected();
                     if let Some(tx) = c.connected.take() {
-                        let _ = tx.send(Ok(c.conn.conn_id()));
+                        let _ = tx.send(Ok(id));
                     }
+                    if let Some(old) = c.lost_id.take() {
+                        let _ = self.inbox.tx.send(Item::Reconnected { old, new: id });
+                    }
+                    self.set_state(c, id, ConnState::Connected);
                 }
-                ConnEvent::Lost => {
+                Event::Lost if id == 0 => {
                     if let Some(tx) = c.connected.take() {
                         log::debug!("connect to {} timed out", self.server);
                         let _ = tx.send(Err(Error::ConnectTimeout));
+                        self.set_state(c, 0, ConnState::Refused);
                     } else {
-                        log::debug!("connection {} to {} lost", c.conn.conn_id(), self.server);
-                        let _ = self.inbox.tx.send(Item::Lost);
-                    }
-                    if c.closing {
-                        c.lost_with_pending = true;
-                        io.signal_drained();
+                        log::debug!(
+                            "reconnect attempt {} to {} timed out",
+                            c.attempt,
+                            self.server
+                        );
+                        self.redial(io, c);
                     }
                 }
-                ConnEvent::Drained => {
+                Event::Lost => {
+                    log::debug!("connection {id} to {} lost", self.server);
+                    self.set_state(c, id, ConnState::Lost);
+                    if c.policy.is_some() && !c.closing {
+                        c.lost_id = Some(id);
+                        self.redial(io, c);
+                    } else {
+                        let _ = self.inbox.tx.send(Item::Lost(id));
+                        c.lost_with_pending |= c.conn.take_orphans().into_iter().next().is_some();
+                        if c.closing {
+                            io.signal_drained();
+                        }
+                    }
+                }
+                Event::Drained => {
+                    self.set_state(c, id, ConnState::Closed);
                     if c.closing {
                         io.signal_drained();
                     }
                 }
             }
         }
+        if c.attempt > 0
+            && c.conn.phase() == Phase::Open
+            && (c.conn.counters().data_received > 0 || c.conn.oldest_unacked() > c.conn.isn() + 1)
+        {
+            c.attempt = 0;
+        }
+    }
+
+    /// Schedules the next reconnect attempt, or gives up.
+    fn redial(&self, io: &Io, c: &mut ClientConn) {
+        let orphans = c.conn.take_orphans();
+        let Some(policy) = &c.policy else { return };
+        c.attempt += 1;
+        if policy.max_attempts.is_some_and(|max| c.attempt > max) {
+            log::debug!(
+                "giving up reconnecting to {} after {} attempts",
+                self.server,
+                c.attempt - 1
+            );
+            c.lost_with_pending = !orphans.is_empty();
+            let lost = c.lost_id.take().unwrap_or(0);
+            let _ = self.inbox.tx.send(Item::Lost(lost));
+            self.set_state(c, 0, ConnState::Refused);
+            return;
+        }
+        let delay = policy.delay(c.attempt, &mut c.rng);
+        log::debug!(
+            "reconnecting to {} in {delay:?} (attempt {})",
+            self.server,
+            c.attempt
+        );
+        c.redial_at = Some(Instant::now() + delay);
+        c.conn = Conn::client(io.params, u64::from(rand::random::<u32>().max(1)));
+        for payload in orphans {
+            c.conn.write(payload);
+        }
+        c.timing = Timing::new(c.conn.next_unsent());
+        let attempt = c.attempt;
+        self.set_state(c, 0, ConnState::Reconnecting { attempt });
     }
 }
 
@@ -85,32 +176,63 @@ impl Role for ClientRole {
             return;
         }
         let mut c = self.conn.lock();
-        if msg.kind == MsgType::Connect {
-            io.count_rejected(from, &"connect sent to a client");
+        if msg.kind == MsgType::Connect || c.redial_at.is_some() {
+            c.timing.rejected += 1;
+            io.count_rejected(from, &"unexpected message");
             return;
         }
         if let Err(why) = c.conn.handle(msg) {
+            c.timing.rejected += 1;
             io.count_rejected(from, &why);
         }
         self.drive(io, &mut c);
     }
 
+    fn on_malformed(&self, from: SocketAddr) {
+        if from == self.server {
+            self.conn.lock().timing.malformed += 1;
+        }
+    }
+
     fn on_epoch(&self, io: &Io) {
         let mut c = self.conn.lock();
-        c.conn.on_epoch();
-        self.drive(io, &mut c);
+        if c.redial_at.is_none() {
+            c.conn.on_epoch();
+            self.drive(io, &mut c);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.conn.lock().redial_at
+    }
+
+    fn on_deadline(&self, io: &Io) {
+        let mut c = self.conn.lock();
+        if c.redial_at.is_some_and(|at| at <= Instant::now()) {
+            c.redial_at = None;
+            self.drive(io, &mut c);
+        }
     }
 
     fn begin_close(&self, io: &Io) {
         let mut c = self.conn.lock();
         c.closing = true;
         match c.conn.phase() {
-            Phase::Lost => {
-                c.lost_with_pending = c.lost_with_pending || !c.conn.is_idle();
+            Phase::Lost | Phase::Drained => io.signal_drained(),
+            Phase::Connecting => {
+                // Waiting to reconnect, or dialling: cancel it.
+                log::debug!("close: reconnect to {} cancelled", self.server);
+                c.redial_at = None;
+                c.lost_with_pending |= !c.conn.is_idle();
+                c.conn.abort();
+                if !c.state.is_terminal() {
+                    self.set_state(&mut c, 0, ConnState::Closed);
+                }
                 io.signal_drained();
             }
-            Phase::Drained => io.signal_drained(),
-            _ => {
+            Phase::Open | Phase::Closing => {
+                let id = c.conn.conn_id();
+                self.set_state(&mut c, id, ConnState::Closing);
                 c.conn.close();
                 self.drive(io, &mut c);
             }
@@ -120,10 +242,23 @@ impl Role for ClientRole {
     fn close_result(&self) -> Result<(), Error> {
         let c = self.conn.lock();
         if c.lost_with_pending {
-            Err(Error::ConnectionLost(ConnId(c.conn.conn_id())))
+            Err(Error::ConnectionLost(ConnId(
+                self.conn_id.load(Ordering::SeqCst),
+            )))
         } else {
             Ok(())
         }
+    }
+
+    fn abort(&self, io: &Io) -> usize {
+        let mut c = self.conn.lock();
+        let discarded = c.conn.abort();
+        if !c.state.is_terminal() {
+            let id = c.conn.conn_id();
+            self.set_state(&mut c, id, ConnState::Closed);
+        }
+        io.signal_drained();
+        discarded
     }
 }
 
@@ -156,16 +291,15 @@ impl Role for ClientRole {
 /// ```
 pub struct Client {
     endpoint: Endpoint<ClientRole>,
-    conn_id: ConnId,
     max_payload: usize,
     /// Set once `read` has reported the loss, so later reads repeat it.
-    lost_seen: Mutex<bool>,
+    lost_seen: Mutex<Option<ConnId>>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("conn_id", &self.conn_id)
+            .field("conn_id", &self.conn_id())
             .field("local_addr", &self.endpoint.shared.io.local_addr())
             .field("server", &self.endpoint.shared.role.server)
             .finish()
@@ -177,7 +311,7 @@ impl std::fmt::Debug for Client {
 /// # Examples
 ///
 /// ```no_run
-/// use liveseq::{Client, Faults, Params};
+/// use liveseq::{Client, Faults, Params, ReconnectPolicy};
 ///
 /// # fn main() -> Result<(), liveseq::Error> {
 /// let client = Client::builder()
@@ -185,6 +319,7 @@ impl std::fmt::Debug for Client {
 ///     .initial_seq_num(1000)
 ///     .faults(Faults { write_drop_percent: 10, ..Faults::default() })
 ///     .max_datagram_size(9000)
+///     .reconnect(ReconnectPolicy::default())
 ///     .connect("127.0.0.1:9999")?;
 /// # Ok(())
 /// # }
@@ -195,6 +330,8 @@ pub struct ClientBuilder {
     isn: Option<u32>,
     faults: Faults,
     max_datagram_size: Option<usize>,
+    reconnect: Option<ReconnectPolicy>,
+    events: Vec<Sender<ConnEvent>>,
 }
 
 impl ClientBuilder {
@@ -223,12 +360,46 @@ impl ClientBuilder {
         self
     }
 
+    /// Dial again after losing the connection, as `policy` says (default:
+    /// off). See [`ReconnectPolicy`] for what happens to messages in flight.
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
+    /// Also sends this client's lifecycle events to `tx`, from before the
+    /// connect starts (so `Connecting`, then `Connected` or `Refused`, are seen).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Client, ConnState, Params};
+    ///
+    /// let quiet = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    /// let (tx, rx) = crossbeam_channel::unbounded();
+    /// let params = Params { epoch_millis: 10, epoch_limit: 2, ..Params::default() };
+    /// assert!(Client::builder().params(params).events(tx).connect(quiet.local_addr().unwrap()).is_err());
+    /// let states: Vec<ConnState> = rx.try_iter().map(|e| e.state).collect();
+    /// assert_eq!(states, [ConnState::Connecting, ConnState::Refused]);
+    /// ```
+    pub fn events(mut self, tx: Sender<ConnEvent>) -> Self {
+        self.events.push(tx);
+        self
+    }
+
     /// Connects to the server at `addr`, blocking until it acknowledges or
     /// `epoch_limit` epochs pass without an answer ([`Error::ConnectTimeout`]).
     pub fn connect(self, addr: impl ToSocketAddrs) -> Result<Client, Error> {
         self.params.validate()?;
         let max_datagram = self.max_datagram_size.unwrap_or(DEFAULT_MAX_DATAGRAM);
         endpoint::check_datagram_size(max_datagram)?;
+        if let Some(policy) = &self.reconnect {
+            if policy.delays.iter().any(|(lo, hi)| lo > hi) {
+                return Err(Error::InvalidParams(
+                    "reconnect delays must be (min, max) with min <= max".into(),
+                ));
+            }
+        }
         let server = addr.to_socket_addrs()?.next().ok_or_else(|| {
             Error::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -238,16 +409,31 @@ impl ClientBuilder {
         let isn = self.isn.unwrap_or_else(|| rand::random::<u32>().max(1));
         let socket = endpoint::bind_socket(endpoint::any_addr_for(server))?;
         let (connected_tx, connected_rx) = bounded(1);
+        let conn = Conn::client(self.params, u64::from(isn));
+        let events = Subscribers::default();
+        for tx in self.events {
+            events.add(tx);
+        }
         let role = ClientRole {
             server,
             conn: Mutex::new(ClientConn {
-                conn: Conn::client(self.params, u64::from(isn)),
+                timing: Timing::new(conn.next_unsent()),
+                conn,
+                state: ConnState::Connecting,
                 connected: Some(connected_tx),
                 closing: false,
                 lost_with_pending: false,
+                policy: self.reconnect,
+                attempt: 0,
+                redial_at: None,
+                lost_id: None,
+                rng: SmallRng::from_entropy(),
             }),
             inbox: Inbox::new(),
+            events,
+            conn_id: AtomicU32::new(0),
         };
+        role.events.emit(None, server, ConnState::Connecting);
         let endpoint = Endpoint::start(socket, self.params, self.faults, role)?;
         {
             let shared = &endpoint.shared;
@@ -259,18 +445,17 @@ impl ClientBuilder {
             endpoint.shared.io.local_addr()
         );
         match connected_rx.recv() {
-            Ok(Ok(id)) => Ok(Client {
+            Ok(Ok(_)) => Ok(Client {
                 endpoint,
-                conn_id: ConnId(id),
                 max_payload: max_payload(max_datagram),
-                lost_seen: Mutex::new(false),
+                lost_seen: Mutex::new(None),
             }),
             Ok(Err(err)) => {
-                let _ = endpoint.close();
+                let _ = endpoint.close(None);
                 Err(err)
             }
             Err(_) => {
-                let _ = endpoint.close();
+                let _ = endpoint.close(None);
                 Err(Error::Closed)
             }
         }
@@ -301,9 +486,9 @@ impl Client {
         ClientBuilder::default()
     }
 
-    /// The id the server gave this connection.
+    /// The id the server gave this connection (a reconnect changes it).
     pub fn conn_id(&self) -> ConnId {
-        self.conn_id
+        ConnId(self.endpoint.shared.role.conn_id.load(Ordering::SeqCst))
     }
 
     /// The local address of the client's socket.
@@ -321,10 +506,39 @@ impl Client {
         self.max_payload
     }
 
+    /// The connection's current state.
+    pub fn state(&self) -> ConnState {
+        self.endpoint.shared.role.conn.lock().state
+    }
+
+    /// Subscribes to this client's lifecycle events, from now on (see
+    /// [`Server::subscribe`](crate::Server::subscribe) for the guarantees).
+    pub fn subscribe(&self) -> Receiver<ConnEvent> {
+        self.endpoint.shared.role.events.subscribe()
+    }
+
+    /// A snapshot of the connection's statistics.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Params, Server};
+    /// # let params = Params { epoch_millis: 100, ..Params::default() };
+    /// # let server = Server::bind("127.0.0.1:0", params).unwrap();
+    /// let client = Client::connect(server.local_addr().unwrap(), params).unwrap();
+    /// assert!(client.stats().connect_time.is_some());
+    /// ```
+    pub fn stats(&self) -> ConnStats {
+        let c = self.endpoint.shared.role.conn.lock();
+        c.timing.snapshot(&c.conn)
+    }
+
     /// Blocks until the next message from the server arrives, in order.
     ///
     /// Returns [`Error::ConnectionLost`] once every message received before
     /// the loss has been read, and [`Error::Closed`] after [`close`](Client::close).
+    /// With a reconnect policy, [`Error::Reconnected`] marks where the old
+    /// connection's messages end and the new one's begin.
     pub fn read(&self) -> Result<Vec<u8>, Error> {
         self.read_inner(None)
     }
@@ -350,15 +564,19 @@ impl Client {
         if self.endpoint.is_closed() {
             return Err(Error::Closed);
         }
-        if *self.lost_seen.lock() {
-            return Err(Error::ConnectionLost(self.conn_id));
+        if let Some(id) = *self.lost_seen.lock() {
+            return Err(Error::ConnectionLost(id));
         }
         match self.endpoint.shared.role.inbox.recv(timeout) {
             Ok(Item::Data(payload)) => Ok(payload),
-            Ok(Item::Lost) => {
-                *self.lost_seen.lock() = true;
-                Err(Error::ConnectionLost(self.conn_id))
+            Ok(Item::Lost(id)) => {
+                *self.lost_seen.lock() = Some(ConnId(id));
+                Err(Error::ConnectionLost(ConnId(id)))
             }
+            Ok(Item::Reconnected { old, new }) => Err(Error::Reconnected {
+                old: ConnId(old),
+                new: ConnId(new),
+            }),
             Err(Empty::Closed) => Err(Error::Closed),
             Err(Empty::Timeout) => Err(Error::Timeout),
         }
@@ -366,6 +584,7 @@ impl Client {
 
     /// Queues `payload` for the server and returns at once; it is sent as
     /// soon as the window allows (immediately, from this thread, if it does).
+    /// While a reconnect is under way, it waits for the new connection.
     ///
     /// Fails with [`Error::PayloadTooLarge`], [`Error::ConnectionLost`] or
     /// [`Error::Closed`].
@@ -377,22 +596,31 @@ impl Client {
         let shared = &self.endpoint.shared;
         let mut c = shared.role.conn.lock();
         match c.conn.phase() {
-            Phase::Open => {
+            Phase::Open | Phase::Connecting if !c.state.is_terminal() => {
                 c.conn.write(payload.to_vec());
                 shared.role.drive(&shared.io, &mut c);
                 Ok(())
             }
-            Phase::Lost => Err(Error::ConnectionLost(self.conn_id)),
+            Phase::Lost | Phase::Connecting => Err(Error::ConnectionLost(self.conn_id())),
             _ => Err(Error::Closed),
         }
     }
 
     /// Closes the connection: blocks until every message written has been
     /// acknowledged (or the connection is lost: [`Error::ConnectionLost`]),
-    /// then stops the client's threads and releases its socket. A `read`
-    /// blocked in another thread returns [`Error::Closed`] at once.
+    /// then stops the client's threads and releases its socket. A pending
+    /// reconnect is cancelled. A `read` blocked in another thread returns
+    /// [`Error::Closed`] at once.
     pub fn close(&self) -> Result<(), Error> {
         self.endpoint.shared.role.inbox.shut();
-        self.endpoint.close()
+        self.endpoint.close(None)
+    }
+
+    /// Like [`close`](Client::close), but gives up draining after `timeout`:
+    /// what is left is discarded and the result is [`Error::CloseTimedOut`].
+    /// The threads have stopped when this returns, whatever the result.
+    pub fn close_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        self.endpoint.shared.role.inbox.shut();
+        self.endpoint.close(Some(Instant::now() + timeout))
     }
 }

@@ -21,12 +21,12 @@ use crate::Params;
 
 /// A state change the driver must act on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConnEvent {
+pub enum Event {
     /// A client's Connect was acknowledged; [`Conn::conn_id`] is now set.
     Connected,
     /// Nothing was heard from the peer for `epoch_limit` epochs (for a client
     /// still connecting: the connect failed). Unsent and unacknowledged
-    /// messages were discarded.
+    /// messages were set aside: see [`Conn::take_orphans`].
     Lost,
     /// The connection is closing and every message written was acknowledged.
     Drained,
@@ -136,9 +136,11 @@ pub struct Conn {
 
     epochs_silent: u32,
     transmits: VecDeque<Transmit>,
-    events: VecDeque<ConnEvent>,
+    events: VecDeque<Event>,
     /// Sequence numbers acknowledged on their first transmission.
     first_acked: VecDeque<u64>,
+    /// Payloads never acknowledged when the connection was lost, in order.
+    orphans: Vec<Vec<u8>>,
     counters: Counters,
 }
 
@@ -176,6 +178,7 @@ impl Conn {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             first_acked: VecDeque::new(),
+            orphans: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -255,9 +258,10 @@ impl Conn {
     // ----- inputs -----
 
     /// Queues a payload for sending (relayOutboundMessage). It goes out at once
-    /// if the window allows. Ignored unless the connection is open.
+    /// if the window allows; a client still connecting sends it once connected.
+    /// Ignored once the connection is closing, closed or lost.
     pub fn write(&mut self, payload: Vec<u8>) {
-        if self.phase != Phase::Open {
+        if !matches!(self.phase, Phase::Open | Phase::Connecting) {
             return;
         }
         self.out.push_back(Outgoing {
@@ -271,7 +275,7 @@ impl Conn {
     }
 
     /// Starts closing: no more writes are accepted, nothing more is delivered,
-    /// and [`ConnEvent::Drained`] follows once everything is acknowledged
+    /// and [`Event::Drained`] follows once everything is acknowledged
     /// (at once if it already is). Received Data is still acknowledged so the
     /// peer can drain too.
     pub fn close(&mut self) {
@@ -286,7 +290,7 @@ impl Conn {
             Phase::Connecting => {
                 self.phase = Phase::Drained;
                 self.transmits.clear();
-                self.events.push_back(ConnEvent::Drained);
+                self.events.push_back(Event::Drained);
             }
             Phase::Closing | Phase::Drained | Phase::Lost => {}
         }
@@ -304,7 +308,7 @@ impl Conn {
                 if msg.kind == MsgType::Ack && msg.seq_num == self.isn && msg.conn_id != 0 {
                     self.conn_id = msg.conn_id;
                     self.phase = Phase::Open;
-                    self.events.push_back(ConnEvent::Connected);
+                    self.events.push_back(Event::Connected);
                     self.fill_window();
                     return Ok(());
                 }
@@ -485,8 +489,34 @@ impl Conn {
         self.base + self.sent as u64
     }
 
+    /// Messages that were never acknowledged when the connection was lost,
+    /// in write order (a reconnecting client sends them again). Empties the list.
+    pub fn take_orphans(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.orphans)
+    }
+
+    /// How many messages were discarded when the connection was lost.
+    pub fn orphans(&self) -> usize {
+        self.orphans.len()
+    }
+
+    /// Gives up at once (a close whose deadline passed): discards everything
+    /// unsent or unacknowledged and returns how many messages that was. The
+    /// connection ends `Drained` without an event.
+    pub fn abort(&mut self) -> usize {
+        let discarded = self.out.iter().filter(|m| !m.acked).count();
+        self.out.clear();
+        self.sent = 0;
+        self.unacked = 0;
+        self.window.clear();
+        self.transmits.clear();
+        self.first_acked.clear();
+        self.phase = Phase::Drained;
+        discarded
+    }
+
     /// The next state change.
-    pub fn poll_event(&mut self) -> Option<ConnEvent> {
+    pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
@@ -539,18 +569,23 @@ impl Conn {
     fn check_drained(&mut self) {
         if self.phase == Phase::Closing && self.out.is_empty() {
             self.phase = Phase::Drained;
-            self.events.push_back(ConnEvent::Drained);
+            self.events.push_back(Event::Drained);
         }
     }
 
     fn lose(&mut self) {
         self.phase = Phase::Lost;
         self.first_acked.clear();
-        self.out.clear();
+        self.orphans = self
+            .out
+            .drain(..)
+            .filter(|m| !m.acked)
+            .map(|m| m.payload)
+            .collect();
         self.sent = 0;
         self.unacked = 0;
         self.window.clear();
         self.transmits.clear();
-        self.events.push_back(ConnEvent::Lost);
+        self.events.push_back(Event::Lost);
     }
 }

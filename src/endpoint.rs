@@ -186,6 +186,17 @@ pub(crate) trait Role: Send + Sync + 'static {
     fn begin_close(&self, io: &Io);
     /// The outcome of the close, asked once after draining.
     fn close_result(&self) -> Result<(), Error>;
+    /// The close deadline passed: discard everything left and return how
+    /// many messages were never acknowledged.
+    fn abort(&self, io: &Io) -> usize;
+    /// A datagram from `from` that was not a valid message.
+    fn on_malformed(&self, _from: SocketAddr) {}
+    /// The next instant [`Role::on_deadline`] wants to run, besides epochs.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+    /// The instant from [`Role::next_deadline`] passed.
+    fn on_deadline(&self, _io: &Io) {}
 }
 
 /// State shared by the user's handle and the instance's threads.
@@ -197,6 +208,7 @@ pub(crate) struct Shared<R> {
 /// A close request sent to the close manager; `reply` is `None` for a drop.
 struct CloseRequest {
     reply: Option<Sender<Result<(), Error>>>,
+    deadline: Option<Instant>,
 }
 
 /// The running threads of one instance, owned by the user's handle.
@@ -296,15 +308,16 @@ impl<R: Role> Endpoint<R> {
         })
     }
 
-    /// Closes and waits: drains, stops every thread, releases the socket.
-    /// A second call returns [`Error::Closed`].
-    pub(crate) fn close(&self) -> Result<(), Error> {
+    /// Closes and waits: drains (until `deadline`, if any), stops every
+    /// thread, releases the socket. A second call returns [`Error::Closed`].
+    pub(crate) fn close(&self, deadline: Option<Instant>) -> Result<(), Error> {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Err(Error::Closed);
         }
         let (reply_tx, reply_rx) = unbounded();
         let result = match self.close_tx.send(CloseRequest {
             reply: Some(reply_tx),
+            deadline,
         }) {
             Ok(()) => reply_rx.recv().unwrap_or(Err(Error::Closed)),
             Err(_) => Err(Error::Closed),
@@ -325,7 +338,10 @@ impl<R: Role> Drop for Endpoint<R> {
     /// are still delivered, then the threads exit on their own.
     fn drop(&mut self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
-            let _ = self.close_tx.send(CloseRequest { reply: None });
+            let _ = self.close_tx.send(CloseRequest {
+                reply: None,
+                deadline: None,
+            });
         }
     }
 }
@@ -350,10 +366,26 @@ fn close_manager<R: Role>(
 ) {
     // Every handle gone without a request (impossible, but harmless): just stop.
     let request = requests.recv().ok();
-    log::debug!("closing {}: draining connections", shared.io.local_addr);
+    let deadline = request.as_ref().and_then(|r| r.deadline);
+    log::debug!(
+        "closing {}: no new connections, reconnects cancelled, draining",
+        shared.io.local_addr
+    );
     shared.role.begin_close(&shared.io);
-    let _ = drained.recv();
-    let result = shared.role.close_result();
+    let drained_in_time = match deadline {
+        Some(deadline) => drained.recv_deadline(deadline).is_ok(),
+        None => drained.recv().is_ok(),
+    };
+    let result = if drained_in_time {
+        shared.role.close_result()
+    } else {
+        let unacked = shared.role.abort(&shared.io);
+        log::debug!(
+            "closing {}: deadline passed, {unacked} messages discarded",
+            shared.io.local_addr
+        );
+        Err(Error::CloseTimedOut { unacked })
+    };
     log::debug!("closing {}: stopping threads", shared.io.local_addr);
     let Threads {
         recv,
@@ -367,7 +399,10 @@ fn close_manager<R: Role>(
     let _ = recv.join();
     log::debug!("closing {}: releasing the socket", shared.io.local_addr);
     shared.io.socket.write().take();
-    if let Some(CloseRequest { reply: Some(reply) }) = request {
+    if let Some(CloseRequest {
+        reply: Some(reply), ..
+    }) = request
+    {
         let _ = reply.send(result);
     }
 }
@@ -419,6 +454,7 @@ fn receive_loop<R: Role>(shared: &Shared<R>, socket: UdpSocket, stop: &AtomicBoo
             Ok(msg) => shared.role.on_message(io, from, msg),
             Err(err) => {
                 io.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                shared.role.on_malformed(from);
                 log_malformed(from, err, &buf[..len]);
             }
         }
@@ -441,8 +477,13 @@ fn epoch_loop<R: Role>(shared: &Shared<R>, delay_rx: Receiver<Delayed>, stop: Re
     let ticker = tick(io.params.epoch());
     let mut held: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
     loop {
-        let next_due = match held.peek() {
-            Some(Reverse(d)) => after(d.due.saturating_duration_since(Instant::now())),
+        let role_due = shared.role.next_deadline();
+        let due = match (held.peek().map(|Reverse(d)| d.due), role_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let next_due = match due {
+            Some(due) => after(due.saturating_duration_since(Instant::now())),
             None => never(),
         };
         select! {
@@ -457,6 +498,9 @@ fn epoch_loop<R: Role>(shared: &Shared<R>, delay_rx: Receiver<Delayed>, stop: Re
             recv(stop) -> _ => return,
         }
         let now = Instant::now();
+        if role_due.is_some_and(|due| due <= now) {
+            shared.role.on_deadline(io);
+        }
         while held.peek().is_some_and(|Reverse(d)| d.due <= now) {
             if let Some(Reverse(d)) = held.pop() {
                 io.send_raw(&d.bytes, d.to);

@@ -53,4 +53,21 @@ pub enum Error {
     /// everything written to them was acknowledged.
     #[error("connections lost during close: {0:?}")]
     LostDuringClose(Vec<ConnId>),
+    /// A close with a deadline gave up; this many messages were never acknowledged.
+    #[error("close timed out with {unacked} messages unacknowledged")]
+    CloseTimedOut {
+        /// Messages discarded unacknowledged (sent or still queued).
+        unacked: usize,
+    },
+    /// A client with a [`ReconnectPolicy`](crate::ReconnectPolicy) lost its
+    /// connection and made a new one. Messages read before this came from
+    /// `old`, after it from `new`; unacknowledged messages were sent again, so
+    /// the server may see some twice.
+    #[error("connection {old} lost; reconnected as {new}")]
+    Reconnected {
+        /// The lost connection.
+        old: ConnId,
+        /// The new connection.
+        new: ConnId,
+    },
 }

@@ -3,14 +3,18 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
-use crate::conn::{Conn, ConnEvent, Phase};
+use crate::conn::{Conn, Event, Phase};
 use crate::endpoint::{self, Empty, Endpoint, Inbox, Io, Role};
+use crate::lifecycle::{ConnEvent, ConnState, Subscribers};
 use crate::message::{max_payload, Message, MsgType, DEFAULT_MAX_DATAGRAM};
+use crate::stats::{ConnStats, ServerStats, Timing};
 use crate::{Error, Faults, Params};
 
 /// Identifies one client connection of a [`Server`].
@@ -62,8 +66,11 @@ struct Entry {
 
 struct EntryState {
     conn: Conn,
-    /// `close_conn` was called: nothing more goes to `read`.
+    timing: Timing,
+    /// `close_conn` or `close` was called: nothing more goes to `read`.
     closed_by_user: bool,
+    /// The terminal event was emitted; nothing may follow it.
+    ended: bool,
 }
 
 #[derive(Default)]
@@ -75,14 +82,35 @@ struct Table {
     closing: bool,
 }
 
+/// Server-wide counters (the socket-level ones live in [`Io`]).
+#[derive(Default)]
+struct Totals {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    lost: AtomicU64,
+    closed: AtomicU64,
+    duplicate_connects: AtomicU64,
+}
+
+/// At most this many refused addresses are remembered per epoch (each gets
+/// one `Refused` event per epoch); beyond it a flood costs no memory and
+/// further refusals are only counted.
+const MAX_REFUSED_TRACKED: usize = 4096;
+
 /// The server side of the state shared with the threads.
 pub(crate) struct ServerRole {
     table: Mutex<Table>,
+    /// Mirrors `table.closing`, for readers that hold a connection lock.
+    closing: AtomicBool,
+    max_connections: usize,
     inbox: Inbox<Item>,
+    events: Subscribers,
+    totals: Totals,
     /// Ids passed to `close_conn` whose `Closed` item `read` has not returned yet:
     /// data from them still in the inbox is skipped.
     user_closed: Mutex<HashSet<u32>>,
-    lost_during_close: Mutex<Vec<crate::ConnId>>,
+    lost_during_close: Mutex<Vec<ConnId>>,
+    refused_this_epoch: Mutex<HashSet<SocketAddr>>,
 }
 
 /// What to do with an entry once its lock is released (the table lock is
@@ -94,39 +122,76 @@ enum After {
 }
 
 impl ServerRole {
+    fn new(max_connections: usize) -> ServerRole {
+        ServerRole {
+            table: Mutex::new(Table::default()),
+            closing: AtomicBool::new(false),
+            max_connections,
+            inbox: Inbox::new(),
+            events: Subscribers::default(),
+            totals: Totals::default(),
+            user_closed: Mutex::new(HashSet::new()),
+            lost_during_close: Mutex::new(Vec::new()),
+            refused_this_epoch: Mutex::new(HashSet::new()),
+        }
+    }
+
     /// Sends what the state machine wants sent, hands delivered data to the
-    /// inbox and acts on events. Runs under the entry's lock.
+    /// inbox and turns its events into lifecycle events. Runs under the
+    /// entry's lock, which is what keeps one connection's events in order.
     fn drive(&self, io: &Io, entry: &Entry, s: &mut EntryState) -> After {
-        while let Some(msg) = s.conn.poll_transmit() {
+        let EntryState {
+            conn,
+            timing,
+            closed_by_user,
+            ended,
+        } = s;
+        while let Some(msg) = conn.poll_transmit() {
             io.send(&msg, entry.addr);
         }
-        while let Some(payload) = s.conn.poll_delivered() {
-            if !s.closed_by_user {
+        timing.update(
+            conn.next_unsent(),
+            conn.oldest_unacked(),
+            std::iter::from_fn(|| conn.poll_first_acked()),
+        );
+        while let Some(payload) = conn.poll_delivered() {
+            if !*closed_by_user {
                 let _ = self.inbox.tx.send(Item::Data(entry.id, payload));
             }
         }
         let mut after = After::Keep;
-        while let Some(event) = s.conn.poll_event() {
-            match event {
-                ConnEvent::Lost => {
+        while let Some(event) = conn.poll_event() {
+            let state = match event {
+                Event::Lost => {
                     log::debug!("connection {} ({}) lost", entry.id, entry.addr);
-                    if s.conn.phase() == Phase::Lost && !s.closed_by_user {
+                    self.totals.lost.fetch_add(1, Ordering::Relaxed);
+                    if !*closed_by_user {
                         let _ = self.inbox.tx.send(Item::Lost(entry.id));
                     }
-                    after = After::Remove;
+                    if self.closing.load(Ordering::SeqCst) && conn.orphans() > 0 {
+                        self.lost_during_close.lock().push(ConnId(entry.id));
+                    }
+                    conn.take_orphans();
+                    ConnState::Lost
                 }
-                ConnEvent::Drained => {
+                Event::Drained => {
                     log::debug!("connection {} ({}) closed", entry.id, entry.addr);
-                    after = After::Remove;
+                    self.totals.closed.fetch_add(1, Ordering::Relaxed);
+                    ConnState::Closed
                 }
-                ConnEvent::Connected => {}
+                Event::Connected => continue,
+            };
+            after = After::Remove;
+            if !*ended {
+                *ended = true;
+                self.events.emit(Some(entry.id), entry.addr, state);
             }
         }
         after
     }
 
-    /// Removes `entry` if it is still the one in the table; signals the close
-    /// manager when a closing server has no connection left.
+    /// Removes entries that are still the ones in the table; signals the
+    /// close manager when a closing server has no connection left.
     fn remove(&self, io: &Io, entries: &[Arc<Entry>]) {
         if entries.is_empty() {
             return;
@@ -155,31 +220,30 @@ impl ServerRole {
 
     fn on_connect(&self, io: &Io, from: SocketAddr, isn: u64) {
         let mut table = self.table.lock();
+        let mut replaced = None;
         if let Some(existing) = table.by_addr.get(&from).cloned() {
-            let mut s = existing.state.lock();
-            if s.conn.isn() == isn {
+            if existing.state.lock().conn.isn() == isn {
+                drop(table);
                 // Our Ack was lost: answer the repeated Connect the same way.
+                self.totals
+                    .duplicate_connects
+                    .fetch_add(1, Ordering::Relaxed);
+                let mut s = existing.state.lock();
                 let _ = s.conn.handle(Message::connect(isn));
                 self.drive(io, &existing, &mut s);
                 return;
             }
-            if table.closing {
-                return;
+            if !table.closing {
+                // A new incarnation of the client at this address (it
+                // restarted): the old connection is gone for good.
+                table.by_id.remove(&existing.id);
+                table.by_addr.remove(&from);
+                replaced = Some(existing);
             }
-            // A new incarnation of the client at this address: the old
-            // connection is gone for good.
-            log::debug!(
-                "connection {} ({from}) replaced by a new connect",
-                existing.id
-            );
-            if !s.closed_by_user && matches!(s.conn.phase(), Phase::Open | Phase::Closing) {
-                let _ = self.inbox.tx.send(Item::Lost(existing.id));
-            }
-            drop(s);
-            table.by_id.remove(&existing.id);
-            table.by_addr.remove(&from);
         }
-        if table.closing {
+        if table.closing || table.by_id.len() >= self.max_connections {
+            drop(table);
+            self.refuse(from);
             return;
         }
         table.next_id = table.next_id.wrapping_add(1).max(1);
@@ -187,28 +251,75 @@ impl ServerRole {
             table.next_id = table.next_id.wrapping_add(1).max(1);
         }
         let id = table.next_id;
+        let conn = Conn::server(io.params, id, isn);
+        let timing = Timing::new(conn.next_unsent());
         let entry = Arc::new(Entry {
             id,
             addr: from,
             state: Mutex::new(EntryState {
-                conn: Conn::server(io.params, id, isn),
+                conn,
+                timing,
                 closed_by_user: false,
+                ended: false,
             }),
         });
-        log::debug!("connection {id} accepted from {from} (isn {isn})");
         table.by_addr.insert(from, entry.clone());
         table.by_id.insert(id, entry.clone());
+        // Lock the new entry before the table is released, so that no event of
+        // it can be emitted before `Connected`.
         let mut s = entry.state.lock();
+        drop(table);
+        if let Some(old) = replaced {
+            self.replace(&old);
+        }
+        log::debug!("connection {id} accepted from {from} (isn {isn})");
+        self.totals.accepted.fetch_add(1, Ordering::Relaxed);
+        self.events.emit(Some(id), from, ConnState::Connected);
         self.drive(io, &entry, &mut s);
     }
 
-    fn lookup(&self, id: crate::ConnId) -> Result<Arc<Entry>, Error> {
+    /// Ends a connection whose client reconnected from the same address.
+    fn replace(&self, old: &Entry) {
+        let mut s = old.state.lock();
+        log::debug!(
+            "connection {} ({}) replaced by a new connect",
+            old.id,
+            old.addr
+        );
+        s.conn.abort();
+        self.totals.lost.fetch_add(1, Ordering::Relaxed);
+        if !s.closed_by_user {
+            let _ = self.inbox.tx.send(Item::Lost(old.id));
+        }
+        if !s.ended {
+            s.ended = true;
+            self.events.emit(Some(old.id), old.addr, ConnState::Lost);
+        }
+    }
+
+    fn refuse(&self, from: SocketAddr) {
+        self.totals.refused.fetch_add(1, Ordering::Relaxed);
+        let first_this_epoch = {
+            let mut refused = self.refused_this_epoch.lock();
+            refused.len() < MAX_REFUSED_TRACKED && refused.insert(from)
+        };
+        if first_this_epoch {
+            log::debug!("connect from {from} refused: at the connection limit or closing");
+            self.events.emit(None, from, ConnState::Refused);
+        }
+    }
+
+    fn lookup(&self, id: ConnId) -> Result<Arc<Entry>, Error> {
         self.table
             .lock()
             .by_id
             .get(&id.0)
             .cloned()
             .ok_or(Error::UnknownConnection(id))
+    }
+
+    fn entries(&self) -> Vec<Arc<Entry>> {
+        self.table.lock().by_id.values().cloned().collect()
     }
 }
 
@@ -232,6 +343,7 @@ impl Role for ServerRole {
         let after = {
             let mut s = entry.state.lock();
             if let Err(why) = s.conn.handle(msg) {
+                s.timing.rejected += 1;
                 io.count_rejected(from, &why);
             }
             self.drive(io, &entry, &mut s)
@@ -241,17 +353,20 @@ impl Role for ServerRole {
         }
     }
 
+    fn on_malformed(&self, from: SocketAddr) {
+        let entry = self.table.lock().by_addr.get(&from).cloned();
+        if let Some(entry) = entry {
+            entry.state.lock().timing.malformed += 1;
+        }
+    }
+
     fn on_epoch(&self, io: &Io) {
-        let entries: Vec<Arc<Entry>> = self.table.lock().by_id.values().cloned().collect();
+        self.refused_this_epoch.lock().clear();
         let mut gone = Vec::new();
-        for entry in entries {
+        for entry in self.entries() {
             let mut s = entry.state.lock();
-            let was_closing = s.conn.phase() == Phase::Closing;
             s.conn.on_epoch();
             if self.drive(io, &entry, &mut s) == After::Remove {
-                if s.conn.phase() == Phase::Lost && was_closing && self.table.lock().closing {
-                    self.lost_during_close.lock().push(crate::ConnId(entry.id));
-                }
                 drop(s);
                 gone.push(entry);
             }
@@ -260,6 +375,7 @@ impl Role for ServerRole {
     }
 
     fn begin_close(&self, io: &Io) {
+        self.closing.store(true, Ordering::SeqCst);
         let entries: Vec<Arc<Entry>> = {
             let mut table = self.table.lock();
             table.closing = true;
@@ -269,6 +385,10 @@ impl Role for ServerRole {
         for entry in entries {
             let mut s = entry.state.lock();
             s.closed_by_user = true;
+            if s.conn.phase() == Phase::Open {
+                self.events
+                    .emit(Some(entry.id), entry.addr, ConnState::Closing);
+            }
             s.conn.close();
             if self.drive(io, &entry, &mut s) == After::Remove {
                 drop(s);
@@ -289,6 +409,24 @@ impl Role for ServerRole {
             lost.sort();
             Err(Error::LostDuringClose(lost))
         }
+    }
+
+    fn abort(&self, io: &Io) -> usize {
+        let entries: Vec<Arc<Entry>> = self.table.lock().by_id.drain().map(|(_, e)| e).collect();
+        self.table.lock().by_addr.clear();
+        let mut discarded = 0;
+        for entry in entries {
+            let mut s = entry.state.lock();
+            discarded += s.conn.abort();
+            self.totals.closed.fetch_add(1, Ordering::Relaxed);
+            if !s.ended {
+                s.ended = true;
+                self.events
+                    .emit(Some(entry.id), entry.addr, ConnState::Closed);
+            }
+        }
+        io.signal_drained();
+        discarded
     }
 }
 
@@ -353,9 +491,31 @@ pub struct ServerBuilder {
     params: Params,
     faults: Faults,
     max_datagram_size: Option<usize>,
+    max_connections: Option<usize>,
 }
 
 impl ServerBuilder {
+    /// The most connections the server keeps at once (default: unlimited).
+    /// At the limit, Connects from new addresses are ignored (the client's
+    /// connect times out) and a [`ConnState::Refused`] event is emitted, once
+    /// per address per epoch. Connections already admitted, and their repeated
+    /// Connects, are unaffected; a closing connection counts until it is gone.
+    /// The check and the insertion happen under one lock, so the limit is
+    /// never overshot, and a refused Connect allocates no connection state.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Params, Server};
+    ///
+    /// let server = Server::builder().max_connections(50).bind("127.0.0.1:0").unwrap();
+    /// assert_eq!(server.totals().refused, 0);
+    /// ```
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = Some(n);
+        self
+    }
+
     /// Protocol parameters (default: [`Params::default`]).
     pub fn params(mut self, params: Params) -> Self {
         self.params = params;
@@ -383,12 +543,7 @@ impl ServerBuilder {
         for addr in addr.to_socket_addrs()? {
             match endpoint::bind_socket(addr) {
                 Ok(socket) => {
-                    let role = ServerRole {
-                        table: Mutex::new(Table::default()),
-                        inbox: Inbox::new(),
-                        user_closed: Mutex::new(HashSet::new()),
-                        lost_during_close: Mutex::new(Vec::new()),
-                    };
+                    let role = ServerRole::new(self.max_connections.unwrap_or(usize::MAX));
                     let endpoint = Endpoint::start(socket, self.params, self.faults, role)?;
                     log::debug!("server listening on {}", endpoint.shared.io.local_addr());
                     return Ok(Server {
@@ -442,7 +597,7 @@ impl Server {
     /// Returns `Err(ConnectionLost(id))` once per lost connection, after its
     /// last message; `Err(ConnectionClosed(id))` once after
     /// [`close_conn`](Server::close_conn); `Err(Closed)` after [`close`](Server::close).
-    pub fn read(&self) -> Result<(crate::ConnId, Vec<u8>), Error> {
+    pub fn read(&self) -> Result<(ConnId, Vec<u8>), Error> {
         self.read_inner(None)
     }
 
@@ -457,11 +612,11 @@ impl Server {
     /// let server = Server::bind("127.0.0.1:0", Params::default()).unwrap();
     /// assert!(matches!(server.read_timeout(Duration::from_millis(5)), Err(Error::Timeout)));
     /// ```
-    pub fn read_timeout(&self, timeout: Duration) -> Result<(crate::ConnId, Vec<u8>), Error> {
+    pub fn read_timeout(&self, timeout: Duration) -> Result<(ConnId, Vec<u8>), Error> {
         self.read_inner(Some(timeout))
     }
 
-    fn read_inner(&self, timeout: Option<Duration>) -> Result<(crate::ConnId, Vec<u8>), Error> {
+    fn read_inner(&self, timeout: Option<Duration>) -> Result<(ConnId, Vec<u8>), Error> {
         let role = &self.endpoint.shared.role;
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
         loop {
@@ -477,13 +632,13 @@ impl Server {
             match item {
                 Item::Data(id, payload) => {
                     if !role.user_closed.lock().contains(&id) {
-                        return Ok((crate::ConnId(id), payload));
+                        return Ok((ConnId(id), payload));
                     }
                 }
-                Item::Lost(id) => return Err(Error::ConnectionLost(crate::ConnId(id))),
+                Item::Lost(id) => return Err(Error::ConnectionLost(ConnId(id))),
                 Item::Closed(id) => {
                     role.user_closed.lock().remove(&id);
-                    return Err(Error::ConnectionClosed(crate::ConnId(id)));
+                    return Err(Error::ConnectionClosed(ConnId(id)));
                 }
             }
         }
@@ -495,7 +650,7 @@ impl Server {
     /// (it never existed, was lost, or finished closing),
     /// [`Error::ConnectionClosed`] after [`close_conn`](Server::close_conn),
     /// [`Error::PayloadTooLarge`], or [`Error::Closed`].
-    pub fn write(&self, id: crate::ConnId, payload: &[u8]) -> Result<(), Error> {
+    pub fn write(&self, id: ConnId, payload: &[u8]) -> Result<(), Error> {
         endpoint::check_payload(payload.len(), self.max_payload)?;
         if self.endpoint.is_closed() {
             return Err(Error::Closed);
@@ -517,7 +672,7 @@ impl Server {
     /// Closes connection `id` without blocking: messages already written are
     /// still delivered (in the background), but `read` returns nothing more
     /// from it, only one `Err(ConnectionClosed(id))`.
-    pub fn close_conn(&self, id: crate::ConnId) -> Result<(), Error> {
+    pub fn close_conn(&self, id: ConnId) -> Result<(), Error> {
         if self.endpoint.is_closed() {
             return Err(Error::Closed);
         }
@@ -529,6 +684,12 @@ impl Server {
                 return Ok(());
             }
             s.closed_by_user = true;
+            if s.conn.phase() == Phase::Open {
+                shared
+                    .role
+                    .events
+                    .emit(Some(id.0), entry.addr, ConnState::Closing);
+            }
             shared.role.user_closed.lock().insert(id.0);
             let _ = shared.role.inbox.tx.send(Item::Closed(id.0));
             s.conn.close();
@@ -547,6 +708,105 @@ impl Server {
     /// [`Error::Closed`] at once.
     pub fn close(&self) -> Result<(), Error> {
         self.endpoint.shared.role.inbox.shut();
-        self.endpoint.close()
+        self.endpoint.close(None)
+    }
+
+    /// Like [`close`](Server::close), but gives up draining once `timeout`
+    /// has passed: what is left is discarded and the result is
+    /// [`Error::CloseTimedOut`] with the number of messages never
+    /// acknowledged. In every case the server's threads have stopped and its
+    /// socket is released when this returns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Params, Server};
+    /// use std::time::Duration;
+    ///
+    /// let server = Server::bind("127.0.0.1:0", Params::default()).unwrap();
+    /// server.close_timeout(Duration::from_secs(1)).unwrap();
+    /// ```
+    pub fn close_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        self.endpoint.shared.role.inbox.shut();
+        self.endpoint.close(Some(Instant::now() + timeout))
+    }
+
+    /// Subscribes to lifecycle events of every connection, from now on.
+    ///
+    /// Each subscriber gets every event; one connection's events arrive in
+    /// the order its state changed, ending with exactly one terminal event
+    /// (`Closed`, `Lost` or `Refused`). The channel is unbounded: a slow
+    /// subscriber never blocks the server, and dropping the receiver
+    /// unsubscribes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Client, ConnState, Params, Server};
+    ///
+    /// let params = Params { epoch_millis: 50, ..Params::default() };
+    /// let server = Server::bind("127.0.0.1:0", params).unwrap();
+    /// let events = server.subscribe();
+    /// let client = Client::connect(server.local_addr().unwrap(), params).unwrap();
+    /// let first = events.recv().unwrap();
+    /// assert_eq!((first.conn_id, first.state), (Some(client.conn_id()), ConnState::Connected));
+    /// ```
+    pub fn subscribe(&self) -> Receiver<ConnEvent> {
+        self.endpoint.shared.role.events.subscribe()
+    }
+
+    /// The state of connection `id`, or `None` once it is gone (closed, lost
+    /// or never existed).
+    pub fn state(&self, id: ConnId) -> Option<ConnState> {
+        let entry = self.endpoint.shared.role.lookup(id).ok()?;
+        let s = entry.state.lock();
+        Some(match s.conn.phase() {
+            Phase::Connecting => ConnState::Connecting,
+            Phase::Open => ConnState::Connected,
+            Phase::Closing => ConnState::Closing,
+            Phase::Drained => ConnState::Closed,
+            Phase::Lost => ConnState::Lost,
+        })
+    }
+
+    /// The ids of the connections the server has now, closing ones included,
+    /// in ascending order.
+    pub fn connections(&self) -> Vec<ConnId> {
+        let mut ids: Vec<ConnId> = self
+            .endpoint
+            .shared
+            .role
+            .table
+            .lock()
+            .by_id
+            .keys()
+            .map(|&id| ConnId(id))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// A snapshot of connection `id`'s statistics, or `None` once it is gone.
+    pub fn stats(&self, id: ConnId) -> Option<ConnStats> {
+        let entry = self.endpoint.shared.role.lookup(id).ok()?;
+        let s = entry.state.lock();
+        Some(s.timing.snapshot(&s.conn))
+    }
+
+    /// Server-wide totals.
+    pub fn totals(&self) -> ServerStats {
+        let role = &self.endpoint.shared.role;
+        let io = &self.endpoint.shared.io;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ServerStats {
+            active: role.table.lock().by_id.len(),
+            accepted: load(&role.totals.accepted),
+            refused: load(&role.totals.refused),
+            lost: load(&role.totals.lost),
+            closed: load(&role.totals.closed),
+            duplicate_connects: load(&role.totals.duplicate_connects),
+            malformed: load(&io.counters.malformed),
+            rejected: load(&io.counters.rejected),
+        }
     }
 }

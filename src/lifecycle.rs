@@ -1,0 +1,167 @@
+//! Connection lifecycle: states, events, subscribers and the reconnect policy.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use parking_lot::Mutex;
+use rand::Rng;
+
+use crate::ConnId;
+
+/// Where a connection is in its life.
+///
+/// ```text
+///            connect / Connect received
+///                     |
+///   client:      Connecting --(no Ack in epoch_limit epochs)--> Refused
+///                     |
+///                     v
+///                 Connected --(epoch_limit silent epochs)--> Lost
+///                     |                                       |
+///        close / close_conn                     (client with a reconnect policy)
+///                     v                                       v
+///                  Closing --(all acknowledged)--> Closed   Reconnecting { attempt } --> Connected
+///                     |                                       |
+///                     +--(peer silent)--> Lost                +--(attempts exhausted)--> Refused
+/// ```
+///
+/// A server emits `Refused` (with no connection id) for a Connect it ignored
+/// because of [`ServerBuilder::max_connections`](crate::ServerBuilder::max_connections).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConnState {
+    /// A client sent its Connect and waits for the Ack.
+    Connecting,
+    /// Data flows both ways.
+    Connected,
+    /// Closing: draining what was written, nothing more delivered.
+    Closing,
+    /// Closed after draining (terminal).
+    Closed,
+    /// Nothing heard from the peer for `epoch_limit` epochs (terminal).
+    Lost,
+    /// Client: the connect failed. Server: a Connect was ignored because of
+    /// the connection limit (terminal).
+    Refused,
+    /// A client with a [`ReconnectPolicy`] waits to dial again, or is dialling.
+    Reconnecting {
+        /// 1 for the first attempt after a loss.
+        attempt: u32,
+    },
+}
+
+impl ConnState {
+    /// Whether no event follows this one for the same connection.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            ConnState::Closed | ConnState::Lost | ConnState::Refused
+        )
+    }
+}
+
+/// A change of a connection's state, as seen by [`Server::subscribe`](crate::Server::subscribe)
+/// and [`Client::subscribe`](crate::Client::subscribe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnEvent {
+    /// The connection (`None` before the server assigned one, and for refusals).
+    pub conn_id: Option<ConnId>,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The new state.
+    pub state: ConnState,
+    /// When the state changed.
+    pub at: Instant,
+}
+
+/// Everyone who subscribed to an instance's events.
+///
+/// Channels are unbounded, so a slow subscriber never blocks the protocol; a
+/// dropped one is forgotten at the next event.
+#[derive(Default)]
+pub(crate) struct Subscribers {
+    list: Mutex<Vec<Sender<ConnEvent>>>,
+}
+
+impl Subscribers {
+    pub(crate) fn subscribe(&self) -> Receiver<ConnEvent> {
+        let (tx, rx) = unbounded();
+        self.add(tx);
+        rx
+    }
+
+    pub(crate) fn add(&self, tx: Sender<ConnEvent>) {
+        self.list.lock().push(tx);
+    }
+
+    pub(crate) fn emit(&self, conn_id: Option<u32>, peer: SocketAddr, state: ConnState) {
+        let mut list = self.list.lock();
+        if list.is_empty() {
+            return;
+        }
+        let event = ConnEvent {
+            conn_id: conn_id.map(ConnId),
+            peer,
+            state,
+            at: Instant::now(),
+        };
+        log::trace!("event {event:?}");
+        list.retain(|tx| tx.send(event).is_ok());
+    }
+}
+
+/// When and how often a client dials again after losing its connection.
+///
+/// The delay before attempt `n` (from 1) is drawn uniformly from
+/// `delays[min(n, delays.len()) - 1]`, so the last range repeats. Across a
+/// reconnect, messages not yet acknowledged are sent again on the new
+/// connection: delivery is then *at least once*, and
+/// [`Client::read`](crate::Client::read) reports the gap with
+/// [`Error::Reconnected`](crate::Error::Reconnected).
+///
+/// # Examples
+///
+/// ```
+/// use liveseq::ReconnectPolicy;
+/// use std::time::Duration;
+///
+/// let default = ReconnectPolicy::default();
+/// assert_eq!(default.delays[0], (Duration::ZERO, Duration::from_secs(3)));
+/// assert_eq!(default.max_attempts, None);
+///
+/// let quick = ReconnectPolicy { delays: vec![(Duration::ZERO, Duration::from_millis(50))], max_attempts: Some(5) };
+/// assert!(quick.delay(7, &mut rand::thread_rng()) <= Duration::from_millis(50));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReconnectPolicy {
+    /// Ranges `(min, max)` of the delay before each attempt; the last repeats.
+    pub delays: Vec<(Duration, Duration)>,
+    /// Give up after this many attempts in a row (`None`: never).
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for ReconnectPolicy {
+    /// 0-3 s, then 3-10 s, then 10-20 s for every further attempt.
+    fn default() -> Self {
+        let s = Duration::from_secs;
+        ReconnectPolicy {
+            delays: vec![(s(0), s(3)), (s(3), s(10)), (s(10), s(20))],
+            max_attempts: None,
+        }
+    }
+}
+
+impl ReconnectPolicy {
+    /// The delay before attempt `attempt` (1 for the first).
+    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
+        let Some(last) = self.delays.len().checked_sub(1) else {
+            return Duration::ZERO;
+        };
+        let (lo, hi) = self.delays[(attempt.max(1) as usize - 1).min(last)];
+        if hi <= lo {
+            lo
+        } else {
+            rng.gen_range(lo..=hi)
+        }
+    }
+}
