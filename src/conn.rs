@@ -135,6 +135,10 @@ pub struct Conn {
     delivered: VecDeque<Vec<u8>>,
 
     epochs_silent: u32,
+    /// Whether the peer has sent anything but a Connect. A server sends no
+    /// heartbeats before that, so a spoofed Connect earns its claimed source
+    /// one Ack and nothing more (no amplification).
+    heard: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     /// Sequence numbers acknowledged on their first transmission.
@@ -148,6 +152,7 @@ impl Conn {
     /// A client connection: it starts by sending `(Connect, 0, isn)`.
     pub fn client(params: Params, isn: u64) -> Conn {
         let mut conn = Conn::new(params, 0, isn, Phase::Connecting);
+        conn.heard = true;
         conn.transmits.push_back(Transmit::Connect);
         conn
     }
@@ -175,6 +180,7 @@ impl Conn {
             window: VecDeque::new(),
             delivered: VecDeque::new(),
             epochs_silent: 0,
+            heard: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             first_acked: VecDeque::new(),
@@ -319,6 +325,9 @@ impl Conn {
         if msg.conn_id != self.conn_id && msg.kind != MsgType::Connect {
             return Err(Rejected::Unexpected);
         }
+        if msg.kind != MsgType::Connect {
+            self.heard = true;
+        }
         match msg.kind {
             MsgType::Connect => {
                 // A repeated Connect (our Ack was lost): answer it again.
@@ -440,7 +449,7 @@ impl Conn {
                 self.data_sent_this_epoch = true;
             }
         }
-        if !self.data_sent_this_epoch {
+        if !self.data_sent_this_epoch && self.heard {
             self.transmits.push_back(Transmit::Ack(0));
             self.counters.heartbeats_sent += 1;
         }
@@ -587,5 +596,38 @@ impl Conn {
         self.window.clear();
         self.transmits.clear();
         self.events.push_back(Event::Lost);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(conn: &mut Conn) -> Vec<Message<'static>> {
+        std::iter::from_fn(|| conn.poll_transmit().map(Message::into_owned)).collect()
+    }
+
+    /// A Connect alone (perhaps spoofed) earns one Ack: no heartbeats follow
+    /// until the peer speaks again, and the connection is reaped on schedule.
+    #[test]
+    fn server_is_silent_until_the_peer_speaks_beyond_connect() {
+        let params = Params {
+            epoch_limit: 4,
+            ..Params::default()
+        };
+        let mut conn = Conn::server(params, 1, 50);
+        assert_eq!(drain(&mut conn), [Message::ack(1, 50)]);
+        for _ in 0..3 {
+            conn.on_epoch();
+            assert_eq!(drain(&mut conn), []);
+        }
+        conn.on_epoch();
+        assert_eq!(conn.poll_event(), Some(Event::Lost));
+
+        let mut conn = Conn::server(params, 1, 50);
+        drain(&mut conn);
+        conn.handle(Message::ack(1, 0)).unwrap();
+        conn.on_epoch();
+        assert_eq!(drain(&mut conn), [Message::ack(1, 0)]);
     }
 }

@@ -14,13 +14,18 @@ fn threads() -> usize {
 #[test]
 fn close_timeout_with_unacknowledging_peers_leaves_no_thread() {
     let baseline = threads();
-    let p = Params { epoch_millis: 40, epoch_limit: 1000, ..Params::default() };
+    let p = Params {
+        epoch_millis: 40,
+        epoch_limit: 1000,
+        ..Params::default()
+    };
 
     // Server side: a raw peer connects, then answers nothing (the server's
     // epoch limit is far away, so only the deadline can end the close).
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut buf = Vec::new();
     Message::connect(5).encode(&mut buf);
     peer.send_to(&buf, server.local_addr().unwrap()).unwrap();
@@ -28,11 +33,15 @@ fn close_timeout_with_unacknowledging_peers_leaves_no_thread() {
     let (n, _) = peer.recv_from(&mut rx).unwrap();
     let ack = Message::decode(&rx[..n]).unwrap();
     assert_eq!((ack.kind, ack.seq_num), (MsgType::Ack, 5));
-    server.write(ConnId::from(ack.conn_id), b"unanswered").unwrap();
+    server
+        .write(ConnId::from(ack.conn_id), b"unanswered")
+        .unwrap();
 
     // Client side: a client whose server (a raw socket) never acks its data.
     let fake_server = UdpSocket::bind("127.0.0.1:0").unwrap();
-    fake_server.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    fake_server
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let fake_addr = fake_server.local_addr().unwrap();
     let answer = std::thread::spawn(move || {
         let mut rx = [0u8; 2048];
@@ -56,8 +65,15 @@ fn close_timeout_with_unacknowledging_peers_leaves_no_thread() {
         let started = Instant::now();
         let result = close();
         let took = started.elapsed();
-        assert!(matches!(result, Err(Error::CloseTimedOut { unacked: 1 })), "{result:?}");
+        assert!(
+            matches!(result, Err(Error::CloseTimedOut { unacked: 1 })),
+            "{result:?}"
+        );
         assert!(took >= deadline && took <= deadline + p.epoch(), "{took:?}");
     }
-    assert_eq!(threads(), baseline, "every thread of both instances was joined");
+    assert_eq!(
+        threads(),
+        baseline,
+        "every thread of both instances was joined"
+    );
 }
