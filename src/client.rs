@@ -160,6 +160,7 @@ impl ClientRole {
         );
         c.redial_at = Some(Instant::now() + delay);
         c.conn = Conn::client(io.params, u64::from(rand::random::<u32>().max(1)));
+        c.conn.set_coalesce_acks(io.coalesce_acks);
         for payload in orphans {
             c.conn.write(payload);
         }
@@ -170,7 +171,10 @@ impl ClientRole {
 }
 
 impl Role for ClientRole {
-    fn on_message(&self, io: &Io, from: SocketAddr, msg: Message<'_>) {
+    /// Whether Data arrived in this batch (a CAck may be owed).
+    type Batch = bool;
+
+    fn on_message(&self, io: &Io, from: SocketAddr, msg: Message<'_>, batch: &mut bool) {
         if from != self.server {
             io.count_rejected(from, &"not from the server");
             return;
@@ -181,11 +185,20 @@ impl Role for ClientRole {
             io.count_rejected(from, &"unexpected message");
             return;
         }
+        *batch |= msg.kind == MsgType::Data;
         if let Err(why) = c.conn.handle(msg) {
             c.timing.rejected += 1;
             io.count_rejected(from, &why);
         }
         self.drive(io, &mut c);
+    }
+
+    fn end_batch(&self, io: &Io, batch: &mut bool) {
+        if std::mem::take(batch) && io.coalesce_acks {
+            let mut c = self.conn.lock();
+            c.conn.flush_acks();
+            self.drive(io, &mut c);
+        }
     }
 
     fn on_malformed(&self, from: SocketAddr) {
@@ -332,6 +345,7 @@ pub struct ClientBuilder {
     max_datagram_size: Option<usize>,
     reconnect: Option<ReconnectPolicy>,
     events: Vec<Sender<ConnEvent>>,
+    ack_coalescing: Option<bool>,
 }
 
 impl ClientBuilder {
@@ -364,6 +378,13 @@ impl ClientBuilder {
     /// off). See [`ReconnectPolicy`] for what happens to messages in flight.
     pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
         self.reconnect = Some(policy);
+        self
+    }
+
+    /// Whether a burst of in-order Data is acknowledged with one CAck rather
+    /// than one Ack per message (default: on). Go LSP peers accept CAck.
+    pub fn ack_coalescing(mut self, on: bool) -> Self {
+        self.ack_coalescing = Some(on);
         self
     }
 
@@ -409,7 +430,9 @@ impl ClientBuilder {
         let isn = self.isn.unwrap_or_else(|| rand::random::<u32>().max(1));
         let socket = endpoint::bind_socket(endpoint::any_addr_for(server))?;
         let (connected_tx, connected_rx) = bounded(1);
-        let conn = Conn::client(self.params, u64::from(isn));
+        let coalesce_acks = self.ack_coalescing.unwrap_or(true);
+        let mut conn = Conn::client(self.params, u64::from(isn));
+        conn.set_coalesce_acks(coalesce_acks);
         let events = Subscribers::default();
         for tx in self.events {
             events.add(tx);
@@ -434,7 +457,13 @@ impl ClientBuilder {
             conn_id: AtomicU32::new(0),
         };
         role.events.emit(None, server, ConnState::Connecting);
-        let endpoint = Endpoint::start(socket, self.params, self.faults, role)?;
+        let config = endpoint::Config {
+            params: self.params,
+            faults: self.faults,
+            coalesce_acks,
+            batch: 16,
+        };
+        let endpoint = Endpoint::start(socket, config, role)?;
         {
             let shared = &endpoint.shared;
             let mut c = shared.role.conn.lock();

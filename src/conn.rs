@@ -107,6 +107,7 @@ struct Outgoing {
 enum Transmit {
     Connect,
     Ack(u64),
+    CAck(u64),
     Data(u64),
 }
 
@@ -135,6 +136,10 @@ pub struct Conn {
     delivered: VecDeque<Vec<u8>>,
 
     epochs_silent: u32,
+    /// Acknowledge in-order Data with one CAck per [`Conn::flush_acks`].
+    coalesce_acks: bool,
+    /// In-order Data arrived since the last CAck.
+    cack_pending: bool,
     /// Whether the peer has sent anything but a Connect. A server sends no
     /// heartbeats before that, so a spoofed Connect earns its claimed source
     /// one Ack and nothing more (no amplification).
@@ -181,6 +186,8 @@ impl Conn {
             delivered: VecDeque::new(),
             epochs_silent: 0,
             heard: false,
+            coalesce_acks: false,
+            cack_pending: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             first_acked: VecDeque::new(),
@@ -287,6 +294,8 @@ impl Conn {
     pub fn close(&mut self) {
         match self.phase {
             Phase::Open => {
+                // The peer still needs the acks of what we received.
+                self.flush_acks();
                 self.phase = Phase::Closing;
                 self.delivered.clear();
                 self.window.clear();
@@ -350,16 +359,17 @@ impl Conn {
                     return Err(Rejected::OutsideWindow);
                 }
                 self.epochs_silent = 0;
-                self.transmits.push_back(Transmit::Ack(sn));
-                self.counters.acks_sent += 1;
                 if sn < self.expected {
+                    self.ack_received(sn, true);
                     self.counters.duplicates_received += 1;
                     return Ok(());
                 }
                 if self.phase == Phase::Closing {
                     // Acknowledge so the peer drains, but deliver nothing more.
+                    self.ack_received(sn, false);
                     return Ok(());
                 }
+                self.ack_received(sn, sn == self.expected);
                 let index = (sn - self.expected) as usize;
                 if self.window.len() <= index {
                     self.window.resize(index + 1, None);
@@ -428,6 +438,7 @@ impl Conn {
             self.transmits.push_back(Transmit::Connect);
             return;
         }
+        self.flush_acks();
         let cap = self.params.max_backoff_interval;
         for (i, m) in self.out.iter_mut().take(self.sent).enumerate() {
             if m.acked {
@@ -456,6 +467,25 @@ impl Conn {
         self.data_sent_this_epoch = false;
     }
 
+    /// Sets whether in-order Data is acknowledged with one CAck per
+    /// [`flush_acks`](Conn::flush_acks) call instead of one Ack per message
+    /// (out-of-order Data is always acknowledged at once, with an Ack).
+    /// A driver that turns this on must call `flush_acks` after each batch of input.
+    pub fn set_coalesce_acks(&mut self, on: bool) {
+        self.coalesce_acks = on;
+        if !on {
+            self.flush_acks();
+        }
+    }
+
+    /// Sends the CAck covering in-order Data received since the last one.
+    pub fn flush_acks(&mut self) {
+        if self.cack_pending {
+            self.cack_pending = false;
+            self.transmits.push_back(Transmit::CAck(self.expected - 1));
+        }
+    }
+
     // ----- outputs -----
 
     /// The next datagram to send, if any. Data borrows its queued payload.
@@ -465,6 +495,7 @@ impl Conn {
             return Some(match t {
                 Transmit::Connect => Message::connect(self.isn),
                 Transmit::Ack(sn) => Message::ack(self.conn_id, sn),
+                Transmit::CAck(sn) => Message::cack(self.conn_id, sn),
                 Transmit::Data(sn) => {
                     // Acknowledged since it was queued: nothing to send.
                     let Some(m) = sn
@@ -520,6 +551,7 @@ impl Conn {
         self.window.clear();
         self.transmits.clear();
         self.first_acked.clear();
+        self.cack_pending = false;
         self.phase = Phase::Drained;
         discarded
     }
@@ -550,6 +582,17 @@ impl Conn {
             self.sent += 1;
             self.unacked += 1;
             self.data_sent_this_epoch = true;
+        }
+    }
+
+    /// Acknowledges received Data `sn`. `cumulative` says whether every
+    /// sequence number up to `sn` has been received, so a CAck may cover it.
+    fn ack_received(&mut self, sn: u64, cumulative: bool) {
+        self.counters.acks_sent += 1;
+        if self.coalesce_acks && cumulative {
+            self.cack_pending = true;
+        } else {
+            self.transmits.push_back(Transmit::Ack(sn));
         }
     }
 
@@ -584,6 +627,7 @@ impl Conn {
 
     fn lose(&mut self) {
         self.phase = Phase::Lost;
+        self.cack_pending = false;
         self.first_acked.clear();
         self.orphans = self
             .out
@@ -629,5 +673,51 @@ mod tests {
         conn.handle(Message::ack(1, 0)).unwrap();
         conn.on_epoch();
         assert_eq!(drain(&mut conn), [Message::ack(1, 0)]);
+    }
+
+    fn connected_client(params: Params) -> Conn {
+        let mut conn = Conn::client(params, 100);
+        drain(&mut conn);
+        conn.handle(Message::ack(3, 100)).unwrap();
+        assert_eq!(conn.poll_event(), Some(Event::Connected));
+        conn
+    }
+
+    /// A burst of in-order Data owes one CAck, sent at `flush_acks`;
+    /// out-of-order Data is acknowledged at once, individually.
+    #[test]
+    fn coalesced_acks() {
+        let params = Params {
+            window_size: 8,
+            max_unacked_messages: 8,
+            ..Params::default()
+        };
+        let mut conn = connected_client(params);
+        conn.set_coalesce_acks(true);
+        for sn in 101..=104 {
+            conn.handle(Message::data(3, sn, b"x")).unwrap();
+        }
+        conn.handle(Message::data(3, 107, b"later")).unwrap();
+        assert_eq!(drain(&mut conn), [Message::ack(3, 107)]);
+        conn.flush_acks();
+        assert_eq!(drain(&mut conn), [Message::cack(3, 104)]);
+        conn.flush_acks();
+        assert_eq!(drain(&mut conn), []);
+        // A duplicate below the window is covered by the next CAck too.
+        conn.handle(Message::data(3, 102, b"x")).unwrap();
+        conn.flush_acks();
+        assert_eq!(drain(&mut conn), [Message::cack(3, 104)]);
+        assert_eq!(std::iter::from_fn(|| conn.poll_delivered()).count(), 4);
+    }
+
+    /// A CAck still owed when the connection closes goes out before it drains.
+    #[test]
+    fn close_flushes_a_pending_cack() {
+        let mut conn = connected_client(Params::default());
+        conn.set_coalesce_acks(true);
+        conn.handle(Message::data(3, 101, b"x")).unwrap();
+        conn.close();
+        assert_eq!(drain(&mut conn), [Message::cack(3, 101)]);
+        assert_eq!(conn.poll_event(), Some(Event::Drained));
     }
 }

@@ -31,6 +31,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::faults::{Injector, Plan};
 use crate::message::{DecodeError, Message, MAX_DATAGRAM};
+use crate::sys::RecvBatch;
 use crate::{Error, Faults, Params};
 
 /// Socket buffer size we ask the kernel for.
@@ -84,6 +85,8 @@ pub(crate) struct Io {
     socket: RwLock<Option<UdpSocket>>,
     local_addr: SocketAddr,
     pub params: Params,
+    /// Whether connections acknowledge in-order Data with one CAck per batch.
+    pub coalesce_acks: bool,
     faults: Option<Injector>,
     delayed: Sender<Delayed>,
     /// Datagrams the reorder fault holds until the next send (or epoch).
@@ -177,8 +180,12 @@ impl Io {
 
 /// What a client or server does with datagrams, epochs and close requests.
 pub(crate) trait Role: Send + Sync + 'static {
-    /// A decoded datagram from `from`.
-    fn on_message(&self, io: &Io, from: SocketAddr, msg: Message<'_>);
+    /// What the role remembers across one batch of received datagrams.
+    type Batch: Default;
+    /// A decoded datagram from `from`, one of a batch.
+    fn on_message(&self, io: &Io, from: SocketAddr, msg: Message<'_>, batch: &mut Self::Batch);
+    /// The batch is over: send the coalesced acknowledgements.
+    fn end_batch(&self, io: &Io, batch: &mut Self::Batch);
     /// One epoch passed.
     fn on_epoch(&self, io: &Io);
     /// Stop accepting work and drain; call [`Io::signal_drained`] when done
@@ -219,6 +226,15 @@ pub(crate) struct Endpoint<R: Role> {
     closed: AtomicBool,
 }
 
+/// How an instance is set up.
+pub(crate) struct Config {
+    pub params: Params,
+    pub faults: Faults,
+    pub coalesce_acks: bool,
+    /// Most datagrams taken from the socket in one wake-up.
+    pub batch: usize,
+}
+
 /// Creates a UDP socket bound to `addr` with large buffers.
 pub(crate) fn bind_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -240,12 +256,13 @@ pub(crate) fn any_addr_for(peer: SocketAddr) -> SocketAddr {
 impl<R: Role> Endpoint<R> {
     /// Starts the threads around `socket`. `role` is built from the [`Io`]'s
     /// pieces it may need before the threads run (nothing is received yet).
-    pub(crate) fn start(
-        socket: UdpSocket,
-        params: Params,
-        faults: Faults,
-        role: R,
-    ) -> Result<Endpoint<R>, Error> {
+    pub(crate) fn start(socket: UdpSocket, config: Config, role: R) -> Result<Endpoint<R>, Error> {
+        let Config {
+            params,
+            faults,
+            coalesce_acks,
+            batch,
+        } = config;
         let local_addr = socket.local_addr()?;
         let receiver = socket.try_clone()?;
         let (delay_tx, delay_rx) = unbounded();
@@ -255,6 +272,7 @@ impl<R: Role> Endpoint<R> {
                 socket: RwLock::new(Some(socket)),
                 local_addr,
                 params,
+                coalesce_acks,
                 faults: Injector::new(faults),
                 delayed: delay_tx,
                 held_back: Mutex::new(Vec::new()),
@@ -270,7 +288,7 @@ impl<R: Role> Endpoint<R> {
             let shared = shared.clone();
             let stop = stop.clone();
             spawn("liveseq-recv", move || {
-                receive_loop(&shared, receiver, &stop)
+                receive_loop(&shared, receiver, &stop, batch)
             })?
         };
         let epoch = {
@@ -427,17 +445,23 @@ fn stop_receiver(io: &Io, stop: &AtomicBool) {
     }
 }
 
-fn receive_loop<R: Role>(shared: &Shared<R>, socket: UdpSocket, stop: &AtomicBool) {
+fn receive_loop<R: Role>(
+    shared: &Shared<R>,
+    socket: UdpSocket,
+    stop: &AtomicBool,
+    batch_size: usize,
+) {
     let io = &shared.io;
     // One byte more than the largest datagram, so nothing is silently cut.
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let mut datagrams = RecvBatch::new(batch_size, MAX_DATAGRAM + 1);
+    let mut batch = R::Batch::default();
     loop {
-        let received = socket.recv_from(&mut buf);
+        let received = datagrams.recv(&socket);
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let (len, from) = match received {
-            Ok(r) => r,
+        let count = match received {
+            Ok(count) => count,
             Err(err) => {
                 // ICMP errors and the like: loss, as far as LSP is concerned.
                 log::debug!("receive error: {err}");
@@ -446,18 +470,22 @@ fn receive_loop<R: Role>(shared: &Shared<R>, socket: UdpSocket, stop: &AtomicBoo
         };
         io.counters
             .datagrams_received
-            .fetch_add(1, Ordering::Relaxed);
-        if io.faults.as_ref().is_some_and(|f| f.drop_read()) {
-            continue;
-        }
-        match Message::decode(&buf[..len]) {
-            Ok(msg) => shared.role.on_message(io, from, msg),
-            Err(err) => {
-                io.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                shared.role.on_malformed(from);
-                log_malformed(from, err, &buf[..len]);
+            .fetch_add(count as u64, Ordering::Relaxed);
+        for i in 0..count {
+            let (datagram, from) = datagrams.get(i);
+            if io.faults.as_ref().is_some_and(|f| f.drop_read()) {
+                continue;
+            }
+            match Message::decode(datagram) {
+                Ok(msg) => shared.role.on_message(io, from, msg, &mut batch),
+                Err(err) => {
+                    io.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    shared.role.on_malformed(from);
+                    log_malformed(from, err, datagram);
+                }
             }
         }
+        shared.role.end_batch(io, &mut batch);
     }
 }
 

@@ -58,7 +58,7 @@ enum Item {
 }
 
 /// One connection in the table.
-struct Entry {
+pub(crate) struct Entry {
     id: u32,
     addr: SocketAddr,
     state: Mutex<EntryState>,
@@ -251,7 +251,8 @@ impl ServerRole {
             table.next_id = table.next_id.wrapping_add(1).max(1);
         }
         let id = table.next_id;
-        let conn = Conn::server(io.params, id, isn);
+        let mut conn = Conn::server(io.params, id, isn);
+        conn.set_coalesce_acks(io.coalesce_acks);
         let timing = Timing::new(conn.next_unsent());
         let entry = Arc::new(Entry {
             id,
@@ -324,7 +325,10 @@ impl ServerRole {
 }
 
 impl Role for ServerRole {
-    fn on_message(&self, io: &Io, from: SocketAddr, msg: Message<'_>) {
+    /// Connections that received Data in this batch and may owe a CAck.
+    type Batch = Vec<Arc<Entry>>;
+
+    fn on_message(&self, io: &Io, from: SocketAddr, msg: Message<'_>, batch: &mut Self::Batch) {
         if msg.kind == MsgType::Connect {
             self.on_connect(io, from, msg.seq_num);
             return;
@@ -340,6 +344,12 @@ impl Role for ServerRole {
             );
             return;
         }
+        if io.coalesce_acks
+            && msg.kind == MsgType::Data
+            && !batch.iter().any(|e| Arc::ptr_eq(e, &entry))
+        {
+            batch.push(entry.clone());
+        }
         let after = {
             let mut s = entry.state.lock();
             if let Err(why) = s.conn.handle(msg) {
@@ -351,6 +361,19 @@ impl Role for ServerRole {
         if after == After::Remove {
             self.remove(io, &[entry]);
         }
+    }
+
+    fn end_batch(&self, io: &Io, batch: &mut Self::Batch) {
+        let mut gone = Vec::new();
+        for entry in batch.drain(..) {
+            let mut s = entry.state.lock();
+            s.conn.flush_acks();
+            if self.drive(io, &entry, &mut s) == After::Remove {
+                drop(s);
+                gone.push(entry);
+            }
+        }
+        self.remove(io, &gone);
     }
 
     fn on_malformed(&self, from: SocketAddr) {
@@ -492,6 +515,7 @@ pub struct ServerBuilder {
     faults: Faults,
     max_datagram_size: Option<usize>,
     max_connections: Option<usize>,
+    ack_coalescing: Option<bool>,
 }
 
 impl ServerBuilder {
@@ -534,6 +558,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Whether a burst of in-order Data is acknowledged with one CAck rather
+    /// than one Ack per message (default: on). Out-of-order Data is always
+    /// acknowledged individually. Go LSP peers accept CAck; turn this off for
+    /// a peer that does not.
+    pub fn ack_coalescing(mut self, on: bool) -> Self {
+        self.ack_coalescing = Some(on);
+        self
+    }
+
     /// Binds the server's socket to `addr` and starts serving. Does not block.
     pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Server, Error> {
         self.params.validate()?;
@@ -544,7 +577,13 @@ impl ServerBuilder {
             match endpoint::bind_socket(addr) {
                 Ok(socket) => {
                     let role = ServerRole::new(self.max_connections.unwrap_or(usize::MAX));
-                    let endpoint = Endpoint::start(socket, self.params, self.faults, role)?;
+                    let config = endpoint::Config {
+                        params: self.params,
+                        faults: self.faults,
+                        coalesce_acks: self.ack_coalescing.unwrap_or(true),
+                        batch: 32,
+                    };
+                    let endpoint = Endpoint::start(socket, config, role)?;
                     log::debug!("server listening on {}", endpoint.shared.io.local_addr());
                     return Ok(Server {
                         endpoint,
