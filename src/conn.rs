@@ -112,6 +112,36 @@ enum Transmit {
 }
 
 /// The protocol state of one connection. See the [module docs](self).
+///
+/// # Examples
+///
+/// Two state machines wired back to back, with time as a count of epochs:
+///
+/// ```
+/// use liveseq::conn::{Conn, Event};
+/// use liveseq::{Message, Params};
+///
+/// let params = Params::default();
+/// let mut client = Conn::client(params, 42);
+/// let connect = client.poll_transmit().unwrap().into_owned();
+/// let mut server = Conn::server(params, 1, connect.seq_num);
+/// client.handle(server.poll_transmit().unwrap()).unwrap(); // (Ack, 1, 42)
+/// assert_eq!(client.poll_event(), Some(Event::Connected));
+///
+/// client.write(b"hello".to_vec());
+/// let data = client.poll_transmit().unwrap().into_owned();
+/// assert_eq!(data.seq_num, 43); // isn + 1
+/// server.handle(data).unwrap();
+/// assert_eq!(server.poll_delivered().unwrap(), b"hello");
+/// client.handle(server.poll_transmit().unwrap()).unwrap(); // (Ack, 1, 43)
+/// assert_eq!(client.unacked(), 0);
+///
+/// // Nothing heard for epoch_limit epochs: the connection is lost.
+/// for _ in 0..params.epoch_limit {
+///     client.on_epoch();
+/// }
+/// assert_eq!(client.poll_event(), Some(Event::Lost));
+/// ```
 #[derive(Debug)]
 pub struct Conn {
     params: Params,

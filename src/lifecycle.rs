@@ -28,6 +28,15 @@ use crate::ConnId;
 ///
 /// A server emits `Refused` (with no connection id) for a Connect it ignored
 /// because of [`ServerBuilder::max_connections`](crate::ServerBuilder::max_connections).
+///
+/// # Examples
+///
+/// ```
+/// use liveseq::ConnState;
+///
+/// assert!(ConnState::Lost.is_terminal());
+/// assert!(!ConnState::Reconnecting { attempt: 1 }.is_terminal());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConnState {
     /// A client sent its Connect and waits for the Ack.
