@@ -542,6 +542,8 @@ fn epoch_loop<R: Role>(shared: &Shared<R>, delay_rx: Receiver<Delayed>, stop: Re
 pub(crate) struct Inbox<T> {
     pub tx: Sender<T>,
     rx: Receiver<T>,
+    shut: AtomicBool,
+    /// Dropped by `shut`, which disconnects `shutdown_rx` and wakes readers.
     shutdown_tx: Mutex<Option<Sender<()>>>,
     shutdown_rx: Receiver<()>,
 }
@@ -559,6 +561,7 @@ impl<T> Inbox<T> {
         Inbox {
             tx,
             rx,
+            shut: AtomicBool::new(false),
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             shutdown_rx,
         }
@@ -566,22 +569,30 @@ impl<T> Inbox<T> {
 
     /// Wakes every blocked reader; later reads return `Empty::Closed`.
     pub(crate) fn shut(&self) {
+        self.shut.store(true, Ordering::SeqCst);
         self.shutdown_tx.lock().take();
     }
 
     /// Blocks until an item arrives, the inbox is shut, or `timeout` passes.
     pub(crate) fn recv(&self, timeout: Option<Duration>) -> Result<T, Empty> {
-        if self.shutdown_tx.lock().is_none() {
+        if self.shut.load(Ordering::SeqCst) {
             return Err(Empty::Closed);
         }
-        let timer = match timeout {
-            Some(t) => after(t),
-            None => never(),
-        };
-        select! {
-            recv(self.rx) -> item => item.map_err(|_| Empty::Closed),
-            recv(self.shutdown_rx) -> _ => Err(Empty::Closed),
-            recv(timer) -> _ => Err(Empty::Timeout),
+        // Under load the next item is usually there already: take it without
+        // registering with three channels' wakers.
+        if let Ok(item) = self.rx.try_recv() {
+            return Ok(item);
+        }
+        match timeout {
+            None => select! {
+                recv(self.rx) -> item => item.map_err(|_| Empty::Closed),
+                recv(self.shutdown_rx) -> _ => Err(Empty::Closed),
+            },
+            Some(t) => select! {
+                recv(self.rx) -> item => item.map_err(|_| Empty::Closed),
+                recv(self.shutdown_rx) -> _ => Err(Empty::Closed),
+                default(t) => Err(Empty::Timeout),
+            },
         }
     }
 }
