@@ -15,7 +15,7 @@ fn threads() -> usize {
 fn close_timeout_with_unacknowledging_peers_leaves_no_thread() {
     let baseline = threads();
     let p = Params {
-        epoch_millis: 40,
+        epoch_millis: 200,
         epoch_limit: 1000,
         ..Params::default()
     };

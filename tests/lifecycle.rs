@@ -404,7 +404,7 @@ fn refused_client_fails_with_connect_timeout_and_refused_event() {
 
 #[test]
 fn server_close_timeout_with_a_peer_that_never_acknowledges() {
-    let p = params(50, 1000);
+    let p = params(200, 1000);
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let events = server.subscribe();
     let addr = server.local_addr().unwrap();
@@ -461,7 +461,7 @@ fn server_close_timeout_with_a_peer_that_never_acknowledges() {
 
 #[test]
 fn client_close_timeout_with_a_server_that_never_acknowledges() {
-    let p = params(50, 1000);
+    let p = params(200, 1000);
     let raw = Raw::new();
     let server_addr = raw.addr();
     let answer = thread::spawn(move || {
