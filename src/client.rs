@@ -83,19 +83,21 @@ impl ClientRole {
                     log::debug!("connected to {} as connection {id}", self.server);
                     self.conn_id.store(id, Ordering::SeqCst);
                     c.timing.mark_connected();
-                    if let Some(tx) = c.connected.take() {
-                        let _ = tx.send(Ok(id));
-                    }
                     if let Some(old) = c.lost_id.take() {
                         let _ = self.inbox.tx.send(Item::Reconnected { old, new: id });
                     }
+                    // Announce before `connect` returns: a subscriber added
+                    // after it must not see this event.
                     self.set_state(c, id, ConnState::Connected);
+                    if let Some(tx) = c.connected.take() {
+                        let _ = tx.send(Ok(id));
+                    }
                 }
                 Event::Lost if id == 0 => {
                     if let Some(tx) = c.connected.take() {
                         log::debug!("connect to {} timed out", self.server);
-                        let _ = tx.send(Err(Error::ConnectTimeout));
                         self.set_state(c, 0, ConnState::Refused);
+                        let _ = tx.send(Err(Error::ConnectTimeout));
                     } else {
                         log::debug!(
                             "reconnect attempt {} to {} timed out",

@@ -364,8 +364,15 @@ impl Conn {
         if msg.conn_id != self.conn_id && msg.kind != MsgType::Connect {
             return Err(Rejected::Unexpected);
         }
-        if msg.kind != MsgType::Connect {
+        if msg.kind != MsgType::Connect && !self.heard {
             self.heard = true;
+            // First word from the peer since its Connect: answer at once, so it
+            // hears from us within one of its epochs even though heartbeats
+            // were held back until now (a Data message gets its Ack instead).
+            if msg.kind != MsgType::Data {
+                self.transmits.push_back(Transmit::Ack(0));
+                self.counters.heartbeats_sent += 1;
+            }
         }
         match msg.kind {
             MsgType::Connect => {
@@ -698,9 +705,11 @@ mod tests {
         conn.on_epoch();
         assert_eq!(conn.poll_event(), Some(Event::Lost));
 
+        // Its first heartbeat is answered at once, then heartbeats flow.
         let mut conn = Conn::server(params, 1, 50);
         drain(&mut conn);
         conn.handle(Message::ack(1, 0)).unwrap();
+        assert_eq!(drain(&mut conn), [Message::ack(1, 0)]);
         conn.on_epoch();
         assert_eq!(drain(&mut conn), [Message::ack(1, 0)]);
     }

@@ -115,10 +115,20 @@ pub(crate) struct ServerRole {
 
 /// What to do with an entry once its lock is released (the table lock is
 /// never taken while a connection lock is held).
-#[derive(PartialEq)]
+#[derive(Clone, Copy, PartialEq)]
 enum After {
     Keep,
-    Remove,
+    /// The connection ended: take it out of the table, then announce it.
+    End(Ending),
+}
+
+/// A connection's end, announced only once it has left the table, so that
+/// whoever sees the terminal event (or `ConnectionLost`) finds no stale entry.
+#[derive(Clone, Copy, PartialEq)]
+struct Ending {
+    state: ConnState,
+    /// Queue `ConnectionLost` for `read`.
+    tell_reader: bool,
 }
 
 impl ServerRole {
@@ -161,60 +171,82 @@ impl ServerRole {
         }
         let mut after = After::Keep;
         while let Some(event) = conn.poll_event() {
-            let state = match event {
+            let ending = match event {
                 Event::Lost => {
                     log::debug!("connection {} ({}) lost", entry.id, entry.addr);
                     self.totals.lost.fetch_add(1, Ordering::Relaxed);
-                    if !*closed_by_user {
-                        let _ = self.inbox.tx.send(Item::Lost(entry.id));
-                    }
                     if self.closing.load(Ordering::SeqCst) && conn.orphans() > 0 {
                         self.lost_during_close.lock().push(ConnId(entry.id));
                     }
                     conn.take_orphans();
-                    ConnState::Lost
+                    Ending {
+                        state: ConnState::Lost,
+                        tell_reader: !*closed_by_user,
+                    }
                 }
                 Event::Drained => {
                     log::debug!("connection {} ({}) closed", entry.id, entry.addr);
                     self.totals.closed.fetch_add(1, Ordering::Relaxed);
-                    ConnState::Closed
+                    Ending {
+                        state: ConnState::Closed,
+                        tell_reader: false,
+                    }
                 }
                 Event::Connected => continue,
             };
-            after = After::Remove;
             if !*ended {
                 *ended = true;
-                self.events.emit(Some(entry.id), entry.addr, state);
+                after = After::End(ending);
             }
         }
         after
     }
 
-    /// Removes entries that are still the ones in the table; signals the
-    /// close manager when a closing server has no connection left.
-    fn remove(&self, io: &Io, entries: &[Arc<Entry>]) {
-        if entries.is_empty() {
+    /// Takes ended connections out of the table, then announces their end
+    /// (terminal event, `ConnectionLost` for the reader), then signals the
+    /// close manager if a closing server has no connection left. Call with no
+    /// lock held.
+    fn finish(&self, io: &Io, ended: Vec<(Arc<Entry>, Ending)>) {
+        if ended.is_empty() {
             return;
         }
-        let mut table = self.table.lock();
-        for entry in entries {
-            if table
-                .by_id
-                .get(&entry.id)
-                .is_some_and(|e| Arc::ptr_eq(e, entry))
-            {
-                table.by_id.remove(&entry.id);
+        let drained = {
+            let mut table = self.table.lock();
+            for (entry, _) in &ended {
+                if table
+                    .by_id
+                    .get(&entry.id)
+                    .is_some_and(|e| Arc::ptr_eq(e, entry))
+                {
+                    table.by_id.remove(&entry.id);
+                }
+                if table
+                    .by_addr
+                    .get(&entry.addr)
+                    .is_some_and(|e| Arc::ptr_eq(e, entry))
+                {
+                    table.by_addr.remove(&entry.addr);
+                }
             }
-            if table
-                .by_addr
-                .get(&entry.addr)
-                .is_some_and(|e| Arc::ptr_eq(e, entry))
-            {
-                table.by_addr.remove(&entry.addr);
+            table.closing && table.by_id.is_empty()
+        };
+        for (entry, ending) in ended {
+            // Under the entry's lock, like every other event of it.
+            let _guard = entry.state.lock();
+            if ending.tell_reader {
+                let _ = self.inbox.tx.send(Item::Lost(entry.id));
             }
+            self.events.emit(Some(entry.id), entry.addr, ending.state);
         }
-        if table.closing && table.by_id.is_empty() {
+        if drained {
             io.signal_drained();
+        }
+    }
+
+    /// [`finish`](Self::finish) for one entry, if `after` says it ended.
+    fn after(&self, io: &Io, entry: Arc<Entry>, after: After) {
+        if let After::End(ending) = after {
+            self.finish(io, vec![(entry, ending)]);
         }
     }
 
@@ -230,7 +262,9 @@ impl ServerRole {
                     .fetch_add(1, Ordering::Relaxed);
                 let mut s = existing.state.lock();
                 let _ = s.conn.handle(Message::connect(isn));
-                self.drive(io, &existing, &mut s);
+                let after = self.drive(io, &existing, &mut s);
+                drop(s);
+                self.after(io, existing, after);
                 return;
             }
             if !table.closing {
@@ -276,7 +310,9 @@ impl ServerRole {
         log::debug!("connection {id} accepted from {from} (isn {isn})");
         self.totals.accepted.fetch_add(1, Ordering::Relaxed);
         self.events.emit(Some(id), from, ConnState::Connected);
-        self.drive(io, &entry, &mut s);
+        let after = self.drive(io, &entry, &mut s);
+        drop(s);
+        self.after(io, entry.clone(), after);
     }
 
     /// Ends a connection whose client reconnected from the same address.
@@ -358,9 +394,7 @@ impl Role for ServerRole {
             }
             self.drive(io, &entry, &mut s)
         };
-        if after == After::Remove {
-            self.remove(io, &[entry]);
-        }
+        self.after(io, entry, after);
     }
 
     fn end_batch(&self, io: &Io, batch: &mut Self::Batch) {
@@ -368,12 +402,12 @@ impl Role for ServerRole {
         for entry in batch.drain(..) {
             let mut s = entry.state.lock();
             s.conn.flush_acks();
-            if self.drive(io, &entry, &mut s) == After::Remove {
+            if let After::End(ending) = self.drive(io, &entry, &mut s) {
                 drop(s);
-                gone.push(entry);
+                gone.push((entry, ending));
             }
         }
-        self.remove(io, &gone);
+        self.finish(io, gone);
     }
 
     fn on_malformed(&self, from: SocketAddr) {
@@ -389,12 +423,12 @@ impl Role for ServerRole {
         for entry in self.entries() {
             let mut s = entry.state.lock();
             s.conn.on_epoch();
-            if self.drive(io, &entry, &mut s) == After::Remove {
+            if let After::End(ending) = self.drive(io, &entry, &mut s) {
                 drop(s);
-                gone.push(entry);
+                gone.push((entry, ending));
             }
         }
-        self.remove(io, &gone);
+        self.finish(io, gone);
     }
 
     fn begin_close(&self, io: &Io) {
@@ -413,12 +447,12 @@ impl Role for ServerRole {
                     .emit(Some(entry.id), entry.addr, ConnState::Closing);
             }
             s.conn.close();
-            if self.drive(io, &entry, &mut s) == After::Remove {
+            if let After::End(ending) = self.drive(io, &entry, &mut s) {
                 drop(s);
-                gone.push(entry);
+                gone.push((entry, ending));
             }
         }
-        self.remove(io, &gone);
+        self.finish(io, gone);
         if self.table.lock().by_id.is_empty() {
             io.signal_drained();
         }
@@ -697,15 +731,17 @@ impl Server {
         let shared = &self.endpoint.shared;
         let entry = shared.role.lookup(id)?;
         let mut s = entry.state.lock();
-        match s.conn.phase() {
+        let after = match s.conn.phase() {
             Phase::Open => {
                 s.conn.write(payload.to_vec());
-                shared.role.drive(&shared.io, &entry, &mut s);
-                Ok(())
+                shared.role.drive(&shared.io, &entry, &mut s)
             }
-            Phase::Closing | Phase::Drained => Err(Error::ConnectionClosed(id)),
-            Phase::Lost | Phase::Connecting => Err(Error::UnknownConnection(id)),
-        }
+            Phase::Closing | Phase::Drained => return Err(Error::ConnectionClosed(id)),
+            Phase::Lost | Phase::Connecting => return Err(Error::UnknownConnection(id)),
+        };
+        drop(s);
+        shared.role.after(&shared.io, entry, after);
+        Ok(())
     }
 
     /// Closes connection `id` without blocking: messages already written are
@@ -734,9 +770,7 @@ impl Server {
             s.conn.close();
             shared.role.drive(&shared.io, &entry, &mut s)
         };
-        if after == After::Remove {
-            shared.role.remove(&shared.io, &[entry]);
-        }
+        shared.role.after(&shared.io, entry, after);
         Ok(())
     }
 

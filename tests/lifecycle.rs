@@ -34,16 +34,22 @@ fn next_state(events: &Receiver<ConnEvent>) -> (Option<ConnId>, ConnState) {
     (e.conn_id, e.state)
 }
 
-/// A raw UDP socket speaking LSP by hand.
+/// A raw UDP socket speaking LSP by hand. It listens only to the last
+/// address it sent to (before that, to anyone): its port may have belonged to
+/// another test's client a moment ago, whose server still heartbeats it.
 struct Raw {
     socket: UdpSocket,
+    peer: std::cell::Cell<Option<SocketAddr>>,
 }
 
 impl Raw {
     fn new() -> Raw {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_read_timeout(Some(WAIT)).unwrap();
-        Raw { socket }
+        Raw {
+            socket,
+            peer: std::cell::Cell::new(None),
+        }
     }
 
     fn addr(&self) -> SocketAddr {
@@ -54,15 +60,20 @@ impl Raw {
         let mut buf = Vec::new();
         msg.encode(&mut buf);
         self.socket.send_to(&buf, to).unwrap();
+        self.peer.set(Some(to));
     }
 
     fn recv(&self) -> (Message<'static>, SocketAddr) {
         let mut buf = [0u8; 65536];
-        let (n, from) = self
-            .socket
-            .recv_from(&mut buf)
-            .expect("a datagram within the wait");
-        (Message::decode(&buf[..n]).unwrap().into_owned(), from)
+        loop {
+            let (n, from) = self
+                .socket
+                .recv_from(&mut buf)
+                .expect("a datagram within the wait");
+            if self.peer.get().is_none_or(|peer| peer == from) {
+                return (Message::decode(&buf[..n]).unwrap().into_owned(), from);
+            }
+        }
     }
 
     /// Receives until a message other than a heartbeat arrives.
@@ -290,13 +301,16 @@ fn connect_storm_against_a_limit_admits_exactly_the_limit() {
                 barrier.wait();
                 raw.send(&Message::connect(i as u64 + 1), addr);
                 let mut buf = [0u8; 2048];
-                match raw.socket.recv_from(&mut buf) {
-                    Ok((n, _)) => {
-                        let m = Message::decode(&buf[..n]).unwrap();
-                        assert_eq!((m.kind, m.seq_num), (MsgType::Ack, i as u64 + 1));
-                        Some(m.conn_id)
+                loop {
+                    match raw.socket.recv_from(&mut buf) {
+                        Ok((n, from)) if from == addr => {
+                            let m = Message::decode(&buf[..n]).unwrap();
+                            assert_eq!((m.kind, m.seq_num), (MsgType::Ack, i as u64 + 1));
+                            return Some(m.conn_id);
+                        }
+                        Ok(_) => continue, // a stranger: see `Raw`
+                        Err(_) => return None,
                     }
-                    Err(_) => None,
                 }
             })
         })
@@ -375,10 +389,10 @@ fn at_the_limit_refusals_are_reported_once_per_address_per_epoch_and_admitted_cl
         .socket
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    assert!(
-        outsider.socket.recv_from(&mut [0u8; 64]).is_err(),
-        "refused connects get no answer"
-    );
+    let mut buf = [0u8; 2048];
+    while let Ok((_, from)) = outsider.socket.recv_from(&mut buf) {
+        assert_ne!(from, addr, "refused connects get no answer");
+    }
     server.close_timeout(Duration::from_millis(100)).ok();
 }
 
@@ -698,7 +712,10 @@ fn only_one_connection_attempt_is_in_flight() {
             break;
         }
         let mut buf = [0u8; 2048];
-        if let Ok((n, _)) = raw.socket.recv_from(&mut buf) {
+        if let Ok((n, from)) = raw.socket.recv_from(&mut buf) {
+            if from != client_addr {
+                continue; // a stranger: see `Raw`
+            }
             let m = Message::decode(&buf[..n]).unwrap();
             if m.kind == MsgType::Connect && m.seq_num != isns.last().copied().unwrap_or(u64::MAX) {
                 isns.push(m.seq_num);
@@ -736,14 +753,22 @@ fn stats_match_exactly_counted_traffic() {
             if n == 0 {
                 break; // the test's stop signal
             }
+            if client_addr.is_some_and(|c| c != from) && from != server_addr {
+                continue; // a stranger: see `Raw`
+            }
             if from == server_addr {
                 if let Some(to) = client_addr {
                     proxy.send_to(&buf[..n], to).unwrap();
                 }
                 continue;
             }
-            client_addr = Some(from);
             let m = Message::decode(&buf[..n]).unwrap();
+            if client_addr.is_none() {
+                if m.kind != MsgType::Connect {
+                    continue; // a stranger: see `Raw`
+                }
+                client_addr = Some(from);
+            }
             match m.kind {
                 MsgType::Data => {
                     data_seen += 1;
