@@ -1,0 +1,412 @@
+//! The performance report: liveseq against raw UDP on the same loopback, in
+//! the same run, so the ratios hold on a noisy machine.
+//!
+//! ```text
+//! cargo run --release --example bench                  # the standard report (under a minute)
+//! cargo run --release --example bench -- --json        # one JSON object
+//! cargo run --release --example bench -- --loss 10     # the same with 10% loss each way
+//! cargo run --release --example bench -- --clients 4 --messages 50000 --size 512 --window 16
+//! ```
+//!
+//! Baselines: raw UDP ping-pong (round trips per second and latency) and a
+//! raw UDP one-way blast into a large receive buffer (datagrams per second
+//! the receiver keeps up with). Workloads (100-byte payloads unless `--size`):
+//! echo at window 1, echo at window 32 with 1 and 8 clients, a one-way
+//! stream at window 32, and the custom echo given by the flags. Every
+//! workload runs `--runs` times and reports its median.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use liveseq::{Client, Faults, Params, Server};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "liveseq throughput and latency against raw UDP")]
+struct Args {
+    /// Clients of the custom echo workload.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Messages per client in each workload.
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Window (and max unacked) of the custom echo workload.
+    #[arg(long, default_value_t = 1)]
+    window: u32,
+    /// Percent of datagrams dropped on every send, on both sides.
+    #[arg(long, default_value_t = 0)]
+    loss: u8,
+    /// Repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Only the custom echo workload (with the ping-pong baseline).
+    #[arg(long)]
+    custom_only: bool,
+}
+
+/// One workload's figures.
+#[derive(Clone, Copy, Default)]
+struct Figures {
+    per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    retransmissions: u64,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let runs = args.runs.max(1);
+    let median = |f: &dyn Fn() -> Figures| -> Figures {
+        let mut all: Vec<Figures> = (0..runs).map(|_| f()).collect();
+        all.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
+        all[all.len() / 2]
+    };
+    let n = args.messages;
+    let size = args.size;
+    let pingpong = median(&|| udp_pingpong(n, size));
+    let oneway = median(&|| udp_oneway(n * 5, size));
+    let custom = median(&|| echo(&args, args.clients, args.window, n));
+    let mut rows = vec![("custom", custom)];
+    if !args.custom_only {
+        rows.push(("echo_w1", median(&|| echo(&args, 1, 1, n))));
+        rows.push(("echo_w32", median(&|| echo(&args, 1, 32, n * 2))));
+        rows.push(("echo_w32_8clients", median(&|| echo(&args, 8, 32, n / 2))));
+        rows.push(("stream_w32", median(&|| stream(&args, 32, n * 5))));
+    }
+    if args.json {
+        print_json(&args, pingpong, oneway, &rows);
+    } else {
+        print_table(&args, pingpong, oneway, &rows);
+    }
+    Ok(())
+}
+
+fn print_table(args: &Args, pingpong: Figures, oneway: Figures, rows: &[(&str, Figures)]) {
+    println!(
+        "liveseq bench: {} B payloads, {}% loss, median of {} runs",
+        args.size, args.loss, args.runs
+    );
+    println!(
+        "raw UDP ping-pong   {:>10.0} round trips/s   p50 {:>6.1} µs   p99 {:>6.1} µs",
+        pingpong.per_sec, pingpong.p50_us, pingpong.p99_us
+    );
+    println!("raw UDP one-way     {:>10.0} datagrams/s", oneway.per_sec);
+    for (name, f) in rows {
+        let name = if *name == "custom" {
+            format!("echo {}x w{}", args.clients, args.window)
+        } else {
+            name.to_string()
+        };
+        let (base, base_name) = if name.contains("w1") && !name.contains("w1x") {
+            (pingpong.per_sec, "ping-pong")
+        } else {
+            (oneway.per_sec, "one-way")
+        };
+        print!(
+            "{name:<19} {:>10.0} msgs/s   {:>5.2} x raw {base_name}",
+            f.per_sec,
+            f.per_sec / base
+        );
+        if f.p99_us > 0.0 {
+            print!(
+                "   p50 {:.1} µs p99 {:.1} µs ({:.2} x raw p99)",
+                f.p50_us,
+                f.p99_us,
+                f.p99_us / pingpong.p99_us
+            );
+        }
+        if args.loss > 0 || f.retransmissions > 0 {
+            print!("   retransmissions {}", f.retransmissions);
+        }
+        println!();
+    }
+}
+
+fn print_json(args: &Args, pingpong: Figures, oneway: Figures, rows: &[(&str, Figures)]) {
+    let mut fields = vec![
+        ("size".to_string(), args.size as f64),
+        ("loss_percent".to_string(), f64::from(args.loss)),
+        ("udp_pingpong_per_sec".to_string(), pingpong.per_sec),
+        ("udp_pingpong_p50_us".to_string(), pingpong.p50_us),
+        ("udp_pingpong_p99_us".to_string(), pingpong.p99_us),
+        ("udp_oneway_per_sec".to_string(), oneway.per_sec),
+    ];
+    for (name, f) in rows {
+        fields.push((format!("{name}_per_sec"), f.per_sec));
+        if f.p99_us > 0.0 {
+            fields.push((format!("{name}_p50_us"), f.p50_us));
+            fields.push((format!("{name}_p99_us"), f.p99_us));
+        }
+        fields.push((format!("{name}_retransmissions"), f.retransmissions as f64));
+        let base = if *name == "echo_w1" {
+            pingpong.per_sec
+        } else {
+            oneway.per_sec
+        };
+        fields.push((format!("{name}_ratio"), f.per_sec / base));
+    }
+    if let Some((_, w1)) = rows.iter().find(|(n, _)| *n == "echo_w1") {
+        fields.push(("echo_w1_p99_ratio".to_string(), w1.p99_us / pingpong.p99_us));
+    }
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("\"{k}\":{}", json_number(*v)))
+        .collect();
+    println!("{{{}}}", body.join(","));
+}
+
+fn json_number(v: f64) -> String {
+    if v.is_finite() {
+        format!("{:.3}", v)
+    } else {
+        "null".into()
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+fn latency_figures(count: usize, took: Duration, mut samples: Vec<Duration>) -> Figures {
+    samples.sort();
+    Figures {
+        per_sec: count as f64 / took.as_secs_f64(),
+        p50_us: percentile(&samples, 0.5),
+        p99_us: percentile(&samples, 0.99),
+        retransmissions: 0,
+    }
+}
+
+/// Raw UDP round trips: one socket sends, the other echoes.
+fn udp_pingpong(n: usize, size: usize) -> Figures {
+    let a = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let b = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let b_addr = b.local_addr().expect("addr");
+    let echo = thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        for _ in 0..n {
+            let Ok((len, from)) = b.recv_from(&mut buf) else {
+                return;
+            };
+            let _ = b.send_to(&buf[..len], from);
+        }
+    });
+    let payload = vec![7u8; size];
+    let mut buf = [0u8; 65536];
+    let mut samples = Vec::with_capacity(n);
+    let started = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        a.send_to(&payload, b_addr).expect("send");
+        a.recv_from(&mut buf).expect("recv");
+        samples.push(t.elapsed());
+    }
+    let took = started.elapsed();
+    let _ = echo.join();
+    latency_figures(n, took, samples)
+}
+
+/// Raw UDP one way: how many datagrams per second the receiver takes in
+/// while a sender blasts into its (large) buffer.
+fn udp_oneway(n: usize, size: usize) -> Figures {
+    let receiver =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).expect("socket");
+    let _ = receiver.set_recv_buffer_size(8 << 20);
+    receiver
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let receiver: UdpSocket = receiver.into();
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let to = receiver.local_addr().expect("addr");
+    let counting = thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        let mut got = 0u64;
+        let mut first = None;
+        let mut last = Instant::now();
+        while receiver.recv_from(&mut buf).is_ok() {
+            first.get_or_insert_with(Instant::now);
+            got += 1;
+            last = Instant::now();
+        }
+        (
+            got,
+            first.map(|f| last.duration_since(f)).unwrap_or_default(),
+        )
+    });
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let payload = vec![7u8; size];
+    for _ in 0..n {
+        let _ = sender.send_to(&payload, to);
+    }
+    let (got, took) = counting.join().unwrap_or_default();
+    Figures {
+        per_sec: got.saturating_sub(1) as f64 / took.as_secs_f64().max(1e-9),
+        ..Figures::default()
+    }
+}
+
+fn params(window: u32) -> Params {
+    // Long epochs: without loss nothing should ever be retransmitted.
+    Params {
+        epoch_millis: 1000,
+        epoch_limit: 10,
+        window_size: window,
+        max_unacked_messages: window,
+        max_backoff_interval: 0,
+    }
+}
+
+fn faults(loss: u8, seed: u64) -> Faults {
+    Faults {
+        write_drop_percent: loss,
+        seed: Some(seed),
+        ..Faults::default()
+    }
+}
+
+fn lossy_params(args: &Args, window: u32) -> Params {
+    if args.loss > 0 {
+        // With loss, recovery is paced by the epoch: keep it short.
+        Params {
+            epoch_millis: 20,
+            epoch_limit: 100,
+            ..params(window)
+        }
+    } else {
+        params(window)
+    }
+}
+
+/// `clients` clients each echo `n` messages through one server, keeping up
+/// to `window` in flight. At window 1 each message's round trip is timed.
+fn echo(args: &Args, clients: usize, window: u32, n: usize) -> Figures {
+    let p = lossy_params(args, window);
+    let server = Arc::new(
+        Server::builder()
+            .params(p)
+            .faults(faults(args.loss, 1))
+            .bind("127.0.0.1:0")
+            .expect("bind"),
+    );
+    let addr = server.local_addr().expect("addr");
+    let echoing = {
+        let server = server.clone();
+        thread::spawn(move || {
+            while let Ok((id, msg)) = server.read() {
+                if server.write(id, &msg).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let size = args.size;
+    let loss = args.loss;
+    let started = Instant::now();
+    let per_client: Vec<_> = (0..clients)
+        .map(|c| {
+            thread::spawn(move || {
+                let client = Arc::new(
+                    Client::builder()
+                        .params(p)
+                        .faults(faults(loss, 100 + c as u64))
+                        .connect(addr)
+                        .expect("connect"),
+                );
+                let payload = vec![0x42u8; size];
+                let mut samples = Vec::new();
+                if window == 1 {
+                    samples.reserve(n);
+                    for _ in 0..n {
+                        let t = Instant::now();
+                        client.write(&payload).expect("write");
+                        assert_eq!(client.read().expect("read").len(), size);
+                        samples.push(t.elapsed());
+                    }
+                } else {
+                    // Keep at most `window` echoes outstanding.
+                    let (credit_tx, credit_rx) = crossbeam_channel::bounded::<()>(window as usize);
+                    let reader = {
+                        let client = client.clone();
+                        thread::spawn(move || {
+                            for _ in 0..n {
+                                assert_eq!(client.read().expect("read").len(), size);
+                                let _ = credit_rx.recv();
+                            }
+                        })
+                    };
+                    for _ in 0..n {
+                        let _ = credit_tx.send(());
+                        client.write(&payload).expect("write");
+                    }
+                    reader.join().expect("reader");
+                }
+                let retransmissions = client.stats().retransmissions;
+                client.close().expect("close");
+                (samples, retransmissions)
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    let mut retransmissions = 0;
+    for h in per_client {
+        let (s, r) = h.join().expect("client");
+        samples.extend(s);
+        retransmissions += r;
+    }
+    let took = started.elapsed();
+    let _ = server.close_timeout(Duration::from_secs(2));
+    let _ = echoing.join();
+    let mut f = latency_figures(clients * n, took, samples);
+    f.retransmissions = retransmissions;
+    f
+}
+
+/// One client streams `n` messages to the server, which only reads.
+fn stream(args: &Args, window: u32, n: usize) -> Figures {
+    let p = lossy_params(args, window);
+    let server = Server::builder()
+        .params(p)
+        .faults(faults(args.loss, 7))
+        .bind("127.0.0.1:0")
+        .expect("bind");
+    let client = Client::builder()
+        .params(p)
+        .faults(faults(args.loss, 8))
+        .connect(server.local_addr().expect("addr"))
+        .expect("connect");
+    let payload = vec![0x42u8; args.size];
+    let started = Instant::now();
+    let writer = thread::spawn(move || {
+        for _ in 0..n {
+            client.write(&payload).expect("write");
+        }
+        let retransmissions = client.stats().retransmissions;
+        client.close().expect("close");
+        retransmissions
+    });
+    for _ in 0..n {
+        server.read().expect("read");
+    }
+    let took = started.elapsed();
+    let retransmissions = writer.join().expect("writer");
+    let _ = server.close_timeout(Duration::from_secs(2));
+    Figures {
+        per_sec: n as f64 / took.as_secs_f64(),
+        retransmissions,
+        ..Figures::default()
+    }
+}
