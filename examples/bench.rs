@@ -6,6 +6,7 @@
 //! cargo run --release --example bench -- --json        # one JSON object
 //! cargo run --release --example bench -- --loss 10     # the same with 10% loss each way
 //! cargo run --release --example bench -- --clients 4 --messages 50000 --size 512 --window 16
+//! cargo run --release --example bench -- --sweep-svg docs/window-sweep.svg
 //! ```
 //!
 //! Baselines: raw UDP ping-pong (round trips per second and latency) and a
@@ -50,6 +51,9 @@ struct Args {
     /// Only the custom echo workload (with the ping-pong baseline).
     #[arg(long)]
     custom_only: bool,
+    /// Measure echo throughput at windows 1 to 64 and draw it into this SVG file.
+    #[arg(long)]
+    sweep_svg: Option<std::path::PathBuf>,
 }
 
 /// One workload's figures.
@@ -73,6 +77,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let size = args.size;
     let pingpong = median(&|| udp_pingpong(n, size));
     let oneway = median(&|| udp_oneway(n * 5, size));
+    if let Some(path) = &args.sweep_svg {
+        let windows = [1u32, 2, 4, 8, 16, 32, 64];
+        let points: Vec<(u32, f64)> = windows
+            .iter()
+            .map(|&w| {
+                let f = median(&|| echo(&args, 1, w, n));
+                println!("window {w:>2}: {:>9.0} echoes/s", f.per_sec);
+                (w, f.per_sec)
+            })
+            .collect();
+        std::fs::write(path, sweep_svg(&points, pingpong.per_sec, oneway.per_sec))?;
+        println!(
+            "raw ping-pong {:.0}/s, raw one-way {:.0}/s; wrote {}",
+            pingpong.per_sec,
+            oneway.per_sec,
+            path.display()
+        );
+        return Ok(());
+    }
     let custom = median(&|| echo(&args, args.clients, args.window, n));
     let mut rows = vec![("custom", custom)];
     if !args.custom_only {
@@ -100,18 +123,19 @@ fn print_table(args: &Args, pingpong: Figures, oneway: Figures, rows: &[(&str, F
     );
     println!("raw UDP one-way     {:>10.0} datagrams/s", oneway.per_sec);
     for (name, f) in rows {
-        let name = if *name == "custom" {
+        let label = if *name == "custom" {
             format!("echo {}x w{}", args.clients, args.window)
         } else {
             name.to_string()
         };
-        let (base, base_name) = if name.contains("w1") && !name.contains("w1x") {
+        let window_one = *name == "echo_w1" || (*name == "custom" && args.window == 1);
+        let (base, base_name) = if window_one {
             (pingpong.per_sec, "ping-pong")
         } else {
             (oneway.per_sec, "one-way")
         };
         print!(
-            "{name:<19} {:>10.0} msgs/s   {:>5.2} x raw {base_name}",
+            "{label:<19} {:>10.0} msgs/s   {:>5.2} x raw {base_name}",
             f.per_sec,
             f.per_sec / base
         );
@@ -146,7 +170,8 @@ fn print_json(args: &Args, pingpong: Figures, oneway: Figures, rows: &[(&str, Fi
             fields.push((format!("{name}_p99_us"), f.p99_us));
         }
         fields.push((format!("{name}_retransmissions"), f.retransmissions as f64));
-        let base = if *name == "echo_w1" {
+        let window_one = *name == "echo_w1" || (*name == "custom" && args.window == 1);
+        let base = if window_one {
             pingpong.per_sec
         } else {
             oneway.per_sec
@@ -409,4 +434,98 @@ fn stream(args: &Args, window: u32, n: usize) -> Figures {
         retransmissions,
         ..Figures::default()
     }
+}
+
+/// A line chart of echo throughput against window size (log2 axis), with
+/// the raw UDP figures as reference lines.
+fn sweep_svg(points: &[(u32, f64)], pingpong: f64, oneway: f64) -> String {
+    let (w, h, left, bottom, top, right) = (720.0, 420.0, 80.0, 50.0, 40.0, 170.0);
+    let max_y = points
+        .iter()
+        .map(|p| p.1)
+        .fold(oneway.max(pingpong), f64::max)
+        * 1.1;
+    let max_x = points.last().map_or(1.0, |p| f64::from(p.0).log2());
+    let x = |win: f64| left + win.log2() / max_x * (w - left - right);
+    let y = |v: f64| h - bottom - v / max_y * (h - bottom - top);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{}" y="22" font-size="15" text-anchor="middle">liveseq echo throughput by window (1 client, 100-byte payloads, loopback)</text>
+<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>
+<line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>
+"#,
+        w / 2.0,
+        h - bottom,
+        w - right,
+        h - bottom,
+        h - bottom
+    );
+    for i in 0..=5 {
+        let v = max_y * f64::from(i) / 5.0;
+        svg += &format!(
+            r##"<line x1="{left}" y1="{0:.1}" x2="{1}" y2="{0:.1}" stroke="#ddd"/><text x="{2}" y="{3:.1}" text-anchor="end">{4:.0}k</text>
+"##,
+            y(v),
+            w - right,
+            left - 6.0,
+            y(v) + 4.0,
+            v / 1000.0
+        );
+    }
+    for &(win, _) in points {
+        svg += &format!(
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{win}</text>
+"#,
+            x(f64::from(win)),
+            h - bottom + 18.0
+        );
+    }
+    svg += &format!(
+        r#"<text x="{}" y="{}" text-anchor="middle">window size (max unacked = window)</text>
+<text x="18" y="{}" transform="rotate(-90 18 {})" text-anchor="middle">messages per second</text>
+"#,
+        (left + w - right) / 2.0,
+        h - 10.0,
+        h / 2.0,
+        h / 2.0
+    );
+    for (value, label, color) in [
+        (oneway, "raw UDP one-way", "#999"),
+        (pingpong, "raw UDP ping-pong", "#c60"),
+    ] {
+        svg += &format!(
+            r#"<line x1="{left}" y1="{0:.1}" x2="{1}" y2="{0:.1}" stroke="{color}" stroke-dasharray="6 4"/><text x="{2}" y="{3:.1}" fill="{color}">{label}</text>
+"#,
+            y(value),
+            w - right,
+            w - right + 6.0,
+            y(value) + 4.0
+        );
+    }
+    let path: Vec<String> = points
+        .iter()
+        .map(|&(win, v)| format!("{:.1},{:.1}", x(f64::from(win)), y(v)))
+        .collect();
+    svg += &format!(
+        r##"<polyline points="{}" fill="none" stroke="#06c" stroke-width="2.5"/>
+"##,
+        path.join(" ")
+    );
+    for &(win, v) in points {
+        svg += &format!(
+            r##"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="#06c"/>
+"##,
+            x(f64::from(win)),
+            y(v)
+        );
+    }
+    svg += &format!(
+        r##"<text x="{}" y="{:.1}" fill="#06c">liveseq echo</text>
+</svg>
+"##,
+        w - right + 6.0,
+        y(points.last().map_or(0.0, |p| p.1)) + 4.0
+    );
+    svg
 }

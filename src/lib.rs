@@ -56,3 +56,8 @@ pub use message::{max_payload, Message, MsgType};
 pub use params::Params;
 pub use server::{ConnId, Server, ServerBuilder};
 pub use stats::{ConnStats, Rtt, ServerStats};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,469 @@
+//! Deterministic tests of the protocol state machine (`liveseq::conn::Conn`):
+//! no sockets, no clock, no sleeps. Time is a count of `on_epoch` calls.
+//!
+//! Reference families covered here: ExpBackOff (the 1, 3, 6, 11, ... schedule),
+//! Window and MaxUnackedMessages (limits and anchoring), OutOfOrderMsg,
+//! CAckServer (CAck handling), VariableLengthMsg and CorruptedMsg (integrity
+//! rules), BasicISN (sequence numbers start at isn + 1), epoch-limit loss.
+
+use std::borrow::Cow;
+
+use liveseq::conn::{Conn, Event, Phase, Rejected};
+use liveseq::{Message, MsgType, Params};
+
+fn params(window: u32, max_unacked: u32, max_backoff: u32, epoch_limit: u32) -> Params {
+    Params {
+        epoch_limit,
+        epoch_millis: 1000,
+        window_size: window,
+        max_unacked_messages: max_unacked,
+        max_backoff_interval: max_backoff,
+    }
+}
+
+fn drain(conn: &mut Conn) -> Vec<Message<'static>> {
+    std::iter::from_fn(|| conn.poll_transmit().map(Message::into_owned)).collect()
+}
+
+fn events(conn: &mut Conn) -> Vec<Event> {
+    std::iter::from_fn(|| conn.poll_event()).collect()
+}
+
+fn delivered(conn: &mut Conn) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| conn.poll_delivered()).collect()
+}
+
+fn data_seqs(msgs: &[Message<'_>]) -> Vec<u64> {
+    msgs.iter()
+        .filter(|m| m.kind == MsgType::Data)
+        .map(|m| m.seq_num)
+        .collect()
+}
+
+fn is_heartbeat(m: &Message<'_>) -> bool {
+    m.kind == MsgType::Ack && m.seq_num == 0
+}
+
+/// A client connected as connection 1 with isn 100 (first Data is 101).
+fn client(p: Params) -> Conn {
+    let mut c = Conn::client(p, 100);
+    assert_eq!(drain(&mut c), [Message::connect(100)]);
+    c.handle(Message::ack(1, 100)).unwrap();
+    assert_eq!(events(&mut c), [Event::Connected]);
+    assert_eq!(c.conn_id(), 1);
+    c
+}
+
+/// A server connection 1 for isn 100 that has heard from its peer.
+fn server(p: Params) -> Conn {
+    let mut s = Conn::server(p, 1, 100);
+    assert_eq!(drain(&mut s), [Message::ack(1, 100)]);
+    s.handle(Message::ack(1, 0)).unwrap();
+    drain(&mut s);
+    s
+}
+
+/// Epochs (1-based) at which a never-acknowledged message is sent again.
+fn resend_epochs(max_backoff: u32, epochs: u32) -> Vec<u32> {
+    let mut c = client(params(1, 1, max_backoff, 1000));
+    c.write(b"m".to_vec());
+    assert_eq!(
+        data_seqs(&drain(&mut c)),
+        [101],
+        "first transmission at epoch 0"
+    );
+    let mut at = Vec::new();
+    for epoch in 1..=epochs {
+        // The server stays audible (heartbeats) but never acknowledges.
+        c.handle(Message::ack(1, 0)).unwrap();
+        c.on_epoch();
+        let sent = drain(&mut c);
+        if data_seqs(&sent) == [101] {
+            at.push(epoch);
+        } else {
+            assert!(data_seqs(&sent).is_empty());
+        }
+    }
+    at
+}
+
+#[test]
+fn backoff_schedule_doubles_per_message() {
+    assert_eq!(resend_epochs(1000, 45), [1, 3, 6, 11, 20, 37]);
+}
+
+#[test]
+fn backoff_zero_resends_every_epoch() {
+    assert_eq!(resend_epochs(0, 6), [1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn backoff_is_capped() {
+    // Gaps (epochs between sends) are backoff + 1: 1, 2, 3, 3, 3 with cap 2.
+    assert_eq!(resend_epochs(2, 15), [1, 3, 6, 9, 12, 15]);
+    // Cap 4: 1, 3, 6, 11, 16, 21 (ExpBackOff: 5 sends in 14 epochs).
+    assert_eq!(resend_epochs(4, 21), [1, 3, 6, 11, 16, 21]);
+    assert_eq!(resend_epochs(1, 6), [1, 3, 5]);
+}
+
+#[test]
+fn each_message_keeps_its_own_backoff() {
+    let mut c = client(params(2, 2, 1000, 1000));
+    c.write(b"a".to_vec());
+    drain(&mut c);
+    c.on_epoch(); // epoch 1: "a" resent
+    assert_eq!(data_seqs(&drain(&mut c)), [101]);
+    c.write(b"b".to_vec()); // first sent between epochs 1 and 2
+    assert_eq!(data_seqs(&drain(&mut c)), [102]);
+    let mut sends = Vec::new();
+    for epoch in 2..=12 {
+        c.handle(Message::ack(1, 0)).unwrap();
+        c.on_epoch();
+        for sn in data_seqs(&drain(&mut c)) {
+            sends.push((epoch, sn));
+        }
+    }
+    // "a": 1, 3, 6, 11; "b" (sent at epoch 1): 2, 4, 7, 12.
+    assert_eq!(
+        sends,
+        [
+            (2, 102),
+            (3, 101),
+            (4, 102),
+            (6, 101),
+            (7, 102),
+            (11, 101),
+            (12, 102)
+        ]
+    );
+}
+
+#[test]
+fn heartbeat_only_in_epochs_without_data() {
+    let mut c = client(params(1, 1, 1000, 1000));
+    c.on_epoch();
+    assert_eq!(drain(&mut c), [Message::ack(1, 0)], "idle epoch: heartbeat");
+    c.write(b"x".to_vec());
+    drain(&mut c);
+    c.on_epoch(); // data was sent during the epoch, and it is resent now
+    let sent = drain(&mut c);
+    assert!(!sent.iter().any(is_heartbeat), "{sent:?}");
+    c.handle(Message::ack(1, 101)).unwrap();
+    c.on_epoch(); // the resend at the last tick counted for that epoch
+    assert_eq!(drain(&mut c), [Message::ack(1, 0)]);
+    c.on_epoch();
+    assert_eq!(drain(&mut c), [Message::ack(1, 0)]);
+    assert_eq!(c.counters().heartbeats_sent, 3);
+}
+
+#[test]
+fn loss_is_declared_exactly_at_the_epoch_limit() {
+    for limit in [1, 2, 5, 9] {
+        let mut c = client(params(1, 1, 0, limit));
+        for epoch in 1..limit {
+            c.on_epoch();
+            assert_eq!(
+                events(&mut c),
+                [],
+                "limit {limit}: not lost at epoch {epoch}"
+            );
+            assert_eq!(c.epochs_silent(), epoch);
+        }
+        c.on_epoch();
+        assert_eq!(events(&mut c), [Event::Lost], "limit {limit}");
+        assert_eq!(c.phase(), Phase::Lost);
+        c.on_epoch();
+        assert_eq!(events(&mut c), [], "one Lost only");
+        assert_eq!(drain(&mut c), [], "a lost connection sends nothing");
+    }
+}
+
+#[test]
+fn anything_heard_resets_the_silence() {
+    let mut c = client(params(1, 1, 0, 3));
+    for heard in [
+        Message::ack(1, 0),
+        Message::data(1, 101, b"d"),
+        Message::cack(1, 100),
+    ] {
+        c.on_epoch();
+        c.on_epoch();
+        assert_eq!(c.epochs_silent(), 2);
+        c.handle(heard).unwrap();
+        assert_eq!(c.epochs_silent(), 0);
+    }
+    assert_eq!(events(&mut c), []);
+}
+
+#[test]
+fn connect_is_resent_every_epoch_then_fails() {
+    let mut c = Conn::client(params(1, 1, 8, 4), 7);
+    assert_eq!(drain(&mut c), [Message::connect(7)]);
+    for _ in 1..4 {
+        c.on_epoch();
+        assert_eq!(
+            drain(&mut c),
+            [Message::connect(7)],
+            "no back-off for Connect"
+        );
+    }
+    c.on_epoch();
+    assert_eq!(events(&mut c), [Event::Lost]);
+    assert_eq!(c.conn_id(), 0);
+}
+
+#[test]
+fn connect_ack_with_another_isn_is_ignored() {
+    let mut c = Conn::client(params(1, 1, 0, 5), 7);
+    drain(&mut c);
+    assert_eq!(c.handle(Message::ack(3, 8)), Err(Rejected::Unexpected));
+    assert_eq!(c.handle(Message::ack(3, 0)), Err(Rejected::Unexpected));
+    assert_eq!(c.phase(), Phase::Connecting);
+    c.handle(Message::ack(3, 7)).unwrap();
+    assert_eq!((c.phase(), c.conn_id()), (Phase::Open, 3));
+}
+
+#[test]
+fn isn_zero_connects_like_the_go_client() {
+    let mut c = Conn::client(params(1, 1, 0, 5), 0);
+    drain(&mut c);
+    c.handle(Message::ack(9, 0)).unwrap();
+    assert_eq!(events(&mut c), [Event::Connected]);
+    c.write(b"first".to_vec());
+    assert_eq!(data_seqs(&drain(&mut c)), [1]);
+}
+
+#[test]
+fn sequence_numbers_start_at_isn_plus_one_on_both_sides() {
+    let p = params(4, 4, 0, 5);
+    let mut c = client(p);
+    let mut s = server(p);
+    c.write(b"up".to_vec());
+    s.write(b"down".to_vec());
+    assert_eq!(data_seqs(&drain(&mut c)), [101]);
+    assert_eq!(data_seqs(&drain(&mut s)), [101]);
+}
+
+#[test]
+fn repeated_connect_gets_the_same_ack() {
+    let mut s = Conn::server(params(1, 1, 0, 5), 4, 55);
+    assert_eq!(drain(&mut s), [Message::ack(4, 55)]);
+    s.handle(Message::connect(55)).unwrap();
+    assert_eq!(drain(&mut s), [Message::ack(4, 55)]);
+    assert_eq!(s.handle(Message::connect(56)), Err(Rejected::Unexpected));
+}
+
+/// Sends never exceed the window (anchored at the oldest unacknowledged
+/// message) or max unacked, whatever order the acks come in.
+#[test]
+fn window_and_max_unacked_limits() {
+    for (w, m) in [(1, 1), (5, 5), (10, 3), (50, 5), (8, 8)] {
+        let mut c = client(params(w, m, 0, 100));
+        for i in 0..60u8 {
+            c.write(vec![i]);
+        }
+        let first = data_seqs(&drain(&mut c));
+        let expect: Vec<u64> = (101..101 + u64::from(w.min(m))).collect();
+        assert_eq!(first, expect, "W={w} M={m}: exactly min(W, M) go out");
+        assert_eq!(c.unacked() as u32, w.min(m));
+        assert_eq!(c.queued(), 60 - w.min(m) as usize);
+    }
+}
+
+#[test]
+fn window_is_anchored_at_the_oldest_unacknowledged() {
+    let mut c = client(params(4, 4, 0, 100));
+    for i in 0..10u8 {
+        c.write(vec![i]);
+    }
+    assert_eq!(data_seqs(&drain(&mut c)), [101, 102, 103, 104]);
+    // Acks for everything but the oldest: nothing new may go (103..106 would
+    // need 101 acknowledged).
+    for sn in [102, 103, 104] {
+        c.handle(Message::ack(1, sn)).unwrap();
+    }
+    assert!(data_seqs(&drain(&mut c)).is_empty());
+    assert_eq!(c.oldest_unacked(), 101);
+    c.handle(Message::ack(1, 101)).unwrap();
+    assert_eq!(data_seqs(&drain(&mut c)), [105, 106, 107, 108]);
+    assert_eq!(c.in_flight().collect::<Vec<_>>(), [105, 106, 107, 108]);
+}
+
+#[test]
+fn max_unacked_limits_below_the_window() {
+    let mut c = client(params(10, 2, 0, 100));
+    for i in 0..6u8 {
+        c.write(vec![i]);
+    }
+    assert_eq!(data_seqs(&drain(&mut c)), [101, 102]);
+    c.handle(Message::ack(1, 102)).unwrap();
+    assert_eq!(
+        data_seqs(&drain(&mut c)),
+        [103],
+        "one slot freed, window has room"
+    );
+    c.handle(Message::ack(1, 101)).unwrap();
+    assert_eq!(data_seqs(&drain(&mut c)), [104]);
+}
+
+#[test]
+fn out_of_order_data_is_buffered_and_delivered_in_order() {
+    let mut s = server(params(8, 8, 0, 5));
+    for sn in [104, 102, 103] {
+        s.handle(Message::data(1, sn, &[sn as u8])).unwrap();
+        assert_eq!(
+            drain(&mut s),
+            [Message::ack(1, sn)],
+            "acked at once, out of order too"
+        );
+        assert!(delivered(&mut s).is_empty());
+    }
+    assert_eq!(s.buffered(), 3);
+    s.handle(Message::data(1, 101, &[101])).unwrap();
+    assert_eq!(
+        delivered(&mut s),
+        [vec![101], vec![102], vec![103], vec![104]]
+    );
+    assert_eq!((s.next_expected(), s.buffered()), (105, 0));
+}
+
+#[test]
+fn duplicates_are_acknowledged_again_and_delivered_once() {
+    let mut s = server(params(4, 4, 0, 5));
+    s.handle(Message::data(1, 101, b"a")).unwrap();
+    s.handle(Message::data(1, 103, b"c")).unwrap();
+    drain(&mut s);
+    s.handle(Message::data(1, 101, b"a")).unwrap(); // below the window
+    s.handle(Message::data(1, 103, b"c")).unwrap(); // already buffered
+    assert_eq!(drain(&mut s), [Message::ack(1, 101), Message::ack(1, 103)]);
+    assert_eq!(s.counters().duplicates_received, 2);
+    s.handle(Message::data(1, 102, b"b")).unwrap();
+    assert_eq!(
+        delivered(&mut s),
+        [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+    );
+}
+
+#[test]
+fn data_beyond_the_window_is_dropped_unacknowledged_and_unbuffered() {
+    let mut s = server(params(3, 3, 0, 5));
+    assert_eq!(
+        s.handle(Message::data(1, 104, b"far")),
+        Err(Rejected::OutsideWindow)
+    );
+    assert_eq!(
+        s.handle(Message::data(1, u64::MAX, b"very far")),
+        Err(Rejected::OutsideWindow)
+    );
+    assert_eq!(drain(&mut s), []);
+    assert_eq!(s.buffered(), 0);
+    s.handle(Message::data(1, 103, b"edge")).unwrap(); // e + W - 1: inside
+    assert_eq!(s.buffered(), 1);
+}
+
+#[test]
+fn cack_acknowledges_everything_up_to_its_sequence_number() {
+    let mut c = client(params(8, 8, 0, 100));
+    for i in 0..8u8 {
+        c.write(vec![i]);
+    }
+    drain(&mut c);
+    c.handle(Message::cack(1, 105)).unwrap();
+    assert_eq!(c.in_flight().collect::<Vec<_>>(), [106, 107, 108]);
+    assert_eq!(c.oldest_unacked(), 106);
+    // A CAck below the window changes nothing.
+    c.handle(Message::cack(1, 102)).unwrap();
+    assert_eq!(c.unacked(), 3);
+    // No retransmission of what the CAck covered.
+    c.on_epoch();
+    assert_eq!(data_seqs(&drain(&mut c)), [106, 107, 108]);
+}
+
+#[test]
+fn acks_for_unsent_sequence_numbers_are_ignored() {
+    let mut c = client(params(2, 2, 0, 100));
+    for i in 0..4u8 {
+        c.write(vec![i]);
+    }
+    assert_eq!(data_seqs(&drain(&mut c)), [101, 102]);
+    assert_eq!(c.handle(Message::ack(1, 103)), Err(Rejected::UnsentAck));
+    assert_eq!(c.handle(Message::cack(1, 104)), Err(Rejected::UnsentAck));
+    assert_eq!(
+        c.handle(Message::ack(1, u64::MAX)),
+        Err(Rejected::UnsentAck)
+    );
+    assert_eq!((c.unacked(), c.queued(), c.oldest_unacked()), (2, 2, 101));
+    assert!(data_seqs(&drain(&mut c)).is_empty());
+}
+
+#[test]
+fn integrity_rules_for_received_data() {
+    let mut s = server(params(4, 4, 0, 5));
+    let good = Message::data(1, 101, b"payload");
+
+    let mut short = good.clone();
+    short.payload = Cow::Owned(b"pay".to_vec());
+    assert_eq!(s.handle(short), Err(Rejected::Corrupt));
+
+    let mut corrupt = good.clone();
+    corrupt.payload = Cow::Owned(b"Payload".to_vec());
+    assert_eq!(s.handle(corrupt), Err(Rejected::Corrupt));
+    assert_eq!(drain(&mut s), [], "no Ack for a dropped message");
+
+    let mut long = good.clone();
+    long.payload = Cow::Owned(b"payload plus junk".to_vec());
+    s.handle(long).unwrap();
+    assert_eq!(
+        delivered(&mut s),
+        [b"payload".to_vec()],
+        "truncated to Size"
+    );
+    assert_eq!(s.counters().corrupt_received, 2);
+}
+
+#[test]
+fn close_drains_then_reports_drained_once() {
+    let mut c = client(params(2, 2, 0, 100));
+    for i in 0..3u8 {
+        c.write(vec![i]);
+    }
+    drain(&mut c);
+    c.close();
+    assert_eq!(c.phase(), Phase::Closing);
+    c.write(b"too late".to_vec());
+    assert_eq!(c.queued(), 1, "writes after close are ignored");
+    // Data received while closing is acknowledged but not delivered.
+    c.handle(Message::data(1, 101, b"in")).unwrap();
+    assert_eq!(drain(&mut c), [Message::ack(1, 101)]);
+    assert!(delivered(&mut c).is_empty());
+    c.handle(Message::ack(1, 101)).unwrap();
+    c.handle(Message::ack(1, 102)).unwrap();
+    assert_eq!(data_seqs(&drain(&mut c)), [103]);
+    assert_eq!(events(&mut c), []);
+    c.handle(Message::ack(1, 103)).unwrap();
+    assert_eq!(events(&mut c), [Event::Drained]);
+    assert_eq!(c.phase(), Phase::Drained);
+    assert!(c.is_idle());
+}
+
+#[test]
+fn close_with_nothing_pending_drains_at_once() {
+    let mut c = client(params(1, 1, 0, 5));
+    c.close();
+    assert_eq!(events(&mut c), [Event::Drained]);
+}
+
+#[test]
+fn loss_sets_aside_what_was_never_acknowledged() {
+    let mut c = client(params(2, 2, 0, 2));
+    for i in 0..5u8 {
+        c.write(vec![i]);
+    }
+    drain(&mut c);
+    c.handle(Message::ack(1, 101)).unwrap();
+    c.on_epoch();
+    c.on_epoch();
+    assert_eq!(events(&mut c), [Event::Lost]);
+    assert_eq!(c.take_orphans(), [vec![1], vec![2], vec![3], vec![4]]);
+    assert!(c.is_idle());
+}
