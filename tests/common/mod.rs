@@ -1,0 +1,142 @@
+//! Helpers shared by the socket-level tests.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use liveseq::{Error, Message, MsgType, Params, Server};
+
+/// Long enough that a test only waits this long when something is broken.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn params(epoch_limit: u32, epoch_millis: u64, window: u32, max_unacked: u32) -> Params {
+    Params {
+        epoch_limit,
+        epoch_millis,
+        window_size: window,
+        max_unacked_messages: max_unacked,
+        max_backoff_interval: 0,
+    }
+}
+
+/// Message `i` of client `c`: its length varies from 1 to `max` bytes and
+/// its bytes encode (c, i), so any mix-up shows.
+pub fn payload(c: usize, i: usize, max: usize) -> Vec<u8> {
+    let len = 1 + (i * 131 + c * 17) % max;
+    (0..len)
+        .map(|j| (j as u8) ^ (i as u8).wrapping_mul(7) ^ (c as u8).wrapping_mul(29))
+        .collect()
+}
+
+/// An echo loop on `server` in a thread: every message goes back to its
+/// sender. Ends when the server is closed.
+pub fn spawn_echo(server: Arc<Server>) -> JoinHandle<()> {
+    thread::spawn(move || loop {
+        match server.read() {
+            Ok((id, msg)) => {
+                let _ = server.write(id, &msg);
+            }
+            Err(Error::ConnectionLost(_) | Error::ConnectionClosed(_)) => {}
+            Err(_) => return,
+        }
+    })
+}
+
+/// A raw UDP socket speaking LSP by hand, to watch and steer the wire.
+///
+/// It only listens to its peer (set by the first `send`, or learnt from
+/// the first Connect it receives): its port may have belonged to another
+/// test's client a moment ago, whose server still heartbeats it.
+pub struct RawPeer {
+    pub socket: UdpSocket,
+    pub peer: Option<SocketAddr>,
+}
+
+impl RawPeer {
+    pub fn new() -> RawPeer {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(WAIT)).unwrap();
+        RawPeer { socket, peer: None }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap()
+    }
+
+    pub fn send_to(&mut self, msg: &Message<'_>, to: SocketAddr) {
+        let mut buf = Vec::new();
+        msg.encode(&mut buf);
+        self.socket.send_to(&buf, to).unwrap();
+        self.peer = Some(to);
+    }
+
+    pub fn send(&mut self, msg: &Message<'_>) {
+        let to = self.peer.expect("a peer to send to");
+        self.send_to(msg, to);
+    }
+
+    /// The next message from the peer, or `None` after `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Option<Message<'static>> {
+        self.socket.set_read_timeout(Some(timeout)).unwrap();
+        let mut buf = [0u8; 65536];
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.socket.set_read_timeout(Some(left)).unwrap();
+            let (n, from) = self.socket.recv_from(&mut buf).ok()?;
+            let Ok(msg) = Message::decode(&buf[..n]) else {
+                continue;
+            };
+            match self.peer {
+                Some(peer) if peer != from => continue,
+                None if msg.kind != MsgType::Connect => continue,
+                None => self.peer = Some(from),
+                _ => {}
+            }
+            return Some(msg.into_owned());
+        }
+    }
+
+    pub fn recv(&mut self) -> Message<'static> {
+        self.recv_timeout(WAIT)
+            .expect("a message from the peer within the wait")
+    }
+
+    /// The next message that is not a heartbeat.
+    pub fn recv_non_heartbeat(&mut self) -> Message<'static> {
+        loop {
+            let m = self.recv();
+            if !(m.kind == MsgType::Ack && m.seq_num == 0) {
+                return m;
+            }
+        }
+    }
+
+    /// Plays a client: Connect with `isn`, returns the connection id.
+    pub fn connect(&mut self, server: SocketAddr, isn: u64) -> u32 {
+        self.send_to(&Message::connect(isn), server);
+        loop {
+            let m = self.recv();
+            if m.kind == MsgType::Ack && m.seq_num == isn {
+                return m.conn_id;
+            }
+        }
+    }
+
+    /// Plays a server: waits for a Connect, answers it as connection `id`,
+    /// returns the client's isn.
+    pub fn accept(&mut self, id: u32) -> u64 {
+        loop {
+            let m = self.recv();
+            if m.kind == MsgType::Connect {
+                self.send(&Message::ack(id, m.seq_num));
+                return m.seq_num;
+            }
+        }
+    }
+}
