@@ -79,7 +79,6 @@ impl RawPeer {
 
     /// The next message from the peer, or `None` after `timeout`.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Option<Message<'static>> {
-        self.socket.set_read_timeout(Some(timeout)).unwrap();
         let mut buf = [0u8; 65536];
         let deadline = std::time::Instant::now() + timeout;
         loop {
@@ -99,6 +98,24 @@ impl RawPeer {
                 _ => {}
             }
             return Some(msg.into_owned());
+        }
+    }
+
+    /// Everything the peer sends during `period`. When `keepalive` names a
+    /// connection id, each message is answered with a heartbeat, so the peer
+    /// never declares us lost while we listen.
+    pub fn gather(&mut self, period: Duration, keepalive: Option<u32>) -> Vec<Message<'static>> {
+        let deadline = std::time::Instant::now() + period;
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Some(m) = self.recv_timeout(left) else {
+                return got;
+            };
+            if let Some(id) = keepalive {
+                self.send(&Message::ack(id, 0));
+            }
+            got.push(m);
         }
     }
 
