@@ -328,7 +328,8 @@ impl Conn {
                 self.flush_acks();
                 self.phase = Phase::Closing;
                 self.delivered.clear();
-                self.window.clear();
+                // The receive window stays: the peer may be closing too, and
+                // only a window that keeps moving lets its last messages in.
                 self.check_drained();
             }
             // A connect that never completed has nothing to drain.
@@ -401,11 +402,6 @@ impl Conn {
                     self.counters.duplicates_received += 1;
                     return Ok(());
                 }
-                if self.phase == Phase::Closing {
-                    // Acknowledge so the peer drains, but deliver nothing more.
-                    self.ack_received(sn, false);
-                    return Ok(());
-                }
                 self.ack_received(sn, sn == self.expected);
                 let index = (sn - self.expected) as usize;
                 if self.window.len() <= index {
@@ -418,9 +414,12 @@ impl Conn {
                 self.window[index] = Some(msg.payload.into_owned());
                 while let Some(Some(_)) = self.window.front() {
                     if let Some(Some(payload)) = self.window.pop_front() {
-                        self.counters.data_received += 1;
-                        self.counters.bytes_received += payload.len() as u64;
-                        self.delivered.push_back(payload);
+                        // Closing: acknowledged and consumed, but no longer delivered.
+                        if self.phase == Phase::Open {
+                            self.counters.data_received += 1;
+                            self.counters.bytes_received += payload.len() as u64;
+                            self.delivered.push_back(payload);
+                        }
                     }
                     self.expected += 1;
                 }
@@ -658,6 +657,7 @@ impl Conn {
     fn check_drained(&mut self) {
         if self.phase == Phase::Closing && self.out.is_empty() {
             self.phase = Phase::Drained;
+            self.window.clear();
             self.events.push_back(Event::Drained);
         }
     }
