@@ -626,30 +626,27 @@ impl Sim {
     fn application_steps(&mut self) {
         for c in 0..self.clients.len() {
             // Client c writes its next message now and then.
-            if self.clients[c].ended.is_none()
-                && !self.clients[c].closing
-                && self.clients[c].conn.phase() == Phase::Open
-            {
-                if self.clients[c].written.len() < self.sc.messages && self.rng.gen_bool(0.5) {
-                    let payload = self.next_payload();
-                    self.clients[c].written.push(payload.clone());
-                    self.clients[c].conn.write(payload);
-                    self.pump_for(Node::Client(c), c, Input::Other);
-                }
+            let t = &self.clients[c];
+            let client_writes = t.ended.is_none()
+                && !t.closing
+                && t.conn.phase() == Phase::Open
+                && t.written.len() < self.sc.messages;
+            if client_writes && self.rng.gen_bool(0.5) {
+                let payload = self.next_payload();
+                self.clients[c].written.push(payload.clone());
+                self.clients[c].conn.write(payload);
+                self.pump_for(Node::Client(c), c, Input::Other);
             }
             // The server writes to client c.
-            if self
-                .server
-                .get(&c)
-                .is_some_and(|t| t.ended.is_none() && !t.closing)
-            {
-                if self.server[&c].written.len() < self.sc.messages && self.rng.gen_bool(0.5) {
-                    let payload = self.next_payload();
-                    let t = self.server.get_mut(&c).expect("server connection");
-                    t.written.push(payload.clone());
-                    t.conn.write(payload);
-                    self.pump_for(Node::Server, c, Input::Other);
-                }
+            let server_writes = self.server.get(&c).is_some_and(|t| {
+                t.ended.is_none() && !t.closing && t.written.len() < self.sc.messages
+            });
+            if server_writes && self.rng.gen_bool(0.5) {
+                let payload = self.next_payload();
+                let t = self.server.get_mut(&c).expect("server connection");
+                t.written.push(payload.clone());
+                t.conn.write(payload);
+                self.pump_for(Node::Server, c, Input::Other);
             }
             // Closes: once everything is written (and, unless closing early, read).
             let n = self.sc.messages;
