@@ -425,6 +425,23 @@ fn close_manager<R: Role>(
     }
 }
 
+impl<R: Role> Shared<R> {
+    /// Runs one datagram through the receive path as if it came from `from`
+    /// (the fuzz target for the server's receive path uses this).
+    #[cfg(fuzzing)]
+    pub(crate) fn inject(&self, from: SocketAddr, datagram: &[u8]) {
+        let mut batch = R::Batch::default();
+        match Message::decode(datagram) {
+            Ok(msg) => self.role.on_message(&self.io, from, msg, &mut batch),
+            Err(_) => {
+                self.io.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                self.role.on_malformed(from);
+            }
+        }
+        self.role.end_batch(&self.io, &mut batch);
+    }
+}
+
 /// Makes the receive thread leave its blocking `recv_from`: set the flag, then
 /// send an empty datagram to our own port. If the kernel drops it because the
 /// buffer is full, the thread wakes for the queued datagrams and sees the flag.

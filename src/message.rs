@@ -200,8 +200,10 @@ impl<'a> Message<'a> {
             3 => MsgType::CAck,
             _ => return Err(DecodeError::UnknownType),
         };
+        // Only Data carries a payload; anywhere else it is ignored unread, so a
+        // control message can neither smuggle bytes nor cost a base64 decode.
         let payload = match wire.payload {
-            Some(text) if !text.is_empty() => Cow::Owned(
+            Some(text) if kind == MsgType::Data && !text.is_empty() => Cow::Owned(
                 BASE64
                     .decode(text.as_bytes())
                     .map_err(|_| DecodeError::BadBase64)?,
@@ -327,6 +329,30 @@ mod tests {
             Message::decode(br#"{"Type":1,"ConnID":1,"SeqNum":1,"Size":1,"Payload":"!!"}"#),
             Err(DecodeError::BadBase64)
         );
+    }
+
+    /// Found by fuzzing: a payload on a non-Data message is ignored, so what
+    /// decodes re-encodes to the same message.
+    #[test]
+    fn payload_outside_data_is_ignored() {
+        let m = Message::decode(
+            br#"{"Type":0,"ConnID":1,"SeqNum":1001,"Size":2,"Payload":"aGVsbG8="}"#,
+        )
+        .unwrap();
+        assert!(m.payload.is_empty());
+        let m =
+            Message::decode(br#"{"Type":2,"ConnID":1,"SeqNum":3,"Payload":"not base64 at all"}"#)
+                .unwrap();
+        assert_eq!(
+            m,
+            Message {
+                size: 0,
+                ..Message::ack(1, 3)
+            }
+        );
+        let mut buf = Vec::new();
+        m.encode(&mut buf);
+        assert_eq!(Message::decode(&buf).unwrap(), m);
     }
 
     #[test]

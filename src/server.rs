@@ -866,6 +866,14 @@ impl Server {
         Some(s.timing.snapshot(&s.conn))
     }
 
+    /// Feeds one datagram to the receive path as if it came from `from`.
+    /// Only in fuzzing builds (`--cfg fuzzing`, set by cargo-fuzz).
+    #[cfg(fuzzing)]
+    #[doc(hidden)]
+    pub fn fuzz_inject(&self, from: SocketAddr, datagram: &[u8]) {
+        self.endpoint.shared.inject(from, datagram);
+    }
+
     /// Server-wide totals.
     pub fn totals(&self) -> ServerStats {
         let role = &self.endpoint.shared.role;
