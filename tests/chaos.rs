@@ -229,8 +229,8 @@ fn a_partitioned_client_is_reported_lost_and_the_others_are_unaffected() {
                     c.write(&[&[n as u8][..], &i.to_le_bytes()].concat())
                         .unwrap();
                 }
-                c.close().unwrap();
-                c.conn_id()
+                // Stay open: a closed client falls silent and would be reported lost too.
+                c
             })
         })
         .collect();
@@ -266,7 +266,9 @@ fn a_partitioned_client_is_reported_lost_and_the_others_are_unaffected() {
     }
     assert_eq!(lost, [victim_id]);
     for w in writers {
-        assert_ne!(w.join().unwrap(), victim_id);
+        let c = w.join().unwrap();
+        assert_ne!(c.conn_id(), victim_id);
+        c.close().unwrap();
     }
     assert!(
         matches!(victim.read(), Err(Error::ConnectionLost(_))),
