@@ -332,10 +332,12 @@ impl Conn {
                 // only a window that keeps moving lets its last messages in.
                 self.check_drained();
             }
-            // A connect that never completed has nothing to drain.
+            // A connect that never completed cannot drain: what was written
+            // meanwhile is set aside, never sent (see `take_orphans`).
             Phase::Connecting => {
                 self.phase = Phase::Drained;
                 self.transmits.clear();
+                self.orphans.extend(self.out.drain(..).map(|m| m.payload));
                 self.events.push_back(Event::Drained);
             }
             Phase::Closing | Phase::Drained | Phase::Lost => {}
@@ -758,5 +760,18 @@ mod tests {
         conn.close();
         assert_eq!(drain(&mut conn), [Message::cack(3, 101)]);
         assert_eq!(conn.poll_event(), Some(Event::Drained));
+    }
+
+    /// Found by fuzzing: closing a client that is still connecting leaves no
+    /// state behind; what it had queued is set aside, unsent.
+    #[test]
+    fn close_while_connecting_keeps_nothing() {
+        let mut conn = Conn::client(Params::default(), 9);
+        conn.write(b"queued".to_vec());
+        conn.close();
+        assert_eq!(conn.poll_event(), Some(Event::Drained));
+        assert!(conn.is_idle());
+        assert_eq!(conn.take_orphans(), [b"queued".to_vec()]);
+        assert_eq!(drain(&mut conn), []);
     }
 }
