@@ -67,7 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|n| {
-            thread::spawn(move || -> Result<(u64, u64, u64), String> {
+            thread::spawn(move || -> Result<(u64, liveseq::ConnStats), String> {
                 let client = Client::builder()
                     .params(params)
                     .faults(lossy(n as u64 + 1))
@@ -103,22 +103,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 client
                     .close()
                     .map_err(|e| format!("client {n}: close: {e}"))?;
-                Ok((bytes, stats.retransmissions, stats.heartbeats_sent))
+                Ok((bytes, stats))
             })
         })
         .collect();
 
     let mut failures = Vec::new();
     let (mut bytes, mut retransmissions) = (0, 0);
+    let mut per_client = Vec::new();
     for handle in clients {
         match handle
             .join()
             .map_err(|_| "a client thread panicked".to_string())
             .and_then(|r| r)
         {
-            Ok((b, r, _)) => {
+            Ok((b, stats)) => {
                 bytes += b;
-                retransmissions += r;
+                retransmissions += stats.retransmissions;
+                per_client.push(stats);
             }
             Err(err) => failures.push(err),
         }
@@ -137,6 +139,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{} connections accepted; the clients retransmitted {retransmissions} times to get through the loss",
         totals.accepted
     );
+    for (n, s) in per_client.iter().enumerate() {
+        let rtt = s.rtt.map_or_else(
+            || "-".into(),
+            |r| format!("{:.1?} (min {:.1?}, max {:.1?})", r.smoothed, r.min, r.max),
+        );
+        println!(
+            "  client {n}: {} sent, {} received, {} retransmissions, {} duplicates, {} corrupt dropped, rtt {rtt}, connected in {:.1?}",
+            s.messages_sent,
+            s.messages_received,
+            s.retransmissions,
+            s.duplicates_received,
+            s.corrupt_received,
+            s.connect_time.unwrap_or_default()
+        );
+    }
     if failures.is_empty() {
         println!("every echo arrived exactly once, in order, byte for byte");
         Ok(())

@@ -62,17 +62,18 @@ impl ClientRole {
     /// Sends what the state machine wants sent, hands data to `read` and acts
     /// on events. Runs under the connection lock, which keeps events in order.
     fn drive(&self, io: &Io, c: &mut ClientConn) {
-        if c.redial_at.is_none() {
-            while let Some(msg) = c.conn.poll_transmit() {
-                io.send(&msg, self.server);
-            }
-        }
+        // Stamp first transmissions before sending them (see the server's drive).
         let conn = &mut c.conn;
         c.timing.update(
             conn.next_unsent(),
             conn.oldest_unacked(),
             std::iter::from_fn(|| conn.poll_first_acked()),
         );
+        if c.redial_at.is_none() {
+            while let Some(msg) = c.conn.poll_transmit() {
+                io.send(&msg, self.server);
+            }
+        }
         while let Some(payload) = c.conn.poll_delivered() {
             let _ = self.inbox.tx.send(Item::Data(payload));
         }

@@ -156,14 +156,16 @@ impl ServerRole {
             closed_by_user,
             ended,
         } = s;
-        while let Some(msg) = conn.poll_transmit() {
-            io.send(&msg, entry.addr);
-        }
+        // Stamp first transmissions before sending them: an ack that comes
+        // back during a burst must not yield a round trip shorter than real.
         timing.update(
             conn.next_unsent(),
             conn.oldest_unacked(),
             std::iter::from_fn(|| conn.poll_first_acked()),
         );
+        while let Some(msg) = conn.poll_transmit() {
+            io.send(&msg, entry.addr);
+        }
         while let Some(payload) = conn.poll_delivered() {
             if !*closed_by_user {
                 let _ = self.inbox.tx.send(Item::Data(entry.id, payload));
