@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::{params, payload, spawn_echo, RawPeer};
+use common::{params, spawn_echo, write_and_check_echoes, RawPeer};
 use liveseq::{Client, Error, Message, MsgType, Params, Server};
 
 /// `clients` clients each send `msgs` messages and check every echo, byte
@@ -39,22 +39,7 @@ fn echo_run(p: Params, clients: usize, msgs: usize, server_delay: Option<Duratio
         .map(|c| {
             thread::spawn(move || {
                 let client = Arc::new(Client::connect(addr, p).unwrap());
-                let reader = {
-                    let client = client.clone();
-                    thread::spawn(move || {
-                        for i in 0..msgs {
-                            assert_eq!(
-                                client.read().unwrap(),
-                                payload(c, i, 1000),
-                                "client {c} echo {i}"
-                            );
-                        }
-                    })
-                };
-                for i in 0..msgs {
-                    client.write(&payload(c, i, 1000)).unwrap();
-                }
-                reader.join().unwrap();
+                write_and_check_echoes(&client, c, msgs, 1000);
                 let stats = client.stats();
                 assert_eq!(
                     (stats.messages_sent, stats.messages_received),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::{payload, spawn_echo};
+use common::{spawn_echo, write_and_check_echoes};
 use liveseq::{Client, Error, Faults, Params, Server};
 
 fn lossy(read: u8, write: u8, seed: u64) -> Faults {
@@ -56,22 +56,7 @@ fn echo_through(
                         .connect(addr)
                         .unwrap(),
                 );
-                let reader = {
-                    let client = client.clone();
-                    thread::spawn(move || {
-                        for i in 0..msgs {
-                            assert_eq!(
-                                client.read().unwrap(),
-                                payload(c, i, 600),
-                                "client {c} message {i}"
-                            );
-                        }
-                    })
-                };
-                for i in 0..msgs {
-                    client.write(&payload(c, i, 600)).unwrap();
-                }
-                reader.join().unwrap();
+                write_and_check_echoes(&client, c, msgs, 600);
                 client.close().unwrap();
             })
         })

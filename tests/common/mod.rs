@@ -44,6 +44,27 @@ pub fn spawn_echo(server: Arc<Server>) -> JoinHandle<()> {
     })
 }
 
+/// Client `c` writes `msgs` messages (see [`payload`]) from this thread while
+/// another reads the echoes, checking each byte for byte and in order.
+pub fn write_and_check_echoes(client: &Arc<liveseq::Client>, c: usize, msgs: usize, max: usize) {
+    let reader = {
+        let client = client.clone();
+        thread::spawn(move || {
+            for i in 0..msgs {
+                assert_eq!(
+                    client.read().unwrap(),
+                    payload(c, i, max),
+                    "client {c} echo {i}"
+                );
+            }
+        })
+    };
+    for i in 0..msgs {
+        client.write(&payload(c, i, max)).unwrap();
+    }
+    reader.join().unwrap();
+}
+
 /// A raw UDP socket speaking LSP by hand, to watch and steer the wire.
 ///
 /// It only listens to its peer (set by the first `send`, or learnt from
