@@ -199,9 +199,10 @@ fn idle_connection_heartbeats_every_epoch() {
             raw.send(&Message::ack(id, 0));
         }
     }
-    // About ten epochs passed (plus the immediate answer to our first word).
+    // About ten epochs passed (plus the immediate answer to our first word);
+    // a starved epoch thread merges late ticks, hence the lower bound of 4.
     assert!(
-        (6..=13).contains(&heartbeats),
+        (4..=13).contains(&heartbeats),
         "{heartbeats} heartbeats in ~10 epochs"
     );
     let silent = server.stats(id.into()).unwrap().epochs_since_heard;
