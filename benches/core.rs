@@ -2,8 +2,9 @@
 //! the state machine. Run with `cargo bench`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use liveseq::conn::Conn;
-use liveseq::{checksum, Message, Params};
+use liveseq::proto::Conn;
+use liveseq::proto::{checksum, Message};
+use liveseq::Params;
 
 fn codec(c: &mut Criterion) {
     for size in [100usize, 1024] {

@@ -19,7 +19,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use liveseq::{Client, Message, Params, Server};
+use liveseq::proto::Message;
+use liveseq::{Client, Params, Server};
 
 #[derive(Parser)]
 struct Args {

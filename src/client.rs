@@ -9,10 +9,9 @@ use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use crate::conn::{Conn, Event, Phase};
-use crate::endpoint::{self, Empty, Endpoint, Inbox, Io, Role};
+use crate::driver::endpoint::{self, Empty, Endpoint, Inbox, Io, Role};
 use crate::lifecycle::{ConnEvent, ConnState, ReconnectPolicy, Subscribers};
-use crate::message::{max_payload, Message, MsgType, DEFAULT_MAX_DATAGRAM};
+use crate::proto::{max_payload, Conn, Event, Message, MsgType, Phase, DEFAULT_MAX_DATAGRAM};
 use crate::stats::{ConnStats, Timing};
 use crate::{ConnId, Error, Faults, Params};
 

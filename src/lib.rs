@@ -25,34 +25,26 @@
 //! # }
 //! ```
 //!
-//! The protocol logic lives in [`Conn`], a state machine that does no I/O
-//! and reads no clock; the client and server are thin threaded drivers
-//! around it.
+//! The protocol logic lives in [`proto`], state machines that do no I/O and
+//! read no clock; the client and server are thin threaded drivers around them.
 
 // Unsafe code is confined to `sys` (batched receive), where it is audited.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-mod checksum;
 mod client;
-pub mod conn;
-mod endpoint;
+mod driver;
 mod error;
-mod faults;
 mod lifecycle;
-pub mod message;
 mod params;
+pub mod proto;
 mod server;
 mod stats;
-mod sys;
 
-pub use checksum::checksum;
 pub use client::{Client, ClientBuilder};
-pub use conn::Conn;
+pub use driver::faults::Faults;
 pub use error::Error;
-pub use faults::Faults;
 pub use lifecycle::{ConnEvent, ConnState, ReconnectPolicy};
-pub use message::{max_payload, Message, MsgType};
 pub use params::Params;
 pub use server::{ConnId, Server, ServerBuilder};
 pub use stats::{ConnStats, Rtt, ServerStats};

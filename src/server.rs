@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
-use crate::conn::{Conn, Event, Phase};
-use crate::endpoint::{self, Empty, Endpoint, Inbox, Io, Role};
+use crate::driver::endpoint::{self, Empty, Endpoint, Inbox, Io, Role};
 use crate::lifecycle::{ConnEvent, ConnState, Subscribers};
-use crate::message::{max_payload, Message, MsgType, DEFAULT_MAX_DATAGRAM};
+use crate::proto::{max_payload, Conn, Event, Message, MsgType, Phase, DEFAULT_MAX_DATAGRAM};
 use crate::stats::{ConnStats, ServerStats, Timing};
 use crate::{Error, Faults, Params};
 
@@ -540,7 +539,7 @@ impl fmt::Debug for Server {
 ///     .faults(Faults { read_drop_percent: 10, ..Faults::default() })
 ///     .max_datagram_size(9000)
 ///     .bind("127.0.0.1:0")?;
-/// assert_eq!(server.max_payload(), liveseq::max_payload(9000));
+/// assert_eq!(server.max_payload(), liveseq::proto::max_payload(9000));
 /// server.close()?;
 /// # Ok(())
 /// # }

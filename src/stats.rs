@@ -178,7 +178,7 @@ impl Timing {
         });
     }
 
-    pub(crate) fn snapshot(&self, conn: &crate::conn::Conn) -> ConnStats {
+    pub(crate) fn snapshot(&self, conn: &crate::proto::Conn) -> ConnStats {
         let c = conn.counters();
         ConnStats {
             messages_sent: c.data_sent,

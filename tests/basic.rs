@@ -14,7 +14,8 @@ use std::thread;
 use std::time::Duration;
 
 use common::{params, spawn_echo, write_and_check_echoes, RawPeer};
-use liveseq::{Client, Error, Message, MsgType, Params, Server};
+use liveseq::proto::{Message, MsgType};
+use liveseq::{Client, Error, Params, Server};
 
 /// `clients` clients each send `msgs` messages and check every echo, byte
 /// for byte and in order. `server_delay` holds each echo back (Basic 7-9).
@@ -224,7 +225,10 @@ fn payload_limits() {
             .connect(server.local_addr().unwrap())
             .unwrap();
         let max = client.max_payload();
-        assert_eq!(max, liveseq::max_payload(max_datagram.unwrap_or(1472)));
+        assert_eq!(
+            max,
+            liveseq::proto::max_payload(max_datagram.unwrap_or(1472))
+        );
         let biggest: Vec<u8> = (0..max).map(|i| i as u8).collect();
         client.write(&biggest).unwrap();
         assert_eq!(server.read().unwrap().1, biggest);

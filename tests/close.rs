@@ -13,7 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{params, payload, RawPeer};
-use liveseq::{Client, ConnId, Error, Faults, Message, MsgType, Params, Server};
+use liveseq::proto::{Message, MsgType};
+use liveseq::{Client, ConnId, Error, Faults, Params, Server};
 
 #[test]
 fn client_close_drains_everything_written() {

@@ -5,7 +5,8 @@
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use liveseq::{Client, ConnId, Error, Message, MsgType, Params, Server};
+use liveseq::proto::{Message, MsgType};
+use liveseq::{Client, ConnId, Error, Params, Server};
 
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()

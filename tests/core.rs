@@ -1,4 +1,4 @@
-//! Deterministic tests of the protocol state machine (`liveseq::conn::Conn`):
+//! Deterministic tests of the protocol state machine (`liveseq::proto::Conn`):
 //! no sockets, no clock, no sleeps. Time is a count of `on_epoch` calls.
 //!
 //! Reference families covered here: ExpBackOff (the 1, 3, 6, 11, ... schedule),
@@ -8,8 +8,9 @@
 
 use std::borrow::Cow;
 
-use liveseq::conn::{Conn, Event, Phase, Rejected};
-use liveseq::{Message, MsgType, Params};
+use liveseq::proto::{Conn, Event, Phase, Rejected};
+use liveseq::proto::{Message, MsgType};
+use liveseq::Params;
 
 fn params(window: u32, max_unacked: u32, max_backoff: u32, epoch_limit: u32) -> Params {
     Params {

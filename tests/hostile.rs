@@ -10,7 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{payload, spawn_echo, RawPeer};
-use liveseq::{Client, ConnId, Error, Message, MsgType, Params, Server};
+use liveseq::proto::{Message, MsgType};
+use liveseq::{Client, ConnId, Error, Params, Server};
 
 fn params() -> Params {
     Params {

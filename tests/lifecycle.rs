@@ -10,9 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use liveseq::{
-    Client, ConnEvent, ConnId, ConnState, Error, Message, MsgType, Params, ReconnectPolicy, Server,
-};
+use liveseq::proto::{Message, MsgType};
+use liveseq::{Client, ConnEvent, ConnId, ConnState, Error, Params, ReconnectPolicy, Server};
 
 const WAIT: Duration = Duration::from_secs(10);
 

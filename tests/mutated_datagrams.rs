@@ -12,8 +12,9 @@ use std::thread;
 use std::time::Duration;
 
 use common::{payload, spawn_echo};
-use liveseq::conn::Conn;
-use liveseq::{Client, Message, Params, Server};
+use liveseq::proto::Conn;
+use liveseq::proto::Message;
+use liveseq::{Client, Params, Server};
 use proptest::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -113,7 +114,7 @@ proptest! {
                 let mut re = Vec::new();
                 msg.encode(&mut re);
                 prop_assert_eq!(Message::decode(&re).unwrap(), msg.clone());
-                if msg.kind == liveseq::MsgType::Data {
+                if msg.kind == liveseq::proto::MsgType::Data {
                     let _ = msg.clone().verify_data();
                 }
                 msg.payload = msg.payload.into_owned().into();

@@ -19,7 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::payload;
-use liveseq::{Client, ConnId, Error, Message, MsgType, Params, Server};
+use liveseq::proto::{Message, MsgType};
+use liveseq::{Client, ConnId, Error, Params, Server};
 
 /// Switches shared by every proxy of a test.
 #[derive(Default)]

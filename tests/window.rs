@@ -15,7 +15,8 @@ use std::thread;
 use std::time::Duration;
 
 use common::{params, RawPeer};
-use liveseq::{Client, Message, MsgType, Server};
+use liveseq::proto::{Message, MsgType};
+use liveseq::{Client, Server};
 
 /// The distinct Data sequence numbers among `msgs`.
 fn data(msgs: &[Message<'_>]) -> BTreeSet<u64> {

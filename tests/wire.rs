@@ -6,7 +6,7 @@
 //! masking, rather than the library's 16-bit wrapping), and both are checked
 //! against the reference table and a vector worked by hand.
 
-use liveseq::{checksum, Message, MsgType};
+use liveseq::proto::{checksum, Message, MsgType};
 
 /// SPEC.md's checksum rules, step by step.
 fn spec_checksum(conn_id: u64, seq_num: u64, size: u64, payload: &[u8]) -> u16 {

@@ -3,8 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use liveseq::conn::{Conn, Phase};
-use liveseq::{Message, Params};
+use liveseq::proto::{Conn, Phase};
+use liveseq::Params;
+use liveseq::proto::Message;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&head, mut rest)) = data.split_first() else {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use liveseq::{Message, MsgType};
+use liveseq::proto::{Message, MsgType};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(msg) = Message::decode(data) else {

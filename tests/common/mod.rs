@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use liveseq::{Error, Message, MsgType, Params, Server};
+use liveseq::proto::{Message, MsgType};
+use liveseq::{Error, Params, Server};
 
 /// Long enough that a test only waits this long when something is broken.
 pub const WAIT: Duration = Duration::from_secs(10);

@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
-use liveseq::conn::{Conn, Event, Phase};
-use liveseq::{Message, MsgType, Params};
+use liveseq::proto::{Conn, Event, Phase};
+use liveseq::proto::{Message, MsgType};
+use liveseq::Params;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::message::{Message, MsgType};
+use crate::proto::{Message, MsgType};
 
 /// Faults a client or server injects into its own traffic.
 ///

@@ -29,9 +29,9 @@ use crossbeam_channel::{after, never, select, tick, unbounded, Receiver, Sender}
 use parking_lot::{Mutex, RwLock};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::faults::{Injector, Plan};
-use crate::message::{DecodeError, Message, MAX_DATAGRAM};
-use crate::sys::RecvBatch;
+use super::faults::{Injector, Plan};
+use super::sys::RecvBatch;
+use crate::proto::{DecodeError, Message, DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM};
 use crate::{Error, Faults, Params};
 
 /// Socket buffer size we ask the kernel for.
@@ -625,7 +625,7 @@ pub(crate) fn check_payload(len: usize, max: usize) -> Result<(), Error> {
 
 /// Validates a configured maximum datagram size.
 pub(crate) fn check_datagram_size(size: usize) -> Result<(), Error> {
-    if !(crate::message::DEFAULT_MAX_DATAGRAM / 4..=MAX_DATAGRAM).contains(&size) {
+    if !(DEFAULT_MAX_DATAGRAM / 4..=MAX_DATAGRAM).contains(&size) {
         return Err(Error::InvalidParams(format!(
             "max_datagram_size must be between 368 and {MAX_DATAGRAM}"
         )));

@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 
-use crate::message::{Message, MsgType};
+use super::message::{Message, MsgType};
 use crate::Params;
 
 /// A state change the driver must act on.
@@ -118,8 +118,8 @@ enum Transmit {
 /// Two state machines wired back to back, with time as a count of epochs:
 ///
 /// ```
-/// use liveseq::conn::{Conn, Event};
-/// use liveseq::{Message, Params};
+/// use liveseq::proto::{Conn, Event, Message};
+/// use liveseq::Params;
 ///
 /// let params = Params::default();
 /// let mut client = Conn::client(params, 42);

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::checksum::checksum;
+use super::checksum::checksum;
 
 /// Largest UDP payload over IPv4; larger datagrams cannot exist.
 pub const MAX_DATAGRAM: usize = 65507;
@@ -29,7 +29,7 @@ const DATA_OVERHEAD: usize = 63 + 10 + 20 + 5 + 5;
 /// # Examples
 ///
 /// ```
-/// assert_eq!(liveseq::max_payload(1472), 1026);
+/// assert_eq!(liveseq::proto::max_payload(1472), 1026);
 /// ```
 pub fn max_payload(max_datagram: usize) -> usize {
     max_datagram.saturating_sub(DATA_OVERHEAD) / 4 * 3
@@ -56,7 +56,7 @@ pub enum MsgType {
 /// # Examples
 ///
 /// ```
-/// use liveseq::Message;
+/// use liveseq::proto::Message;
 ///
 /// let msg = Message::data(1, 1001, b"hello");
 /// let mut buf = Vec::new();

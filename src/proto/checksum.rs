@@ -11,8 +11,8 @@
 /// # Examples
 ///
 /// ```
-/// assert_eq!(liveseq::checksum(1, 1001, 5, b"hello"), 10701);
-/// assert_eq!(liveseq::checksum(1, 1, 0, b""), 65533);
+/// assert_eq!(liveseq::proto::checksum(1, 1001, 5, b"hello"), 10701);
+/// assert_eq!(liveseq::proto::checksum(1, 1, 0, b""), 65533);
 /// ```
 pub fn checksum(conn_id: u32, seq_num: u64, size: u64, payload: &[u8]) -> u16 {
     let mut sum: u64 = u64::from(halves(conn_id))

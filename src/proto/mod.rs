@@ -1,0 +1,34 @@
+//! The protocol itself, without I/O: the wire format and the state machines.
+//!
+//! Nothing in this module opens a socket, reads a clock, takes a lock or
+//! starts a thread. Inputs carry everything they need (a decoded message, an
+//! epoch tick, a write); outputs are pulled with `poll_*` methods. That is
+//! what lets the protocol be tested deterministically on virtual time, and
+//! what the threaded [`Client`](crate::Client) and [`Server`](crate::Server)
+//! drive under their locks.
+//!
+//! Most programs never need this module. It is for people who write their
+//! own driver (a different socket layer, an event loop), tools that speak
+//! LSP by hand, and tests.
+//!
+//! * [`Message`], [`MsgType`] and [`checksum`]: the wire format, byte for
+//!   byte as the Go implementations write it.
+//! * [`Conn`]: one connection's windows, acknowledgements, back-off,
+//!   heartbeats, loss detection and reordering.
+//!
+//! # Examples
+//!
+//! ```
+//! use liveseq::proto::{Message, MsgType};
+//!
+//! let msg = Message::decode(br#"{"Type":2,"ConnID":7,"SeqNum":0}"#).unwrap();
+//! assert_eq!((msg.kind, msg.conn_id, msg.seq_num), (MsgType::Ack, 7, 0));
+//! ```
+
+mod checksum;
+mod conn;
+mod message;
+
+pub use checksum::checksum;
+pub use conn::{Conn, Counters, Event, Phase, Rejected};
+pub use message::{max_payload, DecodeError, Message, MsgType, DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM};
