@@ -46,7 +46,7 @@ pub use driver::faults::Faults;
 pub use error::Error;
 pub use lifecycle::{ConnEvent, ConnState, ReconnectPolicy};
 pub use params::Params;
-pub use server::{ConnId, Server, ServerBuilder};
+pub use server::{ConnId, Server, ServerBuilder, ServerEvent};
 pub use stats::{ConnStats, Rtt, ServerStats};
 
 /// The README's examples, compiled and run as doctests.

@@ -50,10 +50,67 @@ impl fmt::Display for ConnId {
 
 /// What the threads hand to `read`, in order.
 enum Item {
+    /// A connection was accepted (seen only by the event-style read).
+    Opened(u32, SocketAddr),
     Data(u32, Vec<u8>),
     Lost(u32),
     /// Queued by `close_conn` behind the connection's last data.
     Closed(u32),
+}
+
+/// Something that happened on a [`Server`], as returned by
+/// [`Server::next_event`].
+///
+/// # Examples
+///
+/// ```
+/// use liveseq::{ConnId, ServerEvent};
+///
+/// let event = ServerEvent::Lost { id: ConnId::from(3) };
+/// assert_eq!(event.conn_id(), ConnId::from(3));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// A client connected from `peer`; always the first event of `id`.
+    Connected {
+        /// The new connection.
+        id: ConnId,
+        /// The client's address.
+        peer: SocketAddr,
+    },
+    /// The next message from connection `id`, in order.
+    Message {
+        /// The connection it came on.
+        id: ConnId,
+        /// The message, byte for byte as written.
+        payload: Vec<u8>,
+    },
+    /// Connection `id` was closed with [`Server::close_conn`]; nothing more
+    /// is reported for it.
+    Closed {
+        /// The closed connection.
+        id: ConnId,
+    },
+    /// Nothing was heard from connection `id` for `epoch_limit` epochs (a
+    /// client that closes normally ends this way too: LSP has no close
+    /// message). Every message it sent before was reported first.
+    Lost {
+        /// The lost connection.
+        id: ConnId,
+    },
+}
+
+impl ServerEvent {
+    /// The connection the event is about.
+    pub fn conn_id(&self) -> ConnId {
+        match self {
+            ServerEvent::Connected { id, .. }
+            | ServerEvent::Message { id, .. }
+            | ServerEvent::Closed { id }
+            | ServerEvent::Lost { id } => *id,
+        }
+    }
 }
 
 /// One connection in the table.
@@ -311,6 +368,7 @@ impl ServerRole {
         log::debug!("connection {id} accepted from {from} (isn {isn})");
         self.totals.accepted.fetch_add(1, Ordering::Relaxed);
         self.events.emit(Some(id), from, ConnState::Connected);
+        let _ = self.inbox.tx.send(Item::Opened(id, from));
         let after = self.drive(io, &entry, &mut s);
         drop(s);
         self.after(io, entry.clone(), after);
@@ -704,6 +762,7 @@ impl Server {
                 Err(Empty::Timeout) => return Err(Error::Timeout),
             };
             match item {
+                Item::Opened(..) => {}
                 Item::Data(id, payload) => {
                     if !role.user_closed.lock().contains(&id) {
                         return Ok((ConnId(id), payload));
@@ -716,6 +775,142 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Blocks until something happens on any connection: a client connected,
+    /// a message arrived, or a connection ended. The event-style counterpart
+    /// of [`read`](Server::read), for servers that track their clients.
+    ///
+    /// Every connection's events come in order: [`ServerEvent::Connected`]
+    /// first, then its messages, then exactly one of [`ServerEvent::Closed`]
+    /// (after [`close_conn`](Server::close_conn)) or [`ServerEvent::Lost`];
+    /// no message is reported after its connection's end. The only error is
+    /// [`Error::Closed`], after [`close`](Server::close), so `?` is safe here.
+    ///
+    /// # Examples
+    ///
+    /// An echo server that keeps track of its clients:
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use liveseq::{Client, Params, Server, ServerEvent};
+    ///
+    /// # fn main() -> Result<(), liveseq::Error> {
+    /// let params = Params { epoch_millis: 50, ..Params::default() };
+    /// let server = Server::bind("127.0.0.1:0", params)?;
+    /// let client = Client::connect(server.local_addr()?, params)?;
+    /// client.write(b"hi")?;
+    ///
+    /// let mut clients = HashMap::new();
+    /// loop {
+    ///     match server.next_event()? {
+    ///         ServerEvent::Connected { id, peer } => {
+    ///             clients.insert(id, peer);
+    ///         }
+    ///         ServerEvent::Message { id, payload } => {
+    ///             server.write(id, &payload)?;
+    ///             break; // just one message in this example
+    ///         }
+    ///         ServerEvent::Closed { id } | ServerEvent::Lost { id } => {
+    ///             clients.remove(&id);
+    ///         }
+    ///         _ => {}
+    ///     }
+    /// }
+    /// assert_eq!(client.read()?, b"hi");
+    /// assert_eq!(clients[&client.conn_id()].port(), client.local_addr()?.port());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn next_event(&self) -> Result<ServerEvent, Error> {
+        self.next_event_inner(None)
+    }
+
+    /// Like [`next_event`](Server::next_event), but gives up with
+    /// [`Error::Timeout`] after `timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Error, Params, Server};
+    /// use std::time::Duration;
+    ///
+    /// let server = Server::bind("127.0.0.1:0", Params::default()).unwrap();
+    /// assert!(matches!(server.next_event_timeout(Duration::from_millis(5)), Err(Error::Timeout)));
+    /// ```
+    pub fn next_event_timeout(&self, timeout: Duration) -> Result<ServerEvent, Error> {
+        self.next_event_inner(Some(timeout))
+    }
+
+    /// The next event if one is ready, without blocking.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Params, Server};
+    ///
+    /// let server = Server::bind("127.0.0.1:0", Params::default()).unwrap();
+    /// assert_eq!(server.try_next_event().unwrap(), None);
+    /// ```
+    pub fn try_next_event(&self) -> Result<Option<ServerEvent>, Error> {
+        match self.next_event_inner(Some(Duration::ZERO)) {
+            Ok(event) => Ok(Some(event)),
+            Err(Error::Timeout) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn next_event_inner(&self, timeout: Option<Duration>) -> Result<ServerEvent, Error> {
+        let role = &self.endpoint.shared.role;
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            if self.endpoint.is_closed() {
+                return Err(Error::Closed);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            let item = match role.inbox.recv(left) {
+                Ok(item) => item,
+                Err(Empty::Closed) => return Err(Error::Closed),
+                Err(Empty::Timeout) => return Err(Error::Timeout),
+            };
+            return Ok(match item {
+                Item::Opened(id, peer) => ServerEvent::Connected {
+                    id: ConnId(id),
+                    peer,
+                },
+                Item::Data(id, payload) => {
+                    if role.user_closed.lock().contains(&id) {
+                        continue;
+                    }
+                    ServerEvent::Message {
+                        id: ConnId(id),
+                        payload,
+                    }
+                }
+                Item::Lost(id) => ServerEvent::Lost { id: ConnId(id) },
+                Item::Closed(id) => {
+                    role.user_closed.lock().remove(&id);
+                    ServerEvent::Closed { id: ConnId(id) }
+                }
+            });
+        }
+    }
+
+    /// The address connection `id` belongs to, or `None` once it is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Client, Params, Server};
+    ///
+    /// let params = Params { epoch_millis: 50, ..Params::default() };
+    /// let server = Server::bind("127.0.0.1:0", params).unwrap();
+    /// let client = Client::connect(server.local_addr().unwrap(), params).unwrap();
+    /// let peer = server.peer_addr(client.conn_id()).unwrap();
+    /// assert_eq!(peer.port(), client.local_addr().unwrap().port());
+    /// ```
+    pub fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
+        self.endpoint.shared.role.lookup(id).ok().map(|e| e.addr)
     }
 
     /// Queues `payload` for connection `id` and returns at once.
