@@ -161,7 +161,10 @@ impl ClientRole {
             c.attempt
         );
         c.redial_at = Some(Instant::now() + delay);
-        c.conn = Conn::client(io.params, u64::from(rand::random::<u32>().max(1)));
+        // Heartbeats for the lost connection may still reach this socket:
+        // they must not be taken as the new connection's answer.
+        let stale = c.lost_id.unwrap_or(c.conn.conn_id());
+        c.conn = Conn::client_after(io.params, u64::from(rand::random::<u32>().max(1)), stale);
         c.conn.set_coalesce_acks(io.coalesce_acks);
         for payload in orphans {
             c.conn.write(payload);
@@ -418,9 +421,10 @@ impl ClientBuilder {
         endpoint::check_datagram_size(max_datagram)?;
         if let Some(policy) = &self.reconnect {
             if policy.delays.iter().any(|(lo, hi)| lo > hi) {
-                return Err(Error::InvalidParams(
-                    "reconnect delays must be (min, max) with min <= max".into(),
-                ));
+                return Err(Error::InvalidParams {
+                    field: "reconnect",
+                    reason: "delays must be (min, max) with min <= max",
+                });
             }
         }
         let server = addr.to_socket_addrs()?.next().ok_or_else(|| {

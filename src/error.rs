@@ -17,12 +17,18 @@ use crate::ConnId;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An I/O error from the UDP socket (binding, for example).
-    #[error("i/o error: {0}")]
+    /// An I/O error from the UDP socket (binding, for example); the cause is
+    /// the error's [`source`](std::error::Error::source).
+    #[error("socket error")]
     Io(#[from] std::io::Error),
-    /// A [`Params`](crate::Params) field has an invalid value; the string names it.
-    #[error("invalid parameters: {0}")]
-    InvalidParams(String),
+    /// A setting has a value that cannot work.
+    #[error("invalid {field}: {reason}")]
+    InvalidParams {
+        /// The field or builder setting, e.g. `"window_size"`.
+        field: &'static str,
+        /// Why, e.g. `"must be positive"`.
+        reason: &'static str,
+    },
     /// The server did not acknowledge the Connect within `epoch_limit` epochs.
     #[error("connect timed out")]
     ConnectTimeout,

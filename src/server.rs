@@ -12,7 +12,9 @@ use parking_lot::Mutex;
 
 use crate::driver::endpoint::{self, Empty, Endpoint, Inbox, Io, Role};
 use crate::lifecycle::{ConnEvent, ConnState, Subscribers};
-use crate::proto::{max_payload, Conn, Event, Message, MsgType, Phase, DEFAULT_MAX_DATAGRAM};
+use crate::proto::{
+    max_payload, Conn, Event, Message, MsgType, Phase, DEFAULT_MAX_DATAGRAM, MAX_ISN,
+};
 use crate::stats::{ConnStats, ServerStats, Timing};
 use crate::{Error, Faults, Params};
 
@@ -425,6 +427,10 @@ impl Role for ServerRole {
 
     fn on_message(&self, io: &Io, from: SocketAddr, msg: Message<'_>, batch: &mut Self::Batch) {
         if msg.kind == MsgType::Connect {
+            if msg.seq_num > MAX_ISN {
+                io.count_rejected(from, &"connect with an isn above MAX_ISN");
+                return;
+            }
             self.on_connect(io, from, msg.seq_num);
             return;
         }

@@ -141,7 +141,8 @@ fn connect_to_nothing_times_out_after_the_epoch_limit() {
     let err = Client::connect(quiet.local_addr().unwrap(), p).unwrap_err();
     assert!(matches!(err, Error::ConnectTimeout), "{err:?}");
     assert!(started.elapsed() >= Duration::from_millis(4 * 20));
-    // Exactly epoch_limit Connects: the first, then one per epoch before giving up.
+    // The first Connect, then one in epoch 1 and every second epoch after
+    // (epoch 3) before giving up at epoch 4.
     let mut buf = [0u8; 2048];
     quiet.set_nonblocking(true).unwrap();
     let mut connects = 0;
@@ -149,7 +150,7 @@ fn connect_to_nothing_times_out_after_the_epoch_limit() {
         assert_eq!(Message::decode(&buf[..n]).unwrap().kind, MsgType::Connect);
         connects += 1;
     }
-    assert_eq!(connects, 4);
+    assert_eq!(connects, 3);
 }
 
 #[test]
@@ -178,14 +179,6 @@ fn invalid_params_are_rejected_naming_the_field() {
         ),
         (
             Params {
-                window_size: 2,
-                max_unacked_messages: 3,
-                ..Params::default()
-            },
-            "max_unacked_messages",
-        ),
-        (
-            Params {
                 max_unacked_messages: 0,
                 ..Params::default()
             },
@@ -194,11 +187,11 @@ fn invalid_params_are_rejected_naming_the_field() {
     ];
     for (p, field) in cases {
         match Server::bind("127.0.0.1:0", p) {
-            Err(Error::InvalidParams(msg)) => assert!(msg.contains(field), "{msg}"),
+            Err(Error::InvalidParams { field: got, .. }) => assert_eq!(got, field),
             other => panic!("{field}: {other:?}"),
         }
         match Client::connect("127.0.0.1:9", p) {
-            Err(Error::InvalidParams(msg)) => assert!(msg.contains(field), "{msg}"),
+            Err(Error::InvalidParams { field: got, .. }) => assert_eq!(got, field),
             other => panic!("{field}: {other:?}"),
         }
     }
@@ -206,8 +199,18 @@ fn invalid_params_are_rejected_naming_the_field() {
         Server::builder()
             .max_datagram_size(65508)
             .bind("127.0.0.1:0"),
-        Err(Error::InvalidParams(_))
+        Err(Error::InvalidParams {
+            field: "max_datagram_size",
+            ..
+        })
     ));
+    // What the Go API accepts is accepted: the window is then the limit.
+    let p = Params {
+        window_size: 2,
+        max_unacked_messages: 3,
+        ..Params::default()
+    };
+    Server::bind("127.0.0.1:0", p).unwrap().close().unwrap();
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use liveseq::proto::{Conn, Event, Phase, Rejected};
+use liveseq::proto::{Conn, Event, Phase, Rejected, CONNECT_REACKS, MAX_ISN, MAX_SEQ_NUM};
 use liveseq::proto::{Message, MsgType};
 use liveseq::Params;
 
@@ -196,32 +196,137 @@ fn anything_heard_resets_the_silence() {
     assert_eq!(events(&mut c), []);
 }
 
+/// Connect goes out at once and in epoch 1, then every second epoch, so a
+/// Go reference server (which heartbeats only in epochs it heard nothing)
+/// gets silent epochs; the connect still fails after `epoch_limit` epochs.
 #[test]
-fn connect_is_resent_every_epoch_then_fails() {
-    let mut c = Conn::client(params(1, 1, 8, 4), 7);
+fn connect_is_resent_in_epoch_one_then_every_other_epoch_then_fails() {
+    let mut c = Conn::client(params(1, 1, 8, 8), 7);
     assert_eq!(drain(&mut c), [Message::connect(7)]);
-    for _ in 1..4 {
+    let mut sent_in = Vec::new();
+    for epoch in 1..8 {
         c.on_epoch();
-        assert_eq!(
-            drain(&mut c),
-            [Message::connect(7)],
-            "no back-off for Connect"
-        );
+        match drain(&mut c).as_slice() {
+            [] => {}
+            [m] if *m == Message::connect(7) => sent_in.push(epoch),
+            other => panic!("epoch {epoch}: {other:?}"),
+        }
     }
+    assert_eq!(sent_in, [1, 3, 5, 7]);
+    assert_eq!(events(&mut c), []);
     c.on_epoch();
     assert_eq!(events(&mut c), [Event::Lost]);
     assert_eq!(c.conn_id(), 0);
 }
 
+/// While connecting, the Ack of our Connect, a heartbeat or intact Data
+/// names the connection; other acks, CAcks and damaged Data do not.
 #[test]
-fn connect_ack_with_another_isn_is_ignored() {
-    let mut c = Conn::client(params(1, 1, 0, 5), 7);
+fn connecting_client_adopts_the_id_from_an_ack_a_heartbeat_or_data() {
+    let p = params(4, 4, 0, 5);
+    let mut c = Conn::client(p, 7);
     drain(&mut c);
     assert_eq!(c.handle(Message::ack(3, 8)), Err(Rejected::Unexpected));
-    assert_eq!(c.handle(Message::ack(3, 0)), Err(Rejected::Unexpected));
+    assert_eq!(c.handle(Message::cack(3, 7)), Err(Rejected::Unexpected));
+    assert_eq!(c.handle(Message::ack(0, 7)), Err(Rejected::Unexpected));
+    let mut damaged = Message::data(3, 8, b"hello").into_owned();
+    damaged.checksum ^= 1;
+    assert_eq!(c.handle(damaged), Err(Rejected::Unexpected));
     assert_eq!(c.phase(), Phase::Connecting);
     c.handle(Message::ack(3, 7)).unwrap();
     assert_eq!((c.phase(), c.conn_id()), (Phase::Open, 3));
+
+    // The reference server's Ack was lost; its heartbeat names the connection.
+    let mut c = Conn::client(p, 7);
+    drain(&mut c);
+    c.handle(Message::ack(5, 0)).unwrap();
+    assert_eq!((c.phase(), c.conn_id()), (Phase::Open, 5));
+    assert_eq!(events(&mut c), [Event::Connected]);
+
+    // So does the server's first Data, which is delivered and acknowledged.
+    let mut c = Conn::client(p, 7);
+    drain(&mut c);
+    c.handle(Message::data(6, 8, b"first")).unwrap();
+    assert_eq!((c.phase(), c.conn_id()), (Phase::Open, 6));
+    assert_eq!(delivered(&mut c), [b"first".to_vec()]);
+    assert_eq!(drain(&mut c), [Message::ack(6, 8)]);
+}
+
+/// A reconnecting client ignores its previous connection's heartbeats.
+#[test]
+fn reconnecting_client_ignores_its_stale_connection_id() {
+    let mut c = Conn::client_after(params(1, 1, 0, 5), 7, 4);
+    drain(&mut c);
+    assert_eq!(c.handle(Message::ack(4, 0)), Err(Rejected::Unexpected));
+    assert_eq!(
+        c.handle(Message::data(4, 8, b"old")),
+        Err(Rejected::Unexpected)
+    );
+    assert_eq!(c.phase(), Phase::Connecting);
+    c.handle(Message::ack(5, 0)).unwrap();
+    assert_eq!(c.conn_id(), 5);
+
+    // A restarted server may give the same id again: its Ack with our isn counts.
+    let mut c = Conn::client_after(params(1, 1, 0, 5), 7, 4);
+    drain(&mut c);
+    c.handle(Message::ack(4, 7)).unwrap();
+    assert_eq!((c.phase(), c.conn_id()), (Phase::Open, 4));
+}
+
+/// A new server connection whose client has not spoken again re-sends the
+/// Connect's Ack in a few epochs, then falls silent until it is reaped: a
+/// spoofed Connect earns a bounded number of datagrams.
+#[test]
+fn server_reacks_a_silent_new_connection_a_bounded_number_of_times() {
+    let limit = 10;
+    let mut s = Conn::server(params(1, 1, 0, limit), 4, 0);
+    let mut sent = drain(&mut s);
+    for _ in 1..limit {
+        s.on_epoch();
+        sent.extend(drain(&mut s));
+    }
+    assert_eq!(sent, vec![Message::ack(4, 0); 1 + CONNECT_REACKS as usize]);
+    s.on_epoch();
+    assert_eq!(events(&mut s), [Event::Lost]);
+
+    // Once the client speaks, heartbeats take over as usual.
+    let mut s = Conn::server(params(1, 1, 0, limit), 4, 9);
+    drain(&mut s);
+    s.handle(Message::ack(4, 0)).unwrap();
+    assert_eq!(drain(&mut s), [Message::ack(4, 0)]);
+    s.on_epoch();
+    assert_eq!(drain(&mut s), [Message::ack(4, 0)]);
+}
+
+/// Sequence numbers near the top of the range never overflow: the state
+/// machine saturates, and the decoder rejects what Go cannot read.
+#[test]
+fn isn_and_sequence_numbers_at_their_extremes() {
+    for isn in [MAX_ISN, MAX_SEQ_NUM, u64::MAX - 1, u64::MAX] {
+        let p = params(4, 4, 2, 3);
+        let mut s = Conn::server(p, 1, isn);
+        assert_eq!(drain(&mut s), [Message::ack(1, isn)]);
+        s.handle(Message::ack(1, 0)).unwrap();
+        s.write(b"x".to_vec());
+        for sn in [0, 1, isn, isn.saturating_add(1), u64::MAX] {
+            let _ = s.handle(Message::data(1, sn, b"d"));
+            let _ = s.handle(Message::ack(1, sn));
+            let _ = s.handle(Message::cack(1, sn));
+        }
+        for _ in 0..3 {
+            s.on_epoch();
+            drain(&mut s);
+        }
+        assert_eq!(events(&mut s), [Event::Lost]);
+
+        let mut c = Conn::client(p, isn);
+        drain(&mut c);
+        c.handle(Message::ack(2, isn)).unwrap();
+        c.write(b"y".to_vec());
+        c.handle(Message::cack(2, u64::MAX)).unwrap_err();
+        drain(&mut c);
+        c.close();
+    }
 }
 
 #[test]

@@ -626,9 +626,10 @@ pub(crate) fn check_payload(len: usize, max: usize) -> Result<(), Error> {
 /// Validates a configured maximum datagram size.
 pub(crate) fn check_datagram_size(size: usize) -> Result<(), Error> {
     if !(DEFAULT_MAX_DATAGRAM / 4..=MAX_DATAGRAM).contains(&size) {
-        return Err(Error::InvalidParams(format!(
-            "max_datagram_size must be between 368 and {MAX_DATAGRAM}"
-        )));
+        return Err(Error::InvalidParams {
+            field: "max_datagram_size",
+            reason: "must be between 368 and 65507",
+        });
     }
     Ok(())
 }

@@ -19,6 +19,31 @@ use std::collections::VecDeque;
 use super::message::{Message, MsgType};
 use crate::Params;
 
+/// The largest sequence number on the wire: the Go peers decode `SeqNum`
+/// into a Go `int`, so anything above `i64::MAX` is malformed to them, and
+/// the decoder rejects it too.
+pub const MAX_SEQ_NUM: u64 = i64::MAX as u64;
+
+/// The largest initial sequence number a server accepts in a Connect. It
+/// leaves 2^62 sequence numbers for each side, more than any connection
+/// can use, so no sequence arithmetic can reach [`MAX_SEQ_NUM`]. A Connect
+/// with a larger one is refused (ignored and counted).
+pub const MAX_ISN: u64 = (1 << 62) - 1;
+
+/// How many times a server connection re-sends the Ack of its Connect, one
+/// per epoch, while its client has said nothing since. A client whose
+/// repeated Connects are all lost still hears it; a spoofed Connect earns
+/// its claimed source at most `1 + CONNECT_REACKS` small datagrams.
+pub const CONNECT_REACKS: u32 = 3;
+
+/// While connecting, a client resends its Connect in epoch 1 and then in
+/// every second epoch: the Go reference server heartbeats only in epochs in
+/// which it heard nothing from the client, and never re-acks a repeated
+/// Connect, so a client must leave it silent epochs in which to speak.
+fn connect_resend_due(epochs_connecting: u32) -> bool {
+    epochs_connecting % 2 == 1
+}
+
 /// A state change the driver must act on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -56,8 +81,8 @@ pub enum Rejected {
     OutsideWindow,
     /// An Ack or CAck for a sequence number that was never sent.
     UnsentAck,
-    /// A message that makes no sense in this phase (Data while connecting, a
-    /// Connect to a client, a message for another connection id).
+    /// A message that makes no sense in this phase (a CAck while connecting,
+    /// a Connect to a client, a message for another connection id).
     Unexpected,
 }
 
@@ -166,10 +191,19 @@ pub struct Conn {
     delivered: VecDeque<Vec<u8>>,
 
     epochs_silent: u32,
+    /// Epochs since a client started connecting (paces its Connects).
+    epochs_connecting: u32,
+    /// A connection id a connecting client must not adopt: its previous
+    /// connection's, whose heartbeats may still arrive on the same socket.
+    stale_conn_id: Option<u32>,
+    /// Re-sends of the Connect's Ack left (server; see [`CONNECT_REACKS`]).
+    reacks_left: u32,
     /// Acknowledge in-order Data with one CAck per [`Conn::flush_acks`].
     coalesce_acks: bool,
-    /// In-order Data arrived since the last CAck.
-    cack_pending: bool,
+    /// In-order Data acknowledged since the last flush, and the first of them:
+    /// one is acknowledged with a plain Ack, more with a CAck.
+    acks_pending: u32,
+    first_pending_ack: u64,
     /// Whether the peer has sent anything but a Connect. A server sends no
     /// heartbeats before that, so a spoofed Connect earns its claimed source
     /// one Ack and nothing more (no amplification).
@@ -185,6 +219,11 @@ pub struct Conn {
 
 impl Conn {
     /// A client connection: it starts by sending `(Connect, 0, isn)`.
+    ///
+    /// While connecting it takes as the answer `(Ack, id, isn)`, a heartbeat
+    /// `(Ack, id, 0)` or any Data carrying a connection id: the Go reference
+    /// server sends its Ack only once, so a client whose Ack was lost learns
+    /// its id from what follows.
     pub fn client(params: Params, isn: u64) -> Conn {
         let mut conn = Conn::new(params, 0, isn, Phase::Connecting);
         conn.heard = true;
@@ -192,10 +231,26 @@ impl Conn {
         conn
     }
 
+    /// A client connection that, while it connects, takes nothing but the
+    /// Ack of its Connect as naming `stale`, the id of its previous
+    /// connection from the same socket (a reconnect): heartbeats and Data
+    /// for that id may be the old connection's.
+    pub fn client_after(params: Params, isn: u64, stale: u32) -> Conn {
+        let mut conn = Conn::client(params, isn);
+        conn.stale_conn_id = Some(stale);
+        conn
+    }
+
     /// A server connection accepted from `(Connect, 0, isn)`: it starts by
-    /// sending `(Ack, conn_id, isn)`.
+    /// sending `(Ack, conn_id, isn)`, and sends it again in up to
+    /// [`CONNECT_REACKS`] epochs while the client says nothing more.
+    ///
+    /// `isn` should be at most [`MAX_ISN`] (the server refuses Connects
+    /// above it); sequence arithmetic saturates, so larger values are safe
+    /// but leave no room for messages.
     pub fn server(params: Params, conn_id: u32, isn: u64) -> Conn {
         let mut conn = Conn::new(params, conn_id, isn, Phase::Open);
+        conn.reacks_left = CONNECT_REACKS;
         conn.transmits.push_back(Transmit::Ack(isn));
         conn
     }
@@ -206,18 +261,23 @@ impl Conn {
             conn_id,
             isn,
             phase,
-            base: isn + 1,
+            // Saturating: see `server` for why an isn this large is harmless.
+            base: isn.saturating_add(1),
             out: VecDeque::new(),
             sent: 0,
             unacked: 0,
             data_sent_this_epoch: false,
-            expected: isn + 1,
+            expected: isn.saturating_add(1),
             window: VecDeque::new(),
             delivered: VecDeque::new(),
             epochs_silent: 0,
+            epochs_connecting: 0,
+            stale_conn_id: None,
+            reacks_left: 0,
             heard: false,
             coalesce_acks: false,
-            cack_pending: false,
+            acks_pending: 0,
+            first_pending_ack: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             first_acked: VecDeque::new(),
@@ -266,7 +326,7 @@ impl Conn {
             .take(self.sent)
             .enumerate()
             .filter(|(_, m)| !m.acked)
-            .map(move |(i, _)| base + i as u64)
+            .map(move |(i, _)| base.saturating_add(i as u64))
     }
 
     /// Next sequence number the receiver will deliver.
@@ -350,17 +410,30 @@ impl Conn {
         match self.phase {
             Phase::Drained | Phase::Lost => return Err(Rejected::Unexpected),
             Phase::Connecting => {
+                // The Ack of our Connect, a heartbeat, or the server's first
+                // Data: each proves the connection exists and names it. Other
+                // acks are ignored, and Data must be intact before its id is
+                // trusted. Only the Ack carrying our isn may name the stale id
+                // (a restarted server may hand out the same id again).
+                let fresh = Some(msg.conn_id) != self.stale_conn_id;
+                let proof = msg.conn_id != 0
+                    && match msg.kind {
+                        MsgType::Ack if msg.seq_num == self.isn => true,
+                        MsgType::Ack => msg.seq_num == 0 && fresh,
+                        MsgType::Data => fresh && msg.clone().verify_data(),
+                        MsgType::Connect | MsgType::CAck => false,
+                    };
+                if !proof {
+                    return Err(Rejected::Unexpected);
+                }
                 self.epochs_silent = 0;
-                // The first Ack carrying our isn answers the Connect (with isn 0 it
-                // looks like a heartbeat; that is the reference's behaviour too).
-                if msg.kind == MsgType::Ack && msg.seq_num == self.isn && msg.conn_id != 0 {
-                    self.conn_id = msg.conn_id;
-                    self.phase = Phase::Open;
-                    self.events.push_back(Event::Connected);
-                    self.fill_window();
+                self.conn_id = msg.conn_id;
+                self.phase = Phase::Open;
+                self.events.push_back(Event::Connected);
+                self.fill_window();
+                if msg.kind != MsgType::Data {
                     return Ok(());
                 }
-                return Err(Rejected::Unexpected);
             }
             Phase::Open | Phase::Closing => {}
         }
@@ -399,13 +472,14 @@ impl Conn {
                     return Err(Rejected::OutsideWindow);
                 }
                 self.epochs_silent = 0;
-                if sn < self.expected {
+                let Some(offset) = sn.checked_sub(self.expected) else {
                     self.ack_received(sn, true);
                     self.counters.duplicates_received += 1;
                     return Ok(());
-                }
-                self.ack_received(sn, sn == self.expected);
-                let index = (sn - self.expected) as usize;
+                };
+                self.ack_received(sn, offset == 0);
+                // Below the window size, a u32: the check above bounds it.
+                let index = offset as usize;
                 if self.window.len() <= index {
                     self.window.resize(index + 1, None);
                 }
@@ -423,7 +497,7 @@ impl Conn {
                             self.delivered.push_back(payload);
                         }
                     }
-                    self.expected += 1;
+                    self.expected = self.expected.saturating_add(1);
                 }
                 Ok(())
             }
@@ -432,27 +506,22 @@ impl Conn {
                 self.counters.heartbeats_received += 1;
                 Ok(())
             }
-            MsgType::Ack => {
+            MsgType::Ack | MsgType::CAck => {
                 let sn = msg.seq_num;
-                if sn >= self.base + self.sent as u64 {
+                if sn >= self.next_unsent() {
                     return Err(Rejected::UnsentAck);
                 }
                 self.epochs_silent = 0;
-                if sn >= self.base {
-                    self.ack_one((sn - self.base) as usize);
-                    self.after_acks();
-                }
-                Ok(())
-            }
-            MsgType::CAck => {
-                let sn = msg.seq_num;
-                if sn >= self.base + self.sent as u64 {
-                    return Err(Rejected::UnsentAck);
-                }
-                self.epochs_silent = 0;
-                if sn >= self.base {
-                    for i in 0..=(sn - self.base) as usize {
-                        self.ack_one(i);
+                // Below `base`: an ack of something acknowledged before.
+                if let Some(index) = sn.checked_sub(self.base) {
+                    // Below `sent`, a usize: the check above bounds it.
+                    let index = index as usize;
+                    if msg.kind == MsgType::Ack {
+                        self.ack_one(index);
+                    } else {
+                        for i in 0..=index {
+                            self.ack_one(i);
+                        }
                     }
                     self.after_acks();
                 }
@@ -467,14 +536,23 @@ impl Conn {
         if !matches!(self.phase, Phase::Connecting | Phase::Open | Phase::Closing) {
             return;
         }
-        self.epochs_silent += 1;
+        self.epochs_silent = self.epochs_silent.saturating_add(1);
         if self.epochs_silent >= self.params.epoch_limit {
             self.lose();
             return;
         }
         if self.phase == Phase::Connecting {
-            self.transmits.push_back(Transmit::Connect);
+            self.epochs_connecting = self.epochs_connecting.saturating_add(1);
+            if connect_resend_due(self.epochs_connecting) {
+                self.transmits.push_back(Transmit::Connect);
+            }
             return;
+        }
+        if !self.heard && self.reacks_left > 0 {
+            // Our Ack may have been lost, and the client's repeated Connects
+            // too: say it again, a bounded number of times.
+            self.reacks_left -= 1;
+            self.transmits.push_back(Transmit::Ack(self.isn));
         }
         self.flush_acks();
         let cap = self.params.max_backoff_interval;
@@ -482,7 +560,7 @@ impl Conn {
             if m.acked {
                 continue;
             }
-            m.since_sent += 1;
+            m.since_sent = m.since_sent.saturating_add(1);
             if m.since_sent > m.backoff {
                 m.since_sent = 0;
                 m.retransmitted = true;
@@ -493,7 +571,7 @@ impl Conn {
                 }
                 .min(cap);
                 self.transmits
-                    .push_back(Transmit::Data(self.base + i as u64));
+                    .push_back(Transmit::Data(self.base.saturating_add(i as u64)));
                 self.counters.retransmissions += 1;
                 self.data_sent_this_epoch = true;
             }
@@ -505,10 +583,12 @@ impl Conn {
         self.data_sent_this_epoch = false;
     }
 
-    /// Sets whether in-order Data is acknowledged with one CAck per
-    /// [`flush_acks`](Conn::flush_acks) call instead of one Ack per message
-    /// (out-of-order Data is always acknowledged at once, with an Ack).
-    /// A driver that turns this on must call `flush_acks` after each batch of input.
+    /// Sets whether in-order Data is acknowledged once per
+    /// [`flush_acks`](Conn::flush_acks) call instead of once per message: with
+    /// a plain Ack if the batch held one message, with a CAck if more (as
+    /// the Go peers do, a CAck never covers a single message). Out-of-order
+    /// Data is always acknowledged at once, with an Ack. A driver that turns
+    /// this on must call `flush_acks` after each batch of input.
     pub fn set_coalesce_acks(&mut self, on: bool) {
         self.coalesce_acks = on;
         if !on {
@@ -516,11 +596,16 @@ impl Conn {
         }
     }
 
-    /// Sends the CAck covering in-order Data received since the last one.
+    /// Acknowledges the in-order Data received since the last flush.
     pub fn flush_acks(&mut self) {
-        if self.cack_pending {
-            self.cack_pending = false;
-            self.transmits.push_back(Transmit::CAck(self.expected - 1));
+        match std::mem::take(&mut self.acks_pending) {
+            0 => {}
+            1 => self
+                .transmits
+                .push_back(Transmit::Ack(self.first_pending_ack)),
+            _ => self
+                .transmits
+                .push_back(Transmit::CAck(self.expected.saturating_sub(1))),
         }
     }
 
@@ -536,6 +621,7 @@ impl Conn {
                 Transmit::CAck(sn) => Message::cack(self.conn_id, sn),
                 Transmit::Data(sn) => {
                     // Acknowledged since it was queued: nothing to send.
+                    // The index is below `sent`, a usize, when it is found.
                     let Some(m) = sn
                         .checked_sub(self.base)
                         .and_then(|i| self.out.get(i as usize))
@@ -564,7 +650,7 @@ impl Conn {
 
     /// Sequence number the next newly sent message will carry.
     pub fn next_unsent(&self) -> u64 {
-        self.base + self.sent as u64
+        self.base.saturating_add(self.sent as u64)
     }
 
     /// Messages that were never acknowledged when the connection was lost,
@@ -589,7 +675,7 @@ impl Conn {
         self.window.clear();
         self.transmits.clear();
         self.first_acked.clear();
-        self.cack_pending = false;
+        self.acks_pending = 0;
         self.phase = Phase::Drained;
         discarded
     }
@@ -615,8 +701,7 @@ impl Conn {
             m.since_sent = 0;
             self.counters.data_sent += 1;
             self.counters.bytes_sent += m.payload.len() as u64;
-            self.transmits
-                .push_back(Transmit::Data(self.base + self.sent as u64));
+            self.transmits.push_back(Transmit::Data(self.next_unsent()));
             self.sent += 1;
             self.unacked += 1;
             self.data_sent_this_epoch = true;
@@ -628,7 +713,10 @@ impl Conn {
     fn ack_received(&mut self, sn: u64, cumulative: bool) {
         self.counters.acks_sent += 1;
         if self.coalesce_acks && cumulative {
-            self.cack_pending = true;
+            if self.acks_pending == 0 {
+                self.first_pending_ack = sn;
+            }
+            self.acks_pending = self.acks_pending.saturating_add(1);
         } else {
             self.transmits.push_back(Transmit::Ack(sn));
         }
@@ -641,7 +729,8 @@ impl Conn {
             m.payload = Vec::new();
             self.unacked -= 1;
             if !m.retransmitted {
-                self.first_acked.push_back(self.base + index as u64);
+                self.first_acked
+                    .push_back(self.base.saturating_add(index as u64));
             }
         }
     }
@@ -649,7 +738,7 @@ impl Conn {
     fn after_acks(&mut self) {
         while self.out.front().is_some_and(|m| m.acked) {
             self.out.pop_front();
-            self.base += 1;
+            self.base = self.base.saturating_add(1);
             self.sent -= 1;
         }
         self.fill_window();
@@ -666,7 +755,7 @@ impl Conn {
 
     fn lose(&mut self) {
         self.phase = Phase::Lost;
-        self.cack_pending = false;
+        self.acks_pending = 0;
         self.first_acked.clear();
         self.orphans = self
             .out
@@ -690,20 +779,23 @@ mod tests {
         std::iter::from_fn(|| conn.poll_transmit().map(Message::into_owned)).collect()
     }
 
-    /// A Connect alone (perhaps spoofed) earns one Ack: no heartbeats follow
-    /// until the peer speaks again, and the connection is reaped on schedule.
+    /// A Connect alone (perhaps spoofed) earns its Ack and a bounded number
+    /// of repeats: no heartbeats follow until the peer speaks again, and the
+    /// connection is reaped on schedule.
     #[test]
     fn server_is_silent_until_the_peer_speaks_beyond_connect() {
         let params = Params {
-            epoch_limit: 4,
+            epoch_limit: CONNECT_REACKS + 2,
             ..Params::default()
         };
         let mut conn = Conn::server(params, 1, 50);
         assert_eq!(drain(&mut conn), [Message::ack(1, 50)]);
-        for _ in 0..3 {
+        for _ in 0..CONNECT_REACKS {
             conn.on_epoch();
-            assert_eq!(drain(&mut conn), []);
+            assert_eq!(drain(&mut conn), [Message::ack(1, 50)]);
         }
+        conn.on_epoch();
+        assert_eq!(drain(&mut conn), []);
         conn.on_epoch();
         assert_eq!(conn.poll_event(), Some(Event::Lost));
 
@@ -744,21 +836,28 @@ mod tests {
         assert_eq!(drain(&mut conn), [Message::cack(3, 104)]);
         conn.flush_acks();
         assert_eq!(drain(&mut conn), []);
-        // A duplicate below the window is covered by the next CAck too.
+        // A single message owes a plain Ack, as from a Go peer: here a
+        // duplicate below the window.
         conn.handle(Message::data(3, 102, b"x")).unwrap();
         conn.flush_acks();
-        assert_eq!(drain(&mut conn), [Message::cack(3, 104)]);
-        assert_eq!(std::iter::from_fn(|| conn.poll_delivered()).count(), 4);
+        assert_eq!(drain(&mut conn), [Message::ack(3, 102)]);
+        // Two owe a CAck.
+        conn.handle(Message::data(3, 105, b"x")).unwrap();
+        conn.handle(Message::data(3, 106, b"x")).unwrap();
+        conn.flush_acks();
+        assert_eq!(drain(&mut conn), [Message::cack(3, 107)]);
+        assert_eq!(std::iter::from_fn(|| conn.poll_delivered()).count(), 7);
     }
 
-    /// A CAck still owed when the connection closes goes out before it drains.
+    /// An acknowledgement still owed when the connection closes goes out
+    /// before it drains.
     #[test]
-    fn close_flushes_a_pending_cack() {
+    fn close_flushes_a_pending_ack() {
         let mut conn = connected_client(Params::default());
         conn.set_coalesce_acks(true);
         conn.handle(Message::data(3, 101, b"x")).unwrap();
         conn.close();
-        assert_eq!(drain(&mut conn), [Message::cack(3, 101)]);
+        assert_eq!(drain(&mut conn), [Message::ack(3, 101)]);
         assert_eq!(conn.poll_event(), Some(Event::Drained));
     }
 

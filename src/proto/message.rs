@@ -12,6 +12,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::checksum::checksum;
+use super::conn::MAX_SEQ_NUM;
 
 /// Largest UDP payload over IPv4; larger datagrams cannot exist.
 pub const MAX_DATAGRAM: usize = 65507;
@@ -189,10 +190,17 @@ impl<'a> Message<'a> {
     }
 
     /// Decodes one datagram. Keys may come in any order, unknown keys are
-    /// ignored, and `Size`, `Checksum` and `Payload` may be missing.
+    /// ignored, and `Size`, `Checksum` and `Payload` may be missing. `SeqNum`
+    /// and `Size` above [`MAX_SEQ_NUM`](super::MAX_SEQ_NUM) (2^63-1, Go's
+    /// largest `int`) and a `ConnID` above `u32::MAX` are malformed.
     pub fn decode(datagram: &'a [u8]) -> Result<Message<'a>, DecodeError> {
         let wire: Wire<'a> =
             serde_json::from_slice(datagram).map_err(|_| DecodeError::Malformed)?;
+        // Go peers decode these into a Go `int`: larger values are malformed
+        // to them, and no sequence arithmetic of ours has to consider them.
+        if wire.seq_num > MAX_SEQ_NUM || wire.size > MAX_SEQ_NUM {
+            return Err(DecodeError::Malformed);
+        }
         let kind = match wire.kind {
             0 => MsgType::Connect,
             1 => MsgType::Data,

@@ -30,5 +30,5 @@ mod conn;
 mod message;
 
 pub use checksum::checksum;
-pub use conn::{Conn, Counters, Event, Phase, Rejected};
+pub use conn::{Conn, Counters, Event, Phase, Rejected, CONNECT_REACKS, MAX_ISN, MAX_SEQ_NUM};
 pub use message::{max_payload, DecodeError, Message, MsgType, DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM};

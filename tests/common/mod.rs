@@ -156,12 +156,15 @@ impl RawPeer {
         }
     }
 
-    /// Plays a client: Connect with `isn`, returns the connection id.
+    /// Plays a client: Connect with `isn`, then a heartbeat as a real client
+    /// would send in its first epoch (a server re-sends the Connect's Ack
+    /// until its client speaks). Returns the connection id.
     pub fn connect(&mut self, server: SocketAddr, isn: u64) -> u32 {
         self.send_to(&Message::connect(isn), server);
         loop {
             let m = self.recv();
             if m.kind == MsgType::Ack && m.seq_num == isn {
+                self.send(&Message::ack(m.conn_id, 0));
                 return m.conn_id;
             }
         }

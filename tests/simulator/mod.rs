@@ -14,7 +14,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use liveseq::proto::{Conn, Event, Phase};
-use liveseq::proto::{Message, MsgType};
+use liveseq::proto::{Message, MsgType, CONNECT_REACKS};
 use liveseq::Params;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -175,8 +175,12 @@ struct Tracked {
     data_since_tick: bool,
     /// Epochs since the connection last accepted a message (shadow of epochs_silent).
     silent: u32,
-    /// A server connection heartbeats only once its peer spoke beyond Connect.
+    /// A server connection heartbeats only once its peer spoke beyond Connect;
+    /// until then it repeats the Connect's Ack in its first few epochs.
     heard: bool,
+    reacks: u32,
+    /// Epochs a client has spent connecting (it resends Connect in odd ones).
+    connecting_epochs: u32,
     closing: bool,
     closed_before_reading_all: bool,
     ended: Option<Event>,
@@ -195,6 +199,8 @@ impl Tracked {
             data_since_tick: false,
             silent: 0,
             heard: is_client,
+            reacks: 0,
+            connecting_epochs: 0,
             closing: false,
             closed_before_reading_all: false,
             ended: None,
@@ -479,13 +485,13 @@ impl Sim {
         if t.ended.is_some() {
             return;
         }
-        let connecting = t.conn.phase() == Phase::Connecting;
         let kind = msg.kind;
         let accepted = t.conn.handle(msg).is_ok();
-        if accepted || connecting {
+        if accepted {
             t.silent = 0;
         }
-        if accepted && kind != MsgType::Connect {
+        // Anything but a Connect, even a damaged one, shows the peer speaks.
+        if kind != MsgType::Connect {
             t.heard = true;
         }
         self.pump_for(node, c, Input::Other);
@@ -503,7 +509,11 @@ impl Sim {
         {
             let t = self.tracked(node, c);
             let oldest = t.conn.oldest_unacked();
+            let isn = t.conn.isn();
             while let Some(msg) = t.conn.poll_transmit() {
+                if node == Node::Server && msg.kind == MsgType::Ack && msg.seq_num == isn {
+                    sent.isn_ack = true;
+                }
                 match msg.kind {
                     MsgType::Data => {
                         if msg.seq_num > oldest + w - 1 {
@@ -715,6 +725,9 @@ impl Sim {
             let (expect_lost, expected_resends, connecting, heard, data_before) = {
                 let t = self.tracked(node, c);
                 t.silent += 1;
+                if t.conn.phase() == Phase::Connecting {
+                    t.connecting_epochs += 1;
+                }
                 let in_flight: BTreeSet<u64> = t.conn.in_flight().collect();
                 t.sends.retain(|sn, _| in_flight.contains(sn));
                 let expected: BTreeSet<u64> = t
@@ -747,13 +760,28 @@ impl Sim {
                 continue;
             }
             if connecting {
-                if !sent.connect || !sent.data.is_empty() {
+                let due = self.tracked(node, c).connecting_epochs % 2 == 1;
+                if sent.connect != due || !sent.data.is_empty() {
                     self.fail(
                         &name,
-                        "a connecting client must resend its Connect, only".into(),
+                        "a connecting client resends its Connect, only, in epoch 1, 3, 5...".into(),
                     );
                 }
                 continue;
+            }
+            if !heard && node == Node::Server {
+                let t = self.tracked(node, c);
+                let due = t.reacks < CONNECT_REACKS;
+                t.reacks += 1;
+                if sent.isn_ack != due {
+                    self.fail(
+                        &name,
+                        format!(
+                            "re-sent the Connect's Ack = {}, expected {due}",
+                            sent.isn_ack
+                        ),
+                    );
+                }
             }
             let resent: BTreeSet<u64> = sent.data.iter().copied().collect();
             if resent != expected_resends {
@@ -847,4 +875,6 @@ struct Sent {
     data: Vec<u64>,
     heartbeat: bool,
     connect: bool,
+    /// A server's `(Ack, id, isn)`: the Connect's Ack, or a repeat of it.
+    isn_ack: bool,
 }
