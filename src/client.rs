@@ -1,282 +1,106 @@
 //! The LSP client: one connection to one server.
+//!
+//! A thin handle around a [`ClientCore`], which makes every protocol
+//! decision (connect, timeout, reconnect schedule); the threads of
+//! [`driver`](crate::driver) feed it.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
-use rand::rngs::SmallRng;
-use rand::SeedableRng;
 
-use crate::driver::endpoint::{self, Empty, Endpoint, Inbox, Io, Role};
+use crate::driver::endpoint::{self, Core, Empty, Endpoint, Inbox, Role};
 use crate::lifecycle::{ConnEvent, ConnState, ReconnectPolicy, Subscribers};
-use crate::proto::{max_payload, Conn, Event, Message, MsgType, Phase, DEFAULT_MAX_DATAGRAM};
-use crate::stats::{ConnStats, Timing};
+use crate::proto::{
+    max_payload, ClientConfig, ClientCore, ClientOutput, Limit, Message, DEFAULT_INBOX,
+    DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
+};
+use crate::stats::ConnStats;
 use crate::{ConnId, Error, Faults, Params};
 
-/// What the receive and epoch threads hand to `read`, in order.
+impl Core for ClientCore {
+    type Output = ClientOutput;
+    fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        ClientCore::handle(self, now, from, datagram);
+    }
+    fn end_batch(&mut self, now: Instant) {
+        ClientCore::end_batch(self, now);
+    }
+    fn handle_epoch(&mut self, now: Instant) {
+        ClientCore::handle_epoch(self, now);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        ClientCore::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        ClientCore::handle_timeout(self, now);
+    }
+    fn close(&mut self, now: Instant) {
+        ClientCore::close(self, now);
+    }
+    fn abort(&mut self, now: Instant) -> usize {
+        ClientCore::abort(self, now)
+    }
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Message<'_>)> {
+        ClientCore::poll_transmit(self)
+    }
+    fn poll_output(&mut self) -> Option<ClientOutput> {
+        ClientCore::poll_output(self)
+    }
+}
+
+/// What `read` returns, in order.
 enum Item {
     Data(Vec<u8>),
-    Lost(u32),
-    Reconnected { old: u32, new: u32 },
+    Lost(ConnId),
+    Reconnected { old: ConnId, new: ConnId },
 }
 
-/// The client side of the state shared with the threads.
+/// The client's application side: where the core's outputs go.
 pub(crate) struct ClientRole {
     server: SocketAddr,
-    conn: Mutex<ClientConn>,
     inbox: Inbox<Item>,
     events: Subscribers,
-    /// The current connection id, readable without the lock.
-    conn_id: AtomicU32,
-}
-
-struct ClientConn {
-    conn: Conn,
-    timing: Timing,
-    state: ConnState,
-    /// Told once whether the first connect succeeded; `None` afterwards.
-    connected: Option<Sender<Result<u32, Error>>>,
-    closing: bool,
-    /// The connection ended with messages never acknowledged.
-    lost_with_pending: bool,
-    policy: Option<ReconnectPolicy>,
-    /// Reconnect attempts since the last connection that exchanged data.
-    attempt: u32,
-    /// While waiting to dial again: when to send the Connect.
-    redial_at: Option<Instant>,
-    /// The connection lost before a reconnect, reported to `read` at the gap.
-    lost_id: Option<u32>,
-    rng: SmallRng,
-}
-
-impl ClientRole {
-    fn set_state(&self, c: &mut ClientConn, conn_id: u32, state: ConnState) {
-        c.state = state;
-        self.events
-            .emit((conn_id != 0).then_some(conn_id), self.server, state);
-    }
-
-    /// Sends what the state machine wants sent, hands data to `read` and acts
-    /// on events. Runs under the connection lock, which keeps events in order.
-    fn drive(&self, io: &Io, c: &mut ClientConn) {
-        // Stamp first transmissions before sending them (see the server's drive).
-        let conn = &mut c.conn;
-        c.timing.update(
-            conn.next_unsent(),
-            conn.oldest_unacked(),
-            std::iter::from_fn(|| conn.poll_first_acked()),
-        );
-        if c.redial_at.is_none() {
-            while let Some(msg) = c.conn.poll_transmit() {
-                io.send(&msg, self.server);
-            }
-        }
-        while let Some(payload) = c.conn.poll_delivered() {
-            let _ = self.inbox.tx.send(Item::Data(payload));
-        }
-        while let Some(event) = c.conn.poll_event() {
-            let id = c.conn.conn_id();
-            match event {
-                Event::Connected => {
-                    log::debug!("connected to {} as connection {id}", self.server);
-                    self.conn_id.store(id, Ordering::SeqCst);
-                    c.timing.mark_connected();
-                    if let Some(old) = c.lost_id.take() {
-                        let _ = self.inbox.tx.send(Item::Reconnected { old, new: id });
-                    }
-                    // Announce before `connect` returns: a subscriber added
-                    // after it must not see this event.
-                    self.set_state(c, id, ConnState::Connected);
-                    if let Some(tx) = c.connected.take() {
-                        let _ = tx.send(Ok(id));
-                    }
-                }
-                Event::Lost if id == 0 => {
-                    if let Some(tx) = c.connected.take() {
-                        log::debug!("connect to {} timed out", self.server);
-                        self.set_state(c, 0, ConnState::Refused);
-                        let _ = tx.send(Err(Error::ConnectTimeout));
-                    } else {
-                        log::debug!(
-                            "reconnect attempt {} to {} timed out",
-                            c.attempt,
-                            self.server
-                        );
-                        self.redial(io, c);
-                    }
-                }
-                Event::Lost => {
-                    log::debug!("connection {id} to {} lost", self.server);
-                    self.set_state(c, id, ConnState::Lost);
-                    if c.policy.is_some() && !c.closing {
-                        c.lost_id = Some(id);
-                        self.redial(io, c);
-                    } else {
-                        let _ = self.inbox.tx.send(Item::Lost(id));
-                        c.lost_with_pending |= c.conn.take_orphans().into_iter().next().is_some();
-                        if c.closing {
-                            io.signal_drained();
-                        }
-                    }
-                }
-                Event::Drained => {
-                    self.set_state(c, id, ConnState::Closed);
-                    if c.closing {
-                        io.signal_drained();
-                    }
-                }
-            }
-        }
-        if c.attempt > 0
-            && c.conn.phase() == Phase::Open
-            && (c.conn.counters().data_received > 0 || c.conn.oldest_unacked() > c.conn.isn() + 1)
-        {
-            c.attempt = 0;
-        }
-    }
-
-    /// Schedules the next reconnect attempt, or gives up.
-    fn redial(&self, io: &Io, c: &mut ClientConn) {
-        let orphans = c.conn.take_orphans();
-        let Some(policy) = &c.policy else { return };
-        c.attempt += 1;
-        if policy.max_attempts.is_some_and(|max| c.attempt > max) {
-            log::debug!(
-                "giving up reconnecting to {} after {} attempts",
-                self.server,
-                c.attempt - 1
-            );
-            c.lost_with_pending = !orphans.is_empty();
-            let lost = c.lost_id.take().unwrap_or(0);
-            let _ = self.inbox.tx.send(Item::Lost(lost));
-            self.set_state(c, 0, ConnState::Refused);
-            return;
-        }
-        let delay = policy.delay(c.attempt, &mut c.rng);
-        log::debug!(
-            "reconnecting to {} in {delay:?} (attempt {})",
-            self.server,
-            c.attempt
-        );
-        c.redial_at = Some(Instant::now() + delay);
-        // Heartbeats for the lost connection may still reach this socket:
-        // they must not be taken as the new connection's answer.
-        let stale = c.lost_id.unwrap_or(c.conn.conn_id());
-        c.conn = Conn::client_after(io.params, u64::from(rand::random::<u32>().max(1)), stale);
-        c.conn.set_coalesce_acks(io.coalesce_acks);
-        for payload in orphans {
-            c.conn.write(payload);
-        }
-        c.timing = Timing::new(c.conn.next_unsent());
-        let attempt = c.attempt;
-        self.set_state(c, 0, ConnState::Reconnecting { attempt });
-    }
+    /// Told once whether the first connect succeeded.
+    connected: Mutex<Option<Sender<Result<ConnId, Error>>>>,
 }
 
 impl Role for ClientRole {
-    /// Whether Data arrived in this batch (a CAck may be owed).
-    type Batch = bool;
+    type Core = ClientCore;
 
-    fn on_message(&self, io: &Io, from: SocketAddr, msg: Message<'_>, batch: &mut bool) {
-        if from != self.server {
-            io.count_rejected(from, &"not from the server");
-            return;
-        }
-        let mut c = self.conn.lock();
-        if msg.kind == MsgType::Connect || c.redial_at.is_some() {
-            c.timing.rejected += 1;
-            io.count_rejected(from, &"unexpected message");
-            return;
-        }
-        *batch |= msg.kind == MsgType::Data;
-        if let Err(why) = c.conn.handle(msg) {
-            c.timing.rejected += 1;
-            io.count_rejected(from, &why);
-        }
-        self.drive(io, &mut c);
-    }
-
-    fn end_batch(&self, io: &Io, batch: &mut bool) {
-        if std::mem::take(batch) && io.coalesce_acks {
-            let mut c = self.conn.lock();
-            c.conn.flush_acks();
-            self.drive(io, &mut c);
-        }
-    }
-
-    fn on_malformed(&self, from: SocketAddr) {
-        if from == self.server {
-            self.conn.lock().timing.malformed += 1;
-        }
-    }
-
-    fn on_epoch(&self, io: &Io) {
-        let mut c = self.conn.lock();
-        if c.redial_at.is_none() {
-            c.conn.on_epoch();
-            self.drive(io, &mut c);
-        }
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.conn.lock().redial_at
-    }
-
-    fn on_deadline(&self, io: &Io) {
-        let mut c = self.conn.lock();
-        if c.redial_at.is_some_and(|at| at <= Instant::now()) {
-            c.redial_at = None;
-            self.drive(io, &mut c);
-        }
-    }
-
-    fn begin_close(&self, io: &Io) {
-        let mut c = self.conn.lock();
-        c.closing = true;
-        match c.conn.phase() {
-            Phase::Lost | Phase::Drained => io.signal_drained(),
-            Phase::Connecting => {
-                // Waiting to reconnect, or dialling: cancel it.
-                log::debug!("close: reconnect to {} cancelled", self.server);
-                c.redial_at = None;
-                c.lost_with_pending |= !c.conn.is_idle();
-                c.conn.abort();
-                if !c.state.is_terminal() {
-                    self.set_state(&mut c, 0, ConnState::Closed);
+    fn publish(&self, output: ClientOutput) -> bool {
+        match output {
+            ClientOutput::State { conn_id, state, at } => {
+                self.events.emit(conn_id, self.server, state, at)
+            }
+            ClientOutput::ConnectResult(result) => {
+                if let Some(tx) = self.connected.lock().take() {
+                    let _ = tx.send(result.map_err(|()| Error::ConnectTimeout));
                 }
-                io.signal_drained();
             }
-            Phase::Open | Phase::Closing => {
-                let id = c.conn.conn_id();
-                self.set_state(&mut c, id, ConnState::Closing);
-                c.conn.close();
-                self.drive(io, &mut c);
+            ClientOutput::Data(payload) => {
+                let _ = self.inbox.tx.send(Item::Data(payload));
             }
+            ClientOutput::Lost(id) => {
+                let _ = self.inbox.tx.send(Item::Lost(id));
+            }
+            ClientOutput::Reconnected { old, new } => {
+                let _ = self.inbox.tx.send(Item::Reconnected { old, new });
+            }
+            ClientOutput::Drained => return true,
         }
+        false
     }
 
-    fn close_result(&self) -> Result<(), Error> {
-        let c = self.conn.lock();
-        if c.lost_with_pending {
-            Err(Error::ConnectionLost(ConnId(
-                self.conn_id.load(Ordering::SeqCst),
-            )))
-        } else {
-            Ok(())
-        }
+    fn close_result(&self, core: &ClientCore) -> Result<(), Error> {
+        core.close_result()
     }
 
-    fn abort(&self, io: &Io) -> usize {
-        let mut c = self.conn.lock();
-        let discarded = c.conn.abort();
-        if !c.state.is_terminal() {
-            let id = c.conn.conn_id();
-            self.set_state(&mut c, id, ConnState::Closed);
-        }
-        io.signal_drained();
-        discarded
+    fn shut(&self) {
+        self.inbox.shut();
+        // A connect still waiting learns that the client is gone.
+        self.connected.lock().take();
     }
 }
 
@@ -351,6 +175,8 @@ pub struct ClientBuilder {
     reconnect: Option<ReconnectPolicy>,
     events: Vec<Sender<ConnEvent>>,
     ack_coalescing: Option<bool>,
+    send_buffer: Option<Limit>,
+    inbox: Option<Limit>,
 }
 
 impl ClientBuilder {
@@ -413,12 +239,37 @@ impl ClientBuilder {
         self
     }
 
+    /// The most this client may hold written and not yet acknowledged
+    /// (default: 1,024 messages or 1 MiB). [`Client::write`] blocks while the
+    /// buffer is full, like a bounded channel, so a writer faster than the
+    /// network holds bounded memory; [`Client::try_write`] fails instead.
+    pub fn send_buffer(mut self, messages: usize, bytes: usize) -> Self {
+        self.send_buffer = Some(Limit { messages, bytes });
+        self
+    }
+
+    /// The most this client may hold delivered and not yet read (default:
+    /// 4,096 messages or 4 MiB). Past it, new Data from the server is left
+    /// unacknowledged until the application reads, so the server slows down.
+    pub fn inbox(mut self, messages: usize, bytes: usize) -> Self {
+        self.inbox = Some(Limit { messages, bytes });
+        self
+    }
+
     /// Connects to the server at `addr`, blocking until it acknowledges or
     /// `epoch_limit` epochs pass without an answer ([`Error::ConnectTimeout`]).
+    ///
+    /// The Connect is sent at once, again one epoch later, then every second
+    /// epoch: a Go reference server heartbeats only in epochs in which it
+    /// heard nothing, and such a heartbeat is taken as the answer too.
     pub fn connect(self, addr: impl ToSocketAddrs) -> Result<Client, Error> {
         self.params.validate()?;
         let max_datagram = self.max_datagram_size.unwrap_or(DEFAULT_MAX_DATAGRAM);
         endpoint::check_datagram_size(max_datagram)?;
+        let send_buffer = self.send_buffer.unwrap_or(DEFAULT_SEND_BUFFER);
+        let inbox = self.inbox.unwrap_or(DEFAULT_INBOX);
+        endpoint::check_limit("send_buffer", send_buffer)?;
+        endpoint::check_limit("inbox", inbox)?;
         if let Some(policy) = &self.reconnect {
             if policy.delays.iter().any(|(lo, hi)| lo > hi) {
                 return Err(Error::InvalidParams {
@@ -436,45 +287,37 @@ impl ClientBuilder {
         let isn = self.isn.unwrap_or_else(|| rand::random::<u32>().max(1));
         let socket = endpoint::bind_socket(endpoint::any_addr_for(server))?;
         let (connected_tx, connected_rx) = bounded(1);
-        let coalesce_acks = self.ack_coalescing.unwrap_or(true);
-        let mut conn = Conn::client(self.params, u64::from(isn));
-        conn.set_coalesce_acks(coalesce_acks);
         let events = Subscribers::default();
         for tx in self.events {
             events.add(tx);
         }
+        let core = ClientCore::new(
+            Instant::now(),
+            server,
+            u64::from(isn),
+            ClientConfig {
+                params: self.params,
+                coalesce_acks: self.ack_coalescing.unwrap_or(true),
+                send_buffer,
+                inbox,
+                reconnect: self.reconnect,
+                seed: rand::random(),
+            },
+        );
         let role = ClientRole {
             server,
-            conn: Mutex::new(ClientConn {
-                timing: Timing::new(conn.next_unsent()),
-                conn,
-                state: ConnState::Connecting,
-                connected: Some(connected_tx),
-                closing: false,
-                lost_with_pending: false,
-                policy: self.reconnect,
-                attempt: 0,
-                redial_at: None,
-                lost_id: None,
-                rng: SmallRng::from_entropy(),
-            }),
             inbox: Inbox::new(),
             events,
-            conn_id: AtomicU32::new(0),
+            connected: Mutex::new(Some(connected_tx)),
         };
-        role.events.emit(None, server, ConnState::Connecting);
         let config = endpoint::Config {
             params: self.params,
             faults: self.faults,
-            coalesce_acks,
             batch: 16,
         };
-        let endpoint = Endpoint::start(socket, config, role)?;
-        {
-            let shared = &endpoint.shared;
-            let mut c = shared.role.conn.lock();
-            shared.role.drive(&shared.io, &mut c);
-        }
+        let endpoint = Endpoint::start(socket, config, core, role)?;
+        // Sends the Connect and announces `Connecting`.
+        endpoint.shared.with_core(|_, _| ());
         log::debug!(
             "connecting to {server} from {} with isn {isn}",
             endpoint.shared.io.local_addr()
@@ -490,8 +333,9 @@ impl ClientBuilder {
                 Err(err)
             }
             Err(_) => {
+                let failure = endpoint.shared.failure();
                 let _ = endpoint.close(None);
-                Err(Error::Closed)
+                Err(failure.unwrap_or(Error::Closed))
             }
         }
     }
@@ -523,7 +367,7 @@ impl Client {
 
     /// The id the server gave this connection (a reconnect changes it).
     pub fn conn_id(&self) -> ConnId {
-        ConnId(self.endpoint.shared.role.conn_id.load(Ordering::SeqCst))
+        self.endpoint.shared.peek(|core| core.conn_id())
     }
 
     /// The local address of the client's socket.
@@ -543,7 +387,7 @@ impl Client {
 
     /// The connection's current state.
     pub fn state(&self) -> ConnState {
-        self.endpoint.shared.role.conn.lock().state
+        self.endpoint.shared.peek(|core| core.state())
     }
 
     /// Subscribes to this client's lifecycle events, from now on (see
@@ -564,8 +408,7 @@ impl Client {
     /// assert!(client.stats().connect_time.is_some());
     /// ```
     pub fn stats(&self) -> ConnStats {
-        let c = self.endpoint.shared.role.conn.lock();
-        c.timing.snapshot(&c.conn)
+        self.endpoint.shared.peek(|core| core.stats(Instant::now()))
     }
 
     /// Blocks until the next message from the server arrives, in order.
@@ -596,49 +439,93 @@ impl Client {
     }
 
     fn read_inner(&self, timeout: Option<Duration>) -> Result<Vec<u8>, Error> {
-        if self.endpoint.is_closed() {
-            return Err(Error::Closed);
-        }
+        self.endpoint.check_open()?;
         if let Some(id) = *self.lost_seen.lock() {
             return Err(Error::ConnectionLost(id));
         }
-        match self.endpoint.shared.role.inbox.recv(timeout) {
-            Ok(Item::Data(payload)) => Ok(payload),
-            Ok(Item::Lost(id)) => {
-                *self.lost_seen.lock() = Some(ConnId(id));
-                Err(Error::ConnectionLost(ConnId(id)))
+        let shared = &self.endpoint.shared;
+        match shared.role.inbox.recv(timeout) {
+            Ok(Item::Data(payload)) => {
+                // Room in the inbox again (flow control).
+                let len = payload.len();
+                shared.with_core(|core, now| core.read_done(now, 1, len));
+                Ok(payload)
             }
-            Ok(Item::Reconnected { old, new }) => Err(Error::Reconnected {
-                old: ConnId(old),
-                new: ConnId(new),
-            }),
-            Err(Empty::Closed) => Err(Error::Closed),
+            Ok(Item::Lost(id)) => {
+                *self.lost_seen.lock() = Some(id);
+                Err(Error::ConnectionLost(id))
+            }
+            Ok(Item::Reconnected { old, new }) => Err(Error::Reconnected { old, new }),
+            Err(Empty::Closed) => Err(self.endpoint.check_open().err().unwrap_or(Error::Closed)),
             Err(Empty::Timeout) => Err(Error::Timeout),
         }
     }
 
-    /// Queues `payload` for the server and returns at once; it is sent as
-    /// soon as the window allows (immediately, from this thread, if it does).
-    /// While a reconnect is under way, it waits for the new connection.
+    /// Queues `payload` for the server: it is sent at once, from this
+    /// thread, if the window allows, else as soon as acknowledgements make
+    /// room. Returns at once unless the send buffer is full (see
+    /// [`ClientBuilder::send_buffer`]); then it blocks until there is room,
+    /// as a bounded channel does. While a reconnect is under way, what is
+    /// written waits for the new connection.
     ///
-    /// Fails with [`Error::PayloadTooLarge`], [`Error::ConnectionLost`] or
+    /// Fails with [`Error::PayloadTooLarge`], [`Error::ConnectionLost`] (a
+    /// writer blocked when the connection is lost gets this too) or
     /// [`Error::Closed`].
     pub fn write(&self, payload: &[u8]) -> Result<(), Error> {
+        self.write_inner(payload, None)
+    }
+
+    /// Like [`write`](Client::write), but fails with [`Error::BufferFull`]
+    /// at once instead of waiting for room.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Client, Error, Params};
+    ///
+    /// // A server that never answers data: after the Connect's Ack, silence.
+    /// let quiet = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    /// let params = Params { epoch_millis: 50, epoch_limit: 20, ..Params::default() };
+    /// let addr = quiet.local_addr().unwrap();
+    /// let server = std::thread::spawn(move || {
+    ///     let mut buf = [0u8; 1500];
+    ///     let (n, from) = quiet.recv_from(&mut buf).unwrap();
+    ///     let connect = liveseq::proto::Message::decode(&buf[..n]).unwrap();
+    ///     let mut ack = Vec::new();
+    ///     liveseq::proto::Message::ack(1, connect.seq_num).encode(&mut ack);
+    ///     quiet.send_to(&ack, from).unwrap();
+    ///     quiet // keep the port bound while the client writes
+    /// });
+    /// let client = Client::builder().params(params).send_buffer(2, 1 << 20).connect(addr).unwrap();
+    /// client.try_write(b"one").unwrap();
+    /// client.try_write(b"two").unwrap();
+    /// assert!(matches!(client.try_write(b"three"), Err(Error::BufferFull)));
+    /// # drop(server);
+    /// ```
+    pub fn try_write(&self, payload: &[u8]) -> Result<(), Error> {
         endpoint::check_payload(payload.len(), self.max_payload)?;
-        if self.endpoint.is_closed() {
-            return Err(Error::Closed);
-        }
-        let shared = &self.endpoint.shared;
-        let mut c = shared.role.conn.lock();
-        match c.conn.phase() {
-            Phase::Open | Phase::Connecting if !c.state.is_terminal() => {
-                c.conn.write(payload.to_vec());
-                shared.role.drive(&shared.io, &mut c);
-                Ok(())
-            }
-            Phase::Lost | Phase::Connecting => Err(Error::ConnectionLost(self.conn_id())),
-            _ => Err(Error::Closed),
-        }
+        self.endpoint.check_open()?;
+        self.endpoint
+            .shared
+            .with_core(|core, now| core.write(now, payload))
+    }
+
+    /// Like [`write`](Client::write), but gives up with [`Error::Timeout`]
+    /// if the send buffer has no room within `timeout`.
+    pub fn write_timeout(&self, payload: &[u8], timeout: Duration) -> Result<(), Error> {
+        self.write_inner(payload, Some(Instant::now() + timeout))
+    }
+
+    fn write_inner(&self, payload: &[u8], deadline: Option<Instant>) -> Result<(), Error> {
+        endpoint::check_payload(payload.len(), self.max_payload)?;
+        self.endpoint.check_open()?;
+        let written = self.endpoint.shared.with_core_when(
+            |core| core.is_full() && !core.state().is_terminal(),
+            deadline,
+            |core, now| core.write(now, payload),
+        );
+        self.endpoint.check_open()?;
+        written.unwrap_or(Err(Error::Timeout))
     }
 
     /// Closes the connection: blocks until every message written has been
@@ -647,7 +534,6 @@ impl Client {
     /// reconnect is cancelled. A `read` blocked in another thread returns
     /// [`Error::Closed`] at once.
     pub fn close(&self) -> Result<(), Error> {
-        self.endpoint.shared.role.inbox.shut();
         self.endpoint.close(None)
     }
 
@@ -655,7 +541,13 @@ impl Client {
     /// what is left is discarded and the result is [`Error::CloseTimedOut`].
     /// The threads have stopped when this returns, whatever the result.
     pub fn close_timeout(&self, timeout: Duration) -> Result<(), Error> {
-        self.endpoint.shared.role.inbox.shut();
         self.endpoint.close(Some(Instant::now() + timeout))
+    }
+
+    /// Makes the client's receive thread panic, to test what a failure
+    /// looks like from outside. Not for use outside tests.
+    #[doc(hidden)]
+    pub fn fail_for_tests(&self) {
+        self.endpoint.shared.request_panic();
     }
 }

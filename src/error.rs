@@ -52,9 +52,18 @@ pub enum Error {
         /// Largest payload that fits.
         max: usize,
     },
-    /// Nothing arrived before the timeout of a `read_timeout`.
+    /// Nothing arrived before the timeout of a `read_timeout` (or a
+    /// `write_timeout` found no room in time).
     #[error("timed out")]
     Timeout,
+    /// A `try_write` found the connection's send buffer full: the peer has
+    /// not acknowledged enough of what was written yet.
+    #[error("send buffer full")]
+    BufferFull,
+    /// One of the instance's threads failed (a bug in liveseq); the client or
+    /// server is closed. The string is the panic message.
+    #[error("client or server failed: {0}")]
+    Failed(String),
     /// The server's `close` finished, but these connections were lost before
     /// everything written to them was acknowledged.
     #[error("connections lost during close: {0:?}")]

@@ -35,6 +35,7 @@
 mod client;
 mod driver;
 mod error;
+mod event;
 mod lifecycle;
 mod params;
 pub mod proto;
@@ -44,9 +45,10 @@ mod stats;
 pub use client::{Client, ClientBuilder};
 pub use driver::faults::Faults;
 pub use error::Error;
+pub use event::ServerEvent;
 pub use lifecycle::{ConnEvent, ConnState, ReconnectPolicy};
 pub use params::Params;
-pub use server::{ConnId, Server, ServerBuilder, ServerEvent};
+pub use server::{ConnId, Server, ServerBuilder};
 pub use stats::{ConnStats, Rtt, ServerStats};
 
 /// The README's examples, compiled and run as doctests.

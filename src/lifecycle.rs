@@ -103,16 +103,22 @@ impl Subscribers {
         self.list.lock().push(tx);
     }
 
-    pub(crate) fn emit(&self, conn_id: Option<u32>, peer: SocketAddr, state: ConnState) {
+    pub(crate) fn emit(
+        &self,
+        conn_id: Option<ConnId>,
+        peer: SocketAddr,
+        state: ConnState,
+        at: Instant,
+    ) {
         let mut list = self.list.lock();
         if list.is_empty() {
             return;
         }
         let event = ConnEvent {
-            conn_id: conn_id.map(ConnId),
+            conn_id,
             peer,
             state,
-            at: Instant::now(),
+            at,
         };
         log::trace!("event {event:?}");
         list.retain(|tx| tx.send(event).is_ok());

@@ -1,22 +1,24 @@
 //! The LSP server: many clients on one UDP socket, with a fixed number of threads.
+//!
+//! A thin handle around a [`ServerCore`], which makes every protocol
+//! decision; the threads of [`driver`](crate::driver) feed it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
-use crate::driver::endpoint::{self, Empty, Endpoint, Inbox, Io, Role};
+use crate::driver::endpoint::{self, Core, Empty, Endpoint, Inbox, Role};
 use crate::lifecycle::{ConnEvent, ConnState, Subscribers};
 use crate::proto::{
-    max_payload, Conn, Event, Message, MsgType, Phase, DEFAULT_MAX_DATAGRAM, MAX_ISN,
+    max_payload, Limit, Message, ServerConfig, ServerCore, ServerOutput, DEFAULT_INBOX,
+    DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
 };
-use crate::stats::{ConnStats, ServerStats, Timing};
-use crate::{Error, Faults, Params};
+use crate::stats::{ConnStats, ServerStats};
+use crate::{Error, Faults, Params, ServerEvent};
 
 /// Identifies one client connection of a [`Server`].
 ///
@@ -50,481 +52,65 @@ impl fmt::Display for ConnId {
     }
 }
 
-/// What the threads hand to `read`, in order.
-enum Item {
-    /// A connection was accepted (seen only by the event-style read).
-    Opened(u32, SocketAddr),
-    Data(u32, Vec<u8>),
-    Lost(u32),
-    /// Queued by `close_conn` behind the connection's last data.
-    Closed(u32),
-}
-
-/// Something that happened on a [`Server`], as returned by
-/// [`Server::next_event`].
-///
-/// # Examples
-///
-/// ```
-/// use liveseq::{ConnId, ServerEvent};
-///
-/// let event = ServerEvent::Lost { id: ConnId::from(3) };
-/// assert_eq!(event.conn_id(), ConnId::from(3));
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ServerEvent {
-    /// A client connected from `peer`; always the first event of `id`.
-    Connected {
-        /// The new connection.
-        id: ConnId,
-        /// The client's address.
-        peer: SocketAddr,
-    },
-    /// The next message from connection `id`, in order.
-    Message {
-        /// The connection it came on.
-        id: ConnId,
-        /// The message, byte for byte as written.
-        payload: Vec<u8>,
-    },
-    /// Connection `id` was closed with [`Server::close_conn`]; nothing more
-    /// is reported for it.
-    Closed {
-        /// The closed connection.
-        id: ConnId,
-    },
-    /// Nothing was heard from connection `id` for `epoch_limit` epochs (a
-    /// client that closes normally ends this way too: LSP has no close
-    /// message). Every message it sent before was reported first.
-    Lost {
-        /// The lost connection.
-        id: ConnId,
-    },
-}
-
-impl ServerEvent {
-    /// The connection the event is about.
-    pub fn conn_id(&self) -> ConnId {
-        match self {
-            ServerEvent::Connected { id, .. }
-            | ServerEvent::Message { id, .. }
-            | ServerEvent::Closed { id }
-            | ServerEvent::Lost { id } => *id,
-        }
+impl Core for ServerCore {
+    type Output = ServerOutput;
+    fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        ServerCore::handle(self, now, from, datagram);
+    }
+    fn end_batch(&mut self, now: Instant) {
+        ServerCore::end_batch(self, now);
+    }
+    fn handle_epoch(&mut self, now: Instant) {
+        ServerCore::handle_epoch(self, now);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn handle_timeout(&mut self, _now: Instant) {}
+    fn close(&mut self, now: Instant) {
+        ServerCore::close(self, now);
+    }
+    fn abort(&mut self, now: Instant) -> usize {
+        ServerCore::abort(self, now)
+    }
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Message<'_>)> {
+        ServerCore::poll_transmit(self)
+    }
+    fn poll_output(&mut self) -> Option<ServerOutput> {
+        ServerCore::poll_output(self)
     }
 }
 
-/// One connection in the table.
-pub(crate) struct Entry {
-    id: u32,
-    addr: SocketAddr,
-    state: Mutex<EntryState>,
-}
-
-struct EntryState {
-    conn: Conn,
-    timing: Timing,
-    /// `close_conn` or `close` was called: nothing more goes to `read`.
-    closed_by_user: bool,
-    /// The terminal event was emitted; nothing may follow it.
-    ended: bool,
-}
-
-#[derive(Default)]
-struct Table {
-    by_addr: HashMap<SocketAddr, Arc<Entry>>,
-    by_id: HashMap<u32, Arc<Entry>>,
-    next_id: u32,
-    /// The server is closing: no new connections; signal when empty.
-    closing: bool,
-}
-
-/// Server-wide counters (the socket-level ones live in [`Io`]).
-#[derive(Default)]
-struct Totals {
-    accepted: AtomicU64,
-    refused: AtomicU64,
-    lost: AtomicU64,
-    closed: AtomicU64,
-    duplicate_connects: AtomicU64,
-}
-
-/// At most this many refused addresses are remembered per epoch (each gets
-/// one `Refused` event per epoch); beyond it a flood costs no memory and
-/// further refusals are only counted.
-const MAX_REFUSED_TRACKED: usize = 4096;
-
-/// The server side of the state shared with the threads.
+/// The server's application side: where the core's outputs go.
 pub(crate) struct ServerRole {
-    table: Mutex<Table>,
-    /// Mirrors `table.closing`, for readers that hold a connection lock.
-    closing: AtomicBool,
-    max_connections: usize,
-    inbox: Inbox<Item>,
+    inbox: Inbox<ServerEvent>,
     events: Subscribers,
-    totals: Totals,
-    /// Ids passed to `close_conn` whose `Closed` item `read` has not returned yet:
-    /// data from them still in the inbox is skipped.
-    user_closed: Mutex<HashSet<u32>>,
-    lost_during_close: Mutex<Vec<ConnId>>,
-    refused_this_epoch: Mutex<HashSet<SocketAddr>>,
-}
-
-/// What to do with an entry once its lock is released (the table lock is
-/// never taken while a connection lock is held).
-#[derive(Clone, Copy, PartialEq)]
-enum After {
-    Keep,
-    /// The connection ended: take it out of the table, then announce it.
-    End(Ending),
-}
-
-/// A connection's end, announced only once it has left the table, so that
-/// whoever sees the terminal event (or `ConnectionLost`) finds no stale entry.
-#[derive(Clone, Copy, PartialEq)]
-struct Ending {
-    state: ConnState,
-    /// Queue `ConnectionLost` for `read`.
-    tell_reader: bool,
-}
-
-impl ServerRole {
-    fn new(max_connections: usize) -> ServerRole {
-        ServerRole {
-            table: Mutex::new(Table::default()),
-            closing: AtomicBool::new(false),
-            max_connections,
-            inbox: Inbox::new(),
-            events: Subscribers::default(),
-            totals: Totals::default(),
-            user_closed: Mutex::new(HashSet::new()),
-            lost_during_close: Mutex::new(Vec::new()),
-            refused_this_epoch: Mutex::new(HashSet::new()),
-        }
-    }
-
-    /// Sends what the state machine wants sent, hands delivered data to the
-    /// inbox and turns its events into lifecycle events. Runs under the
-    /// entry's lock, which is what keeps one connection's events in order.
-    fn drive(&self, io: &Io, entry: &Entry, s: &mut EntryState) -> After {
-        let EntryState {
-            conn,
-            timing,
-            closed_by_user,
-            ended,
-        } = s;
-        // Stamp first transmissions before sending them: an ack that comes
-        // back during a burst must not yield a round trip shorter than real.
-        timing.update(
-            conn.next_unsent(),
-            conn.oldest_unacked(),
-            std::iter::from_fn(|| conn.poll_first_acked()),
-        );
-        while let Some(msg) = conn.poll_transmit() {
-            io.send(&msg, entry.addr);
-        }
-        while let Some(payload) = conn.poll_delivered() {
-            if !*closed_by_user {
-                let _ = self.inbox.tx.send(Item::Data(entry.id, payload));
-            }
-        }
-        let mut after = After::Keep;
-        while let Some(event) = conn.poll_event() {
-            let ending = match event {
-                Event::Lost => {
-                    log::debug!("connection {} ({}) lost", entry.id, entry.addr);
-                    self.totals.lost.fetch_add(1, Ordering::Relaxed);
-                    if self.closing.load(Ordering::SeqCst) && conn.orphans() > 0 {
-                        self.lost_during_close.lock().push(ConnId(entry.id));
-                    }
-                    conn.take_orphans();
-                    Ending {
-                        state: ConnState::Lost,
-                        tell_reader: !*closed_by_user,
-                    }
-                }
-                Event::Drained => {
-                    log::debug!("connection {} ({}) closed", entry.id, entry.addr);
-                    self.totals.closed.fetch_add(1, Ordering::Relaxed);
-                    Ending {
-                        state: ConnState::Closed,
-                        tell_reader: false,
-                    }
-                }
-                Event::Connected => continue,
-            };
-            if !*ended {
-                *ended = true;
-                after = After::End(ending);
-            }
-        }
-        after
-    }
-
-    /// Takes ended connections out of the table, then announces their end
-    /// (terminal event, `ConnectionLost` for the reader), then signals the
-    /// close manager if a closing server has no connection left. Call with no
-    /// lock held.
-    fn finish(&self, io: &Io, ended: Vec<(Arc<Entry>, Ending)>) {
-        if ended.is_empty() {
-            return;
-        }
-        let drained = {
-            let mut table = self.table.lock();
-            for (entry, _) in &ended {
-                if table
-                    .by_id
-                    .get(&entry.id)
-                    .is_some_and(|e| Arc::ptr_eq(e, entry))
-                {
-                    table.by_id.remove(&entry.id);
-                }
-                if table
-                    .by_addr
-                    .get(&entry.addr)
-                    .is_some_and(|e| Arc::ptr_eq(e, entry))
-                {
-                    table.by_addr.remove(&entry.addr);
-                }
-            }
-            table.closing && table.by_id.is_empty()
-        };
-        for (entry, ending) in ended {
-            // Under the entry's lock, like every other event of it.
-            let _guard = entry.state.lock();
-            if ending.tell_reader {
-                let _ = self.inbox.tx.send(Item::Lost(entry.id));
-            }
-            self.events.emit(Some(entry.id), entry.addr, ending.state);
-        }
-        if drained {
-            io.signal_drained();
-        }
-    }
-
-    /// [`finish`](Self::finish) for one entry, if `after` says it ended.
-    fn after(&self, io: &Io, entry: Arc<Entry>, after: After) {
-        if let After::End(ending) = after {
-            self.finish(io, vec![(entry, ending)]);
-        }
-    }
-
-    fn on_connect(&self, io: &Io, from: SocketAddr, isn: u64) {
-        let mut table = self.table.lock();
-        let mut replaced = None;
-        if let Some(existing) = table.by_addr.get(&from).cloned() {
-            if existing.state.lock().conn.isn() == isn {
-                drop(table);
-                // Our Ack was lost: answer the repeated Connect the same way.
-                self.totals
-                    .duplicate_connects
-                    .fetch_add(1, Ordering::Relaxed);
-                let mut s = existing.state.lock();
-                let _ = s.conn.handle(Message::connect(isn));
-                let after = self.drive(io, &existing, &mut s);
-                drop(s);
-                self.after(io, existing, after);
-                return;
-            }
-            if !table.closing {
-                // A new incarnation of the client at this address (it
-                // restarted): the old connection is gone for good.
-                table.by_id.remove(&existing.id);
-                table.by_addr.remove(&from);
-                replaced = Some(existing);
-            }
-        }
-        if table.closing || table.by_id.len() >= self.max_connections {
-            drop(table);
-            self.refuse(from);
-            return;
-        }
-        table.next_id = table.next_id.wrapping_add(1).max(1);
-        while table.by_id.contains_key(&table.next_id) {
-            table.next_id = table.next_id.wrapping_add(1).max(1);
-        }
-        let id = table.next_id;
-        let mut conn = Conn::server(io.params, id, isn);
-        conn.set_coalesce_acks(io.coalesce_acks);
-        let timing = Timing::new(conn.next_unsent());
-        let entry = Arc::new(Entry {
-            id,
-            addr: from,
-            state: Mutex::new(EntryState {
-                conn,
-                timing,
-                closed_by_user: false,
-                ended: false,
-            }),
-        });
-        table.by_addr.insert(from, entry.clone());
-        table.by_id.insert(id, entry.clone());
-        // Lock the new entry before the table is released, so that no event of
-        // it can be emitted before `Connected`.
-        let mut s = entry.state.lock();
-        drop(table);
-        if let Some(old) = replaced {
-            self.replace(&old);
-        }
-        log::debug!("connection {id} accepted from {from} (isn {isn})");
-        self.totals.accepted.fetch_add(1, Ordering::Relaxed);
-        self.events.emit(Some(id), from, ConnState::Connected);
-        let _ = self.inbox.tx.send(Item::Opened(id, from));
-        let after = self.drive(io, &entry, &mut s);
-        drop(s);
-        self.after(io, entry.clone(), after);
-    }
-
-    /// Ends a connection whose client reconnected from the same address.
-    fn replace(&self, old: &Entry) {
-        let mut s = old.state.lock();
-        log::debug!(
-            "connection {} ({}) replaced by a new connect",
-            old.id,
-            old.addr
-        );
-        s.conn.abort();
-        self.totals.lost.fetch_add(1, Ordering::Relaxed);
-        if !s.closed_by_user {
-            let _ = self.inbox.tx.send(Item::Lost(old.id));
-        }
-        if !s.ended {
-            s.ended = true;
-            self.events.emit(Some(old.id), old.addr, ConnState::Lost);
-        }
-    }
-
-    fn refuse(&self, from: SocketAddr) {
-        self.totals.refused.fetch_add(1, Ordering::Relaxed);
-        let first_this_epoch = {
-            let mut refused = self.refused_this_epoch.lock();
-            refused.len() < MAX_REFUSED_TRACKED && refused.insert(from)
-        };
-        if first_this_epoch {
-            log::debug!("connect from {from} refused: at the connection limit or closing");
-            self.events.emit(None, from, ConnState::Refused);
-        }
-    }
-
-    fn lookup(&self, id: ConnId) -> Result<Arc<Entry>, Error> {
-        self.table
-            .lock()
-            .by_id
-            .get(&id.0)
-            .cloned()
-            .ok_or(Error::UnknownConnection(id))
-    }
-
-    fn entries(&self) -> Vec<Arc<Entry>> {
-        self.table.lock().by_id.values().cloned().collect()
-    }
+    /// Ids passed to `close_conn` whose `Closed` event has not been read
+    /// yet: their messages still in the inbox are skipped.
+    user_closed: Mutex<HashSet<ConnId>>,
 }
 
 impl Role for ServerRole {
-    /// Connections that received Data in this batch and may owe a CAck.
-    type Batch = Vec<Arc<Entry>>;
+    type Core = ServerCore;
 
-    fn on_message(&self, io: &Io, from: SocketAddr, msg: Message<'_>, batch: &mut Self::Batch) {
-        if msg.kind == MsgType::Connect {
-            if msg.seq_num > MAX_ISN {
-                io.count_rejected(from, &"connect with an isn above MAX_ISN");
-                return;
+    fn publish(&self, output: ServerOutput) -> bool {
+        match output {
+            ServerOutput::State {
+                conn_id,
+                peer,
+                state,
+                at,
+            } => self.events.emit(conn_id, peer, state, at),
+            ServerOutput::App(event) => {
+                let _ = self.inbox.tx.send(event);
             }
-            self.on_connect(io, from, msg.seq_num);
-            return;
+            ServerOutput::Drained => return true,
         }
-        let Some(entry) = self.table.lock().by_addr.get(&from).cloned() else {
-            io.count_rejected(from, &"no connection from this address");
-            return;
-        };
-        if msg.conn_id != entry.id {
-            io.count_rejected(
-                from,
-                &format_args!("connection id {} is not this address's", msg.conn_id),
-            );
-            return;
-        }
-        if io.coalesce_acks
-            && msg.kind == MsgType::Data
-            && !batch.iter().any(|e| Arc::ptr_eq(e, &entry))
-        {
-            batch.push(entry.clone());
-        }
-        let after = {
-            let mut s = entry.state.lock();
-            if let Err(why) = s.conn.handle(msg) {
-                s.timing.rejected += 1;
-                io.count_rejected(from, &why);
-            }
-            self.drive(io, &entry, &mut s)
-        };
-        self.after(io, entry, after);
+        false
     }
 
-    fn end_batch(&self, io: &Io, batch: &mut Self::Batch) {
-        let mut gone = Vec::new();
-        for entry in batch.drain(..) {
-            let mut s = entry.state.lock();
-            s.conn.flush_acks();
-            if let After::End(ending) = self.drive(io, &entry, &mut s) {
-                drop(s);
-                gone.push((entry, ending));
-            }
-        }
-        self.finish(io, gone);
-    }
-
-    fn on_malformed(&self, from: SocketAddr) {
-        let entry = self.table.lock().by_addr.get(&from).cloned();
-        if let Some(entry) = entry {
-            entry.state.lock().timing.malformed += 1;
-        }
-    }
-
-    fn on_epoch(&self, io: &Io) {
-        self.refused_this_epoch.lock().clear();
-        let mut gone = Vec::new();
-        for entry in self.entries() {
-            let mut s = entry.state.lock();
-            s.conn.on_epoch();
-            if let After::End(ending) = self.drive(io, &entry, &mut s) {
-                drop(s);
-                gone.push((entry, ending));
-            }
-        }
-        self.finish(io, gone);
-    }
-
-    fn begin_close(&self, io: &Io) {
-        self.closing.store(true, Ordering::SeqCst);
-        let entries: Vec<Arc<Entry>> = {
-            let mut table = self.table.lock();
-            table.closing = true;
-            table.by_id.values().cloned().collect()
-        };
-        let mut gone = Vec::new();
-        for entry in entries {
-            let mut s = entry.state.lock();
-            s.closed_by_user = true;
-            if s.conn.phase() == Phase::Open {
-                self.events
-                    .emit(Some(entry.id), entry.addr, ConnState::Closing);
-            }
-            s.conn.close();
-            if let After::End(ending) = self.drive(io, &entry, &mut s) {
-                drop(s);
-                gone.push((entry, ending));
-            }
-        }
-        self.finish(io, gone);
-        if self.table.lock().by_id.is_empty() {
-            io.signal_drained();
-        }
-    }
-
-    fn close_result(&self) -> Result<(), Error> {
-        let mut lost = std::mem::take(&mut *self.lost_during_close.lock());
+    fn close_result(&self, core: &ServerCore) -> Result<(), Error> {
+        let mut lost = core.lost_during_close().to_vec();
         if lost.is_empty() {
             Ok(())
         } else {
@@ -533,22 +119,8 @@ impl Role for ServerRole {
         }
     }
 
-    fn abort(&self, io: &Io) -> usize {
-        let entries: Vec<Arc<Entry>> = self.table.lock().by_id.drain().map(|(_, e)| e).collect();
-        self.table.lock().by_addr.clear();
-        let mut discarded = 0;
-        for entry in entries {
-            let mut s = entry.state.lock();
-            discarded += s.conn.abort();
-            self.totals.closed.fetch_add(1, Ordering::Relaxed);
-            if !s.ended {
-                s.ended = true;
-                self.events
-                    .emit(Some(entry.id), entry.addr, ConnState::Closed);
-            }
-        }
-        io.signal_drained();
-        discarded
+    fn shut(&self) {
+        self.inbox.shut();
     }
 }
 
@@ -615,6 +187,8 @@ pub struct ServerBuilder {
     max_datagram_size: Option<usize>,
     max_connections: Option<usize>,
     ack_coalescing: Option<bool>,
+    send_buffer: Option<Limit>,
+    inbox: Option<Limit>,
 }
 
 impl ServerBuilder {
@@ -666,23 +240,74 @@ impl ServerBuilder {
         self
     }
 
+    /// The most each connection may hold written and not yet acknowledged
+    /// (default: 1,024 messages or 1 MiB). [`Server::write`] blocks while a
+    /// connection's buffer is full, like a bounded channel, so a fast writer
+    /// holds bounded memory; [`Server::try_write`] fails at once instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::Server;
+    ///
+    /// let server = Server::builder().send_buffer(64, 64 * 1024).bind("127.0.0.1:0").unwrap();
+    /// server.close().unwrap();
+    /// ```
+    pub fn send_buffer(mut self, messages: usize, bytes: usize) -> Self {
+        self.send_buffer = Some(Limit { messages, bytes });
+        self
+    }
+
+    /// The most each connection may hold delivered and not yet read
+    /// (default: 4,096 messages or 4 MiB). Past it, new Data from that
+    /// client is left unacknowledged, as if lost, until the application
+    /// reads: the client's own window and back-off slow it down, with no
+    /// message on the wire that a Go peer would not understand.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::Server;
+    ///
+    /// let server = Server::builder().inbox(100, 1 << 20).bind("127.0.0.1:0").unwrap();
+    /// server.close().unwrap();
+    /// ```
+    pub fn inbox(mut self, messages: usize, bytes: usize) -> Self {
+        self.inbox = Some(Limit { messages, bytes });
+        self
+    }
+
     /// Binds the server's socket to `addr` and starts serving. Does not block.
     pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Server, Error> {
         self.params.validate()?;
         let max_datagram = self.max_datagram_size.unwrap_or(DEFAULT_MAX_DATAGRAM);
         endpoint::check_datagram_size(max_datagram)?;
+        let send_buffer = self.send_buffer.unwrap_or(DEFAULT_SEND_BUFFER);
+        let inbox = self.inbox.unwrap_or(DEFAULT_INBOX);
+        endpoint::check_limit("send_buffer", send_buffer)?;
+        endpoint::check_limit("inbox", inbox)?;
         let mut last_err = None;
         for addr in addr.to_socket_addrs()? {
             match endpoint::bind_socket(addr) {
                 Ok(socket) => {
-                    let role = ServerRole::new(self.max_connections.unwrap_or(usize::MAX));
+                    let core = ServerCore::new(ServerConfig {
+                        params: self.params,
+                        max_connections: self.max_connections.unwrap_or(usize::MAX),
+                        coalesce_acks: self.ack_coalescing.unwrap_or(true),
+                        send_buffer,
+                        inbox,
+                    });
+                    let role = ServerRole {
+                        inbox: Inbox::new(),
+                        events: Subscribers::default(),
+                        user_closed: Mutex::new(HashSet::new()),
+                    };
                     let config = endpoint::Config {
                         params: self.params,
                         faults: self.faults,
-                        coalesce_acks: self.ack_coalescing.unwrap_or(true),
                         batch: 32,
                     };
-                    let endpoint = Endpoint::start(socket, config, role)?;
+                    let endpoint = Endpoint::start(socket, config, core, role)?;
                     log::debug!("server listening on {}", endpoint.shared.io.local_addr());
                     return Ok(Server {
                         endpoint,
@@ -755,31 +380,13 @@ impl Server {
     }
 
     fn read_inner(&self, timeout: Option<Duration>) -> Result<(ConnId, Vec<u8>), Error> {
-        let role = &self.endpoint.shared.role;
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
         loop {
-            if self.endpoint.is_closed() {
-                return Err(Error::Closed);
-            }
-            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-            let item = match role.inbox.recv(left) {
-                Ok(item) => item,
-                Err(Empty::Closed) => return Err(Error::Closed),
-                Err(Empty::Timeout) => return Err(Error::Timeout),
+            return match self.next_event_inner(timeout)? {
+                ServerEvent::Connected { .. } => continue,
+                ServerEvent::Message { id, payload } => Ok((id, payload)),
+                ServerEvent::Lost { id } => Err(Error::ConnectionLost(id)),
+                ServerEvent::Closed { id } => Err(Error::ConnectionClosed(id)),
             };
-            match item {
-                Item::Opened(..) => {}
-                Item::Data(id, payload) => {
-                    if !role.user_closed.lock().contains(&id) {
-                        return Ok((ConnId(id), payload));
-                    }
-                }
-                Item::Lost(id) => return Err(Error::ConnectionLost(ConnId(id))),
-                Item::Closed(id) => {
-                    role.user_closed.lock().remove(&id);
-                    return Err(Error::ConnectionClosed(ConnId(id)));
-                }
-            }
         }
     }
 
@@ -867,38 +474,34 @@ impl Server {
     }
 
     fn next_event_inner(&self, timeout: Option<Duration>) -> Result<ServerEvent, Error> {
-        let role = &self.endpoint.shared.role;
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let shared = &self.endpoint.shared;
+        let role = &shared.role;
+        let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            if self.endpoint.is_closed() {
-                return Err(Error::Closed);
-            }
-            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-            let item = match role.inbox.recv(left) {
-                Ok(item) => item,
-                Err(Empty::Closed) => return Err(Error::Closed),
+            self.endpoint.check_open()?;
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let event = match role.inbox.recv(left) {
+                Ok(event) => event,
+                Err(Empty::Closed) => {
+                    return Err(self.endpoint.check_open().err().unwrap_or(Error::Closed))
+                }
                 Err(Empty::Timeout) => return Err(Error::Timeout),
             };
-            return Ok(match item {
-                Item::Opened(id, peer) => ServerEvent::Connected {
-                    id: ConnId(id),
-                    peer,
-                },
-                Item::Data(id, payload) => {
-                    if role.user_closed.lock().contains(&id) {
+            match &event {
+                ServerEvent::Message { id, payload } => {
+                    if role.user_closed.lock().contains(id) {
                         continue;
                     }
-                    ServerEvent::Message {
-                        id: ConnId(id),
-                        payload,
-                    }
+                    // Room in the connection's inbox again (flow control).
+                    let (id, len) = (*id, payload.len());
+                    shared.with_core(|core, now| core.read_done(now, id, 1, len));
                 }
-                Item::Lost(id) => ServerEvent::Lost { id: ConnId(id) },
-                Item::Closed(id) => {
-                    role.user_closed.lock().remove(&id);
-                    ServerEvent::Closed { id: ConnId(id) }
+                ServerEvent::Closed { id } => {
+                    role.user_closed.lock().remove(id);
                 }
-            });
+                _ => {}
+            }
+            return Ok(event);
         }
     }
 
@@ -916,64 +519,94 @@ impl Server {
     /// assert_eq!(peer.port(), client.local_addr().unwrap().port());
     /// ```
     pub fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
-        self.endpoint.shared.role.lookup(id).ok().map(|e| e.addr)
+        self.endpoint.shared.peek(|core| core.peer_addr(id))
     }
 
-    /// Queues `payload` for connection `id` and returns at once.
+    /// Queues `payload` for connection `id`: it is sent at once, from this
+    /// thread, if the window allows, else as soon as acknowledgements make
+    /// room. Returns at once unless the connection's send buffer is full
+    /// (see [`ServerBuilder::send_buffer`]); then it blocks until there is
+    /// room, as a bounded channel does. Only writers to that connection wait.
     ///
     /// Fails with [`Error::UnknownConnection`] if there is no such connection
-    /// (it never existed, was lost, or finished closing),
-    /// [`Error::ConnectionClosed`] after [`close_conn`](Server::close_conn),
-    /// [`Error::PayloadTooLarge`], or [`Error::Closed`].
+    /// (it never existed, was lost, or finished closing; a writer blocked on
+    /// a connection that ends gets this too), [`Error::ConnectionClosed`]
+    /// after [`close_conn`](Server::close_conn), [`Error::PayloadTooLarge`],
+    /// or [`Error::Closed`].
     pub fn write(&self, id: ConnId, payload: &[u8]) -> Result<(), Error> {
+        self.write_inner(id, payload, None)
+    }
+
+    /// Like [`write`](Server::write), but fails with [`Error::BufferFull`]
+    /// at once instead of waiting for room.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Client, Error, Params, Server};
+    ///
+    /// let params = Params { epoch_millis: 50, ..Params::default() };
+    /// let server = Server::builder().params(params).send_buffer(2, 1 << 20).bind("127.0.0.1:0").unwrap();
+    /// let client = Client::connect(server.local_addr().unwrap(), params).unwrap();
+    /// let id = client.conn_id();
+    /// // The client never reads, but LSP acknowledges on receipt: writes go
+    /// // through as long as acknowledgements keep the buffer from filling.
+    /// match server.try_write(id, b"hello") {
+    ///     Ok(()) | Err(Error::BufferFull) => {}
+    ///     Err(other) => panic!("{other}"),
+    /// }
+    /// ```
+    pub fn try_write(&self, id: ConnId, payload: &[u8]) -> Result<(), Error> {
         endpoint::check_payload(payload.len(), self.max_payload)?;
-        if self.endpoint.is_closed() {
-            return Err(Error::Closed);
-        }
+        self.endpoint.check_open()?;
+        self.endpoint
+            .shared
+            .with_core(|core, now| core.write(now, id, payload))
+    }
+
+    /// Like [`write`](Server::write), but gives up with [`Error::Timeout`]
+    /// if the send buffer has no room within `timeout`.
+    pub fn write_timeout(
+        &self,
+        id: ConnId,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        self.write_inner(id, payload, Some(Instant::now() + timeout))
+    }
+
+    fn write_inner(
+        &self,
+        id: ConnId,
+        payload: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
+        endpoint::check_payload(payload.len(), self.max_payload)?;
+        self.endpoint.check_open()?;
         let shared = &self.endpoint.shared;
-        let entry = shared.role.lookup(id)?;
-        let mut s = entry.state.lock();
-        let after = match s.conn.phase() {
-            Phase::Open => {
-                s.conn.write(payload.to_vec());
-                shared.role.drive(&shared.io, &entry, &mut s)
-            }
-            Phase::Closing | Phase::Drained => return Err(Error::ConnectionClosed(id)),
-            Phase::Lost | Phase::Connecting => return Err(Error::UnknownConnection(id)),
-        };
-        drop(s);
-        shared.role.after(&shared.io, entry, after);
-        Ok(())
+        let written = shared.with_core_when(
+            |core| core.is_full(id) && !core.is_closing(),
+            deadline,
+            |core, now| core.write(now, id, payload),
+        );
+        self.endpoint.check_open()?;
+        written.unwrap_or(Err(Error::Timeout))
     }
 
     /// Closes connection `id` without blocking: messages already written are
     /// still delivered (in the background), but `read` returns nothing more
-    /// from it, only one `Err(ConnectionClosed(id))`.
+    /// from it, only one `Err(ConnectionClosed(id))` (and `next_event` one
+    /// [`ServerEvent::Closed`]).
     pub fn close_conn(&self, id: ConnId) -> Result<(), Error> {
-        if self.endpoint.is_closed() {
-            return Err(Error::Closed);
-        }
+        self.endpoint.check_open()?;
         let shared = &self.endpoint.shared;
-        let entry = shared.role.lookup(id)?;
-        let after = {
-            let mut s = entry.state.lock();
-            if s.closed_by_user {
-                return Ok(());
+        shared.with_core(|core, now| {
+            let open = core.state(id) == Some(ConnState::Connected);
+            if open {
+                shared.role.user_closed.lock().insert(id);
             }
-            s.closed_by_user = true;
-            if s.conn.phase() == Phase::Open {
-                shared
-                    .role
-                    .events
-                    .emit(Some(id.0), entry.addr, ConnState::Closing);
-            }
-            shared.role.user_closed.lock().insert(id.0);
-            let _ = shared.role.inbox.tx.send(Item::Closed(id.0));
-            s.conn.close();
-            shared.role.drive(&shared.io, &entry, &mut s)
-        };
-        shared.role.after(&shared.io, entry, after);
-        Ok(())
+            core.close_conn(now, id)
+        })
     }
 
     /// Closes the server: blocks until every message written to every client
@@ -982,7 +615,6 @@ impl Server {
     /// [`Error::LostDuringClose`]. A `read` blocked in another thread returns
     /// [`Error::Closed`] at once.
     pub fn close(&self) -> Result<(), Error> {
-        self.endpoint.shared.role.inbox.shut();
         self.endpoint.close(None)
     }
 
@@ -1002,7 +634,6 @@ impl Server {
     /// server.close_timeout(Duration::from_secs(1)).unwrap();
     /// ```
     pub fn close_timeout(&self, timeout: Duration) -> Result<(), Error> {
-        self.endpoint.shared.role.inbox.shut();
         self.endpoint.close(Some(Instant::now() + timeout))
     }
 
@@ -1033,39 +664,43 @@ impl Server {
     /// The state of connection `id`, or `None` once it is gone (closed, lost
     /// or never existed).
     pub fn state(&self, id: ConnId) -> Option<ConnState> {
-        let entry = self.endpoint.shared.role.lookup(id).ok()?;
-        let s = entry.state.lock();
-        Some(match s.conn.phase() {
-            Phase::Connecting => ConnState::Connecting,
-            Phase::Open => ConnState::Connected,
-            Phase::Closing => ConnState::Closing,
-            Phase::Drained => ConnState::Closed,
-            Phase::Lost => ConnState::Lost,
-        })
+        self.endpoint.shared.peek(|core| core.state(id))
     }
 
-    /// The ids of the connections the server has now, closing ones included,
-    /// in ascending order.
+    /// The ids of the connections the server has now, in ascending order:
+    /// connected ones and closing ones (after [`close_conn`](Server::close_conn),
+    /// until everything written to them is acknowledged). To broadcast, use
+    /// [`writable`](Server::writable): writes to a closing connection fail.
     pub fn connections(&self) -> Vec<ConnId> {
-        let mut ids: Vec<ConnId> = self
-            .endpoint
-            .shared
-            .role
-            .table
-            .lock()
-            .by_id
-            .keys()
-            .map(|&id| ConnId(id))
-            .collect();
-        ids.sort();
-        ids
+        self.endpoint.shared.peek(|core| core.connections())
+    }
+
+    /// The ids of the connections that accept writes now (connected and not
+    /// closing), in ascending order. A connection may still end between
+    /// this call and a write to it: a broadcast ignores
+    /// [`Error::UnknownConnection`] from such a write.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Client, Params, Server};
+    ///
+    /// let params = Params { epoch_millis: 50, ..Params::default() };
+    /// let server = Server::bind("127.0.0.1:0", params).unwrap();
+    /// let a = Client::connect(server.local_addr().unwrap(), params).unwrap();
+    /// let b = Client::connect(server.local_addr().unwrap(), params).unwrap();
+    /// server.close_conn(a.conn_id()).unwrap();
+    /// assert_eq!(server.writable(), [b.conn_id()]);
+    /// ```
+    pub fn writable(&self) -> Vec<ConnId> {
+        self.endpoint.shared.peek(|core| core.writable())
     }
 
     /// A snapshot of connection `id`'s statistics, or `None` once it is gone.
     pub fn stats(&self, id: ConnId) -> Option<ConnStats> {
-        let entry = self.endpoint.shared.role.lookup(id).ok()?;
-        let s = entry.state.lock();
-        Some(s.timing.snapshot(&s.conn))
+        self.endpoint
+            .shared
+            .peek(|core| core.stats(Instant::now(), id))
     }
 
     /// Feeds one datagram to the receive path as if it came from `from`.
@@ -1078,18 +713,13 @@ impl Server {
 
     /// Server-wide totals.
     pub fn totals(&self) -> ServerStats {
-        let role = &self.endpoint.shared.role;
-        let io = &self.endpoint.shared.io;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        ServerStats {
-            active: role.table.lock().by_id.len(),
-            accepted: load(&role.totals.accepted),
-            refused: load(&role.totals.refused),
-            lost: load(&role.totals.lost),
-            closed: load(&role.totals.closed),
-            duplicate_connects: load(&role.totals.duplicate_connects),
-            malformed: load(&io.counters.malformed),
-            rejected: load(&io.counters.rejected),
-        }
+        self.endpoint.shared.peek(|core| core.totals())
+    }
+
+    /// Makes the server's receive thread panic, to test what a failure
+    /// looks like from outside. Not for use outside tests.
+    #[doc(hidden)]
+    pub fn fail_for_tests(&self) {
+        self.endpoint.shared.request_panic();
     }
 }

@@ -100,7 +100,8 @@ pub struct ServerStats {
     pub rejected: u64,
 }
 
-/// The driver's bookkeeping for RTT samples and ages.
+/// Bookkeeping for RTT samples and ages. It reads no clock: every method
+/// takes the time.
 #[derive(Debug)]
 pub(crate) struct Timing {
     created: Instant,
@@ -115,9 +116,9 @@ pub(crate) struct Timing {
 }
 
 impl Timing {
-    pub(crate) fn new(first_seq: u64) -> Timing {
+    pub(crate) fn new(now: Instant, first_seq: u64) -> Timing {
         Timing {
-            created: Instant::now(),
+            created: now,
             connect_time: None,
             sent_at: std::collections::VecDeque::new(),
             recorded_upto: first_seq,
@@ -127,29 +128,28 @@ impl Timing {
         }
     }
 
-    pub(crate) fn mark_connected(&mut self) {
-        self.connect_time = Some(self.created.elapsed());
+    pub(crate) fn mark_connected(&mut self, now: Instant) {
+        self.connect_time = Some(now.saturating_duration_since(self.created));
     }
 
     /// Records the send time of first transmissions up to `next_unsent`, and
     /// turns first-transmission acks into samples.
     pub(crate) fn update(
         &mut self,
+        now: Instant,
         next_unsent: u64,
         oldest_unacked: u64,
         first_acked: impl Iterator<Item = u64>,
     ) {
-        let mut now = None;
         while self.recorded_upto < next_unsent {
-            let t = *now.get_or_insert_with(Instant::now);
-            self.sent_at.push_back((self.recorded_upto, t));
-            self.recorded_upto += 1;
+            self.sent_at.push_back((self.recorded_upto, now));
+            self.recorded_upto = self.recorded_upto.saturating_add(1);
         }
         for sn in first_acked {
             if let Some(pos) = self.sent_at.iter().position(|&(s, _)| s == sn) {
-                let (_, sent) = self.sent_at.remove(pos).unwrap_or((sn, Instant::now()));
-                let t = *now.get_or_insert_with(Instant::now);
-                self.sample(t.saturating_duration_since(sent));
+                if let Some((_, sent)) = self.sent_at.remove(pos) {
+                    self.sample(now.saturating_duration_since(sent));
+                }
             }
         }
         while self
@@ -178,7 +178,7 @@ impl Timing {
         });
     }
 
-    pub(crate) fn snapshot(&self, conn: &crate::proto::Conn) -> ConnStats {
+    pub(crate) fn snapshot(&self, now: Instant, conn: &crate::proto::Conn) -> ConnStats {
         let c = conn.counters();
         ConnStats {
             messages_sent: c.data_sent,
@@ -196,7 +196,7 @@ impl Timing {
             queued: conn.queued(),
             rtt: self.rtt,
             connect_time: self.connect_time,
-            age: self.created.elapsed(),
+            age: now.saturating_duration_since(self.created),
             epochs_since_heard: conn.epochs_silent(),
         }
     }

@@ -1,52 +1,64 @@
 //! The thin threaded driver shared by [`Client`](crate::Client) and
 //! [`Server`](crate::Server).
 //!
-//! Each instance owns one UDP socket and three threads:
+//! Each instance owns one UDP socket, one protocol core (a
+//! [`ServerCore`](crate::proto::ServerCore) or a
+//! [`ClientCore`](crate::proto::ClientCore)) behind one mutex, and three
+//! threads:
 //!
-//! * the **receive thread** decodes datagrams and hands them to the role
-//!   (client or server), which runs the state machine under the connection's
-//!   lock and sends Acks and newly allowed Data itself;
-//! * the **epoch thread** ticks every epoch (and releases datagrams held back
-//!   by the delay fault);
-//! * the **close manager** waits for a close request, asks the role to drain,
-//!   waits until it has, then stops the other two threads, joins them and
-//!   releases the socket.
+//! * the **receive thread** takes datagrams in batches and feeds them to the core;
+//! * the **epoch thread** ticks the core every epoch, runs its timers, and
+//!   releases datagrams held back by the delay fault;
+//! * the **close manager** waits for a close request, asks the core to
+//!   drain, waits until it has (or a deadline passes), then stops the other
+//!   two threads, joins them and releases the socket.
 //!
-//! User threads send directly from `write`, so a message needs no thread
-//! hand-off on the way out; only delivery to `read` crosses a channel.
+//! Every input, from a thread or from the user's call, goes the same way:
+//! lock the core, feed it, take its outputs (publishing them to the inbox and
+//! the subscribers while still locked, which keeps them in order), unlock,
+//! then send its datagrams. No system call is made under the lock. Channel
+//! sends are not system calls here: every channel is unbounded.
+//!
+//! Every thread runs under `catch_unwind`: a panic is logged at error level,
+//! fails the instance (every blocked caller wakes, and every later call
+//! returns [`Error::Failed`]) and closes it.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{after, never, select, tick, unbounded, Receiver, Sender};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::faults::{Injector, Plan};
 use super::sys::RecvBatch;
-use crate::proto::{DecodeError, Message, DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM};
+use crate::proto::{Message, DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM};
 use crate::{Error, Faults, Params};
 
 /// Socket buffer size we ask the kernel for.
 const SOCKET_BUFFER: usize = 4 << 20;
+
+/// The receive thread wakes at least this often to see whether it must stop,
+/// so shutdown never depends on a wake-up datagram arriving.
+const RECV_POLL: Duration = Duration::from_millis(100);
+
+/// Receive errors in a row (not timeouts) after which the instance fails:
+/// with the back-off below that is about ten seconds of nothing but errors.
+const MAX_RECV_ERRORS: u32 = 110;
 
 /// Socket-level counters of one instance.
 #[derive(Debug, Default)]
 pub(crate) struct IoCounters {
     pub datagrams_received: AtomicU64,
     pub datagrams_sent: AtomicU64,
-    /// Not JSON, wrong shape, unknown type, bad base64.
-    pub malformed: AtomicU64,
-    /// Well-formed but unusable: wrong address for the connection, unknown
-    /// connection, corrupt, outside the window, acks for unsent messages.
-    pub rejected: AtomicU64,
     pub send_errors: AtomicU64,
 }
 
@@ -74,9 +86,17 @@ impl Ord for Delayed {
     }
 }
 
+/// Datagrams encoded under the core's lock, sent after it is released.
+#[derive(Default)]
+struct SendBatch {
+    bytes: Vec<u8>,
+    /// Destination and end offset in `bytes` of each datagram.
+    items: Vec<(SocketAddr, usize)>,
+}
+
 thread_local! {
-    /// Encoding buffer reused by every send from this thread.
-    static ENCODE_BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(2048));
+    /// Reused by every input from this thread: no allocation per datagram.
+    static SEND_BATCH: RefCell<SendBatch> = RefCell::new(SendBatch::default());
 }
 
 /// The socket and everything needed to send on it.
@@ -85,29 +105,21 @@ pub(crate) struct Io {
     socket: RwLock<Option<UdpSocket>>,
     local_addr: SocketAddr,
     pub params: Params,
-    /// Whether connections acknowledge in-order Data with one CAck per batch.
-    pub coalesce_acks: bool,
     faults: Option<Injector>,
     delayed: Sender<Delayed>,
     /// Datagrams the reorder fault holds until the next send (or epoch).
     held_back: Mutex<Vec<(Vec<u8>, SocketAddr)>>,
     pub counters: IoCounters,
-    /// Signalled by the role when closing has drained every connection.
+    /// Signalled when a close has drained the core.
     drained: Sender<()>,
 }
 
 impl Io {
-    /// Encodes `msg` and sends it to `to`, applying the instance's faults.
-    /// Send errors are counted and logged, never returned: for a datagram
-    /// protocol they are indistinguishable from loss.
-    pub(crate) fn send(&self, msg: &Message<'_>, to: SocketAddr) {
+    /// Encodes `msg` for `to` into `batch`, through the instance's faults.
+    fn queue(&self, msg: &Message<'_>, to: SocketAddr, batch: &mut SendBatch) {
         let Some(faults) = &self.faults else {
-            ENCODE_BUF.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                buf.clear();
-                msg.encode(&mut buf);
-                self.send_raw(&buf, to);
-            });
+            msg.encode(&mut batch.bytes);
+            batch.items.push((to, batch.bytes.len()));
             return;
         };
         let (replacement, delay, duplicate, reorder) = match faults.plan(msg, self.params.epoch()) {
@@ -124,8 +136,7 @@ impl Io {
         };
         let mut bytes = Vec::new();
         replacement.as_ref().unwrap_or(msg).encode(&mut bytes);
-        let copies = if duplicate { 2 } else { 1 };
-        for _ in 0..copies {
+        for _ in 0..if duplicate { 2 } else { 1 } {
             if let Some(delay) = delay {
                 let _ = self.delayed.send(Delayed {
                     due: Instant::now() + delay,
@@ -135,10 +146,25 @@ impl Io {
             } else if reorder {
                 self.held_back.lock().push((bytes.clone(), to));
             } else {
-                self.send_raw(&bytes, to);
-                self.release_held_back();
+                batch.bytes.extend_from_slice(&bytes);
+                batch.items.push((to, batch.bytes.len()));
+                for (held, to) in std::mem::take(&mut *self.held_back.lock()) {
+                    batch.bytes.extend_from_slice(&held);
+                    batch.items.push((to, batch.bytes.len()));
+                }
             }
         }
+    }
+
+    /// Sends and empties `batch`.
+    fn flush(&self, batch: &mut SendBatch) {
+        let mut start = 0;
+        for &(to, end) in &batch.items {
+            self.send_raw(&batch.bytes[start..end], to);
+            start = end;
+        }
+        batch.bytes.clear();
+        batch.items.clear();
     }
 
     /// Sends the datagrams the reorder fault held back.
@@ -149,6 +175,8 @@ impl Io {
         }
     }
 
+    /// Send errors are counted and logged, never returned: for a datagram
+    /// protocol they are indistinguishable from loss.
     fn send_raw(&self, bytes: &[u8], to: SocketAddr) {
         let guard = self.socket.read();
         let Some(socket) = guard.as_ref() else { return };
@@ -163,53 +191,161 @@ impl Io {
         }
     }
 
-    /// Called by the role when a close it was asked for has finished draining.
-    pub(crate) fn signal_drained(&self) {
-        let _ = self.drained.send(());
-    }
-
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
-
-    pub(crate) fn count_rejected(&self, from: SocketAddr, what: &dyn std::fmt::Debug) {
-        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-        log::debug!("dropped datagram from {from}: {what:?}");
-    }
 }
 
-/// What a client or server does with datagrams, epochs and close requests.
+/// A protocol core as the driver sees it (implemented by the cores of
+/// [`proto`](crate::proto)).
+pub(crate) trait Core: Send + 'static {
+    /// What the core hands to the application side.
+    type Output;
+    fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]);
+    fn end_batch(&mut self, now: Instant);
+    fn handle_epoch(&mut self, now: Instant);
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn handle_timeout(&mut self, now: Instant);
+    fn close(&mut self, now: Instant);
+    fn abort(&mut self, now: Instant) -> usize;
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Message<'_>)>;
+    fn poll_output(&mut self) -> Option<Self::Output>;
+}
+
+/// The application side of a client or server: where outputs go.
 pub(crate) trait Role: Send + Sync + 'static {
-    /// What the role remembers across one batch of received datagrams.
-    type Batch: Default;
-    /// A decoded datagram from `from`, one of a batch.
-    fn on_message(&self, io: &Io, from: SocketAddr, msg: Message<'_>, batch: &mut Self::Batch);
-    /// The batch is over: send the coalesced acknowledgements.
-    fn end_batch(&self, io: &Io, batch: &mut Self::Batch);
-    /// One epoch passed.
-    fn on_epoch(&self, io: &Io);
-    /// Stop accepting work and drain; call [`Io::signal_drained`] when done
-    /// (possibly from inside this call).
-    fn begin_close(&self, io: &Io);
-    /// The outcome of the close, asked once after draining.
-    fn close_result(&self) -> Result<(), Error>;
-    /// The close deadline passed: discard everything left and return how
-    /// many messages were never acknowledged.
-    fn abort(&self, io: &Io) -> usize;
-    /// A datagram from `from` that was not a valid message.
-    fn on_malformed(&self, _from: SocketAddr) {}
-    /// The next instant [`Role::on_deadline`] wants to run, besides epochs.
-    fn next_deadline(&self) -> Option<Instant> {
-        None
-    }
-    /// The instant from [`Role::next_deadline`] passed.
-    fn on_deadline(&self, _io: &Io) {}
+    type Core: Core;
+    /// Hands one output on (to the inbox, the subscribers, a waiting
+    /// connect). Runs under the core's lock; returns whether a close has
+    /// now drained.
+    fn publish(&self, output: <Self::Core as Core>::Output) -> bool;
+    /// The outcome of a close that drained.
+    fn close_result(&self, core: &Self::Core) -> Result<(), Error>;
+    /// Wakes every blocked reader; later reads find the instance closed.
+    fn shut(&self);
 }
 
 /// State shared by the user's handle and the instance's threads.
-pub(crate) struct Shared<R> {
+pub(crate) struct Shared<R: Role> {
+    core: Mutex<R::Core>,
+    /// Signalled after every input: writers waiting for room re-check.
+    room: Condvar,
     pub io: Io,
     pub role: R,
+    /// Set when a thread panicked or the socket failed for good.
+    failure: Mutex<Option<String>>,
+    failed: AtomicBool,
+    /// Test hook: the receive thread panics at its next wake-up.
+    panic_requested: AtomicBool,
+}
+
+impl<R: Role> Shared<R> {
+    /// Runs `f` on the core, then delivers what it produced (see the module docs).
+    pub(crate) fn with_core<T>(&self, f: impl FnOnce(&mut R::Core, Instant) -> T) -> T {
+        let mut core = self.core.lock();
+        let result = f(&mut core, Instant::now());
+        self.finish(core);
+        result
+    }
+
+    /// Like [`with_core`](Self::with_core), but first waits while `blocked`
+    /// says so, until `deadline` (if any). Returns `None` on timeout.
+    pub(crate) fn with_core_when<T>(
+        &self,
+        blocked: impl Fn(&R::Core) -> bool,
+        deadline: Option<Instant>,
+        f: impl FnOnce(&mut R::Core, Instant) -> T,
+    ) -> Option<T> {
+        let mut core = self.core.lock();
+        while blocked(&core) && !self.is_failed() {
+            match deadline {
+                None => self.room.wait(&mut core),
+                Some(deadline) => {
+                    if self.room.wait_until(&mut core, deadline).timed_out() {
+                        if blocked(&core) {
+                            return None;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        let result = f(&mut core, Instant::now());
+        self.finish(core);
+        Some(result)
+    }
+
+    /// Takes the core's datagrams and outputs, releases the lock, sends.
+    fn finish(&self, mut core: MutexGuard<'_, R::Core>) {
+        SEND_BATCH.with(|batch| {
+            let mut batch = batch.borrow_mut();
+            while let Some((to, msg)) = core.poll_transmit() {
+                self.io.queue(&msg, to, &mut batch);
+            }
+            let mut drained = false;
+            while let Some(output) = core.poll_output() {
+                drained |= self.role.publish(output);
+            }
+            drop(core);
+            self.room.notify_all();
+            self.io.flush(&mut batch);
+            if drained {
+                let _ = self.io.drained.send(());
+            }
+        });
+    }
+
+    /// Reads the core without feeding it.
+    pub(crate) fn peek<T>(&self, f: impl FnOnce(&R::Core) -> T) -> T {
+        f(&self.core.lock())
+    }
+
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// The error every call returns once the instance failed.
+    pub(crate) fn failure(&self) -> Option<Error> {
+        if !self.is_failed() {
+            return None;
+        }
+        Some(Error::Failed(
+            self.failure.lock().clone().unwrap_or_default(),
+        ))
+    }
+
+    /// Marks the instance failed and wakes every blocked caller.
+    fn fail(&self, why: String) {
+        log::error!("liveseq {} failed: {why}", self.io.local_addr);
+        {
+            let mut failure = self.failure.lock();
+            if failure.is_none() {
+                *failure = Some(why);
+            }
+        }
+        self.failed.store(true, Ordering::SeqCst);
+        self.role.shut();
+        // Take the lock so no writer is between its check and its wait.
+        drop(self.core.lock());
+        self.room.notify_all();
+        let _ = self.io.drained.send(());
+    }
+
+    /// Runs one datagram through the receive path as if it came from `from`
+    /// (the fuzz target for the server's receive path uses this).
+    #[cfg(fuzzing)]
+    pub(crate) fn inject(&self, from: SocketAddr, datagram: &[u8]) {
+        self.with_core(|core, now| {
+            core.handle(now, from, datagram);
+            core.end_batch(now);
+        });
+    }
+
+    /// Test hook: makes the receive thread panic (see `Server::fail_for_tests`).
+    pub(crate) fn request_panic(&self) {
+        self.panic_requested.store(true, Ordering::SeqCst);
+        wake_receiver(&self.io);
+    }
 }
 
 /// A close request sent to the close manager; `reply` is `None` for a drop.
@@ -230,7 +366,6 @@ pub(crate) struct Endpoint<R: Role> {
 pub(crate) struct Config {
     pub params: Params,
     pub faults: Faults,
-    pub coalesce_acks: bool,
     /// Most datagrams taken from the socket in one wake-up.
     pub batch: usize,
 }
@@ -254,25 +389,30 @@ pub(crate) fn any_addr_for(peer: SocketAddr) -> SocketAddr {
 }
 
 impl<R: Role> Endpoint<R> {
-    /// Starts the threads around `socket`. `role` is built from the [`Io`]'s
-    /// pieces it may need before the threads run (nothing is received yet).
-    pub(crate) fn start(socket: UdpSocket, config: Config, role: R) -> Result<Endpoint<R>, Error> {
+    /// Starts the threads around `socket`, `core` and `role`.
+    pub(crate) fn start(
+        socket: UdpSocket,
+        config: Config,
+        core: R::Core,
+        role: R,
+    ) -> Result<Endpoint<R>, Error> {
         let Config {
             params,
             faults,
-            coalesce_acks,
             batch,
         } = config;
         let local_addr = socket.local_addr()?;
         let receiver = socket.try_clone()?;
+        receiver.set_read_timeout(Some(RECV_POLL))?;
         let (delay_tx, delay_rx) = unbounded();
         let (drained_tx, drained_rx) = unbounded();
         let shared = Arc::new(Shared {
+            core: Mutex::new(core),
+            room: Condvar::new(),
             io: Io {
                 socket: RwLock::new(Some(socket)),
                 local_addr,
                 params,
-                coalesce_acks,
                 faults: Injector::new(faults),
                 delayed: delay_tx,
                 held_back: Mutex::new(Vec::new()),
@@ -280,43 +420,53 @@ impl<R: Role> Endpoint<R> {
                 drained: drained_tx,
             },
             role,
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            panic_requested: AtomicBool::new(false),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (stop_epoch_tx, stop_epoch_rx) = unbounded::<()>();
+        let (close_tx, close_rx) = unbounded::<CloseRequest>();
 
         let recv = {
             let shared = shared.clone();
             let stop = stop.clone();
-            spawn("liveseq-recv", move || {
+            let close_tx = close_tx.clone();
+            spawn("liveseq-recv", shared.clone(), close_tx, move || {
                 receive_loop(&shared, receiver, &stop, batch)
             })?
         };
         let epoch = {
             let for_thread = shared.clone();
-            match spawn("liveseq-epoch", move || {
-                epoch_loop(&for_thread, delay_rx, stop_epoch_rx)
-            }) {
+            match spawn(
+                "liveseq-epoch",
+                shared.clone(),
+                close_tx.clone(),
+                move || epoch_loop(&for_thread, delay_rx, stop_epoch_rx),
+            ) {
                 Ok(handle) => handle,
                 Err(err) => {
-                    stop_receiver(&shared.io, &stop);
+                    stop.store(true, Ordering::SeqCst);
                     let _ = recv.join();
                     return Err(err);
                 }
             }
         };
-        let (close_tx, close_rx) = unbounded::<CloseRequest>();
         let manager = {
-            let shared = shared.clone();
             let threads = Threads {
                 recv,
                 epoch,
                 stop,
                 stop_epoch: stop_epoch_tx,
             };
+            let for_thread = shared.clone();
             // If this spawn fails the threads are stopped when `threads` drops.
-            spawn("liveseq-close", move || {
-                close_manager(&shared, close_rx, drained_rx, threads)
-            })?
+            spawn(
+                "liveseq-close",
+                shared.clone(),
+                close_tx.clone(),
+                move || close_manager(&for_thread, close_rx, drained_rx, threads),
+            )?
         };
         Ok(Endpoint {
             shared,
@@ -330,8 +480,9 @@ impl<R: Role> Endpoint<R> {
     /// thread, releases the socket. A second call returns [`Error::Closed`].
     pub(crate) fn close(&self, deadline: Option<Instant>) -> Result<(), Error> {
         if self.closed.swap(true, Ordering::SeqCst) {
-            return Err(Error::Closed);
+            return Err(self.shared.failure().unwrap_or(Error::Closed));
         }
+        self.shared.role.shut();
         let (reply_tx, reply_rx) = unbounded();
         let result = match self.close_tx.send(CloseRequest {
             reply: Some(reply_tx),
@@ -343,29 +494,71 @@ impl<R: Role> Endpoint<R> {
         if let Some(manager) = self.manager.lock().take() {
             let _ = manager.join();
         }
-        result
+        match self.shared.failure() {
+            Some(failure) => Err(failure),
+            None => result,
+        }
     }
 
+    /// Whether `close` was called (or the handle dropped).
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// The error a call on a closed or failed instance returns, if it is one.
+    pub(crate) fn check_open(&self) -> Result<(), Error> {
+        if let Some(failure) = self.shared.failure() {
+            return Err(failure);
+        }
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        Ok(())
     }
 }
 
 impl<R: Role> Drop for Endpoint<R> {
-    /// Dropping without `close` closes in the background: pending messages
-    /// are still delivered, then the threads exit on their own.
+    /// Dropping without `close` closes in the background with a deadline:
+    /// what was written is still delivered for up to `epoch_limit` epochs,
+    /// then the threads stop and the port is released.
     fn drop(&mut self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
+            self.shared.role.shut();
+            let params = self.shared.io.params;
             let _ = self.close_tx.send(CloseRequest {
                 reply: None,
-                deadline: None,
+                deadline: Some(Instant::now() + params.epoch() * params.epoch_limit),
             });
         }
     }
 }
 
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, Error> {
-    Ok(thread::Builder::new().name(name.to_string()).spawn(f)?)
+/// Spawns a library thread whose panic fails the instance instead of
+/// vanishing: it is logged, every caller wakes, and the instance closes.
+fn spawn<R: Role>(
+    name: &str,
+    shared: Arc<Shared<R>>,
+    close_tx: Sender<CloseRequest>,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, Error> {
+    let thread_name = name.to_string();
+    Ok(thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".to_string());
+                shared.fail(format!("{thread_name} panicked: {what}"));
+                // Close at once: nothing more can be trusted to drain.
+                let _ = close_tx.send(CloseRequest {
+                    reply: None,
+                    deadline: Some(Instant::now()),
+                });
+            }
+        })?)
 }
 
 /// The receive and epoch threads, stopped and joined by the close manager.
@@ -383,21 +576,46 @@ fn close_manager<R: Role>(
     threads: Threads,
 ) {
     // Every handle gone without a request (impossible, but harmless): just stop.
-    let request = requests.recv().ok();
-    let deadline = request.as_ref().and_then(|r| r.deadline);
+    let first = requests.recv().ok();
+    let mut deadline = first.as_ref().and_then(|r| r.deadline);
+    let mut replies: Vec<Sender<Result<(), Error>>> =
+        first.and_then(|r| r.reply).into_iter().collect();
     log::debug!(
         "closing {}: no new connections, reconnects cancelled, draining",
         shared.io.local_addr
     );
-    shared.role.begin_close(&shared.io);
-    let drained_in_time = match deadline {
-        Some(deadline) => drained.recv_deadline(deadline).is_ok(),
-        None => drained.recv().is_ok(),
+    if !shared.is_failed() {
+        shared.with_core(|core, now| core.close(now));
+    }
+    // Wait for the drain; a later request (a close after a drop, or a
+    // failure) may bring the deadline forward.
+    let drained_in_time = loop {
+        if shared.is_failed() {
+            break false;
+        }
+        let timeout = match deadline {
+            Some(d) => after(d.saturating_duration_since(Instant::now())),
+            None => never(),
+        };
+        select! {
+            recv(drained) -> _ => break !shared.is_failed(),
+            recv(requests) -> r => if let Ok(r) = r {
+                replies.extend(r.reply);
+                deadline = match (deadline, r.deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            },
+            recv(timeout) -> _ => break false,
+        }
     };
     let result = if drained_in_time {
-        shared.role.close_result()
+        shared.peek(|core| shared.role.close_result(core))
+    } else if let Some(failure) = shared.failure() {
+        shared.with_core(|core, now| core.abort(now));
+        Err(failure)
     } else {
-        let unacked = shared.role.abort(&shared.io);
+        let unacked = shared.with_core(|core, now| core.abort(now));
         log::debug!(
             "closing {}: deadline passed, {unacked} messages discarded",
             shared.io.local_addr
@@ -412,41 +630,24 @@ fn close_manager<R: Role>(
         stop_epoch,
     } = threads;
     drop(stop_epoch);
-    stop_receiver(&shared.io, &stop);
+    stop.store(true, Ordering::SeqCst);
+    wake_receiver(&shared.io);
     let _ = epoch.join();
     let _ = recv.join();
     log::debug!("closing {}: releasing the socket", shared.io.local_addr);
     shared.io.socket.write().take();
-    if let Some(CloseRequest {
-        reply: Some(reply), ..
-    }) = request
-    {
-        let _ = reply.send(result);
+    shared.role.shut();
+    // Replies go out only now: whoever waits for close finds the port free.
+    let mut result = Some(result);
+    for reply in replies {
+        let r = result.take().unwrap_or(Err(Error::Closed));
+        let _ = reply.send(r);
     }
 }
 
-impl<R: Role> Shared<R> {
-    /// Runs one datagram through the receive path as if it came from `from`
-    /// (the fuzz target for the server's receive path uses this).
-    #[cfg(fuzzing)]
-    pub(crate) fn inject(&self, from: SocketAddr, datagram: &[u8]) {
-        let mut batch = R::Batch::default();
-        match Message::decode(datagram) {
-            Ok(msg) => self.role.on_message(&self.io, from, msg, &mut batch),
-            Err(_) => {
-                self.io.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                self.role.on_malformed(from);
-            }
-        }
-        self.role.end_batch(&self.io, &mut batch);
-    }
-}
-
-/// Makes the receive thread leave its blocking `recv_from`: set the flag, then
-/// send an empty datagram to our own port. If the kernel drops it because the
-/// buffer is full, the thread wakes for the queued datagrams and sees the flag.
-fn stop_receiver(io: &Io, stop: &AtomicBool) {
-    stop.store(true, Ordering::SeqCst);
+/// Wakes the receive thread early by sending an empty datagram to our own
+/// port. Only a speed-up: the thread also wakes every [`RECV_POLL`].
+fn wake_receiver(io: &Io) {
     let mut to = io.local_addr;
     if to.ip().is_unspecified() {
         to.set_ip(match to {
@@ -457,7 +658,7 @@ fn stop_receiver(io: &Io, stop: &AtomicBool) {
     let guard = io.socket.read();
     if let Some(socket) = guard.as_ref() {
         if let Err(err) = socket.send_to(&[], to) {
-            log::warn!("could not wake the receive thread: {err}");
+            log::debug!("could not wake the receive thread: {err}");
         }
     }
 }
@@ -471,48 +672,55 @@ fn receive_loop<R: Role>(
     let io = &shared.io;
     // One byte more than the largest datagram, so nothing is silently cut.
     let mut datagrams = RecvBatch::new(batch_size, MAX_DATAGRAM + 1);
-    let mut batch = R::Batch::default();
+    let mut errors = 0u32;
     loop {
         let received = datagrams.recv(&socket);
         if stop.load(Ordering::SeqCst) {
             return;
         }
+        if shared.panic_requested.swap(false, Ordering::SeqCst) {
+            panic!("panic requested by a test");
+        }
         let count = match received {
-            Ok(count) => count,
+            Ok(count) => {
+                errors = 0;
+                count
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => {
-                // ICMP errors and the like: loss, as far as LSP is concerned.
-                log::debug!("receive error: {err}");
+                // ICMP errors and the like are loss, as far as LSP is
+                // concerned; an error that persists is not, and must not spin.
+                errors += 1;
+                log::debug!("receive error {errors}: {err}");
+                if errors >= MAX_RECV_ERRORS {
+                    shared.fail(format!("receive failed {errors} times in a row: {err}"));
+                    return;
+                }
+                thread::sleep(Duration::from_millis(1 << errors.min(7)));
                 continue;
             }
         };
         io.counters
             .datagrams_received
             .fetch_add(count as u64, Ordering::Relaxed);
-        for i in 0..count {
-            let (datagram, from) = datagrams.get(i);
-            if io.faults.as_ref().is_some_and(|f| f.drop_read()) {
-                continue;
-            }
-            match Message::decode(datagram) {
-                Ok(msg) => shared.role.on_message(io, from, msg, &mut batch),
-                Err(err) => {
-                    io.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    shared.role.on_malformed(from);
-                    log_malformed(from, err, datagram);
+        shared.with_core(|core, now| {
+            for i in 0..count {
+                let (datagram, from) = datagrams.get(i);
+                if io.faults.as_ref().is_some_and(|f| f.drop_read()) {
+                    continue;
                 }
+                core.handle(now, from, datagram);
             }
-        }
-        shared.role.end_batch(io, &mut batch);
-    }
-}
-
-fn log_malformed(from: SocketAddr, err: DecodeError, datagram: &[u8]) {
-    if log::log_enabled!(log::Level::Debug) {
-        let shown = &datagram[..datagram.len().min(80)];
-        log::debug!(
-            "dropped malformed datagram from {from} ({err:?}): {:?}",
-            String::from_utf8_lossy(shown)
-        );
+            core.end_batch(now);
+        });
     }
 }
 
@@ -522,8 +730,8 @@ fn epoch_loop<R: Role>(shared: &Shared<R>, delay_rx: Receiver<Delayed>, stop: Re
     let ticker = tick(io.params.epoch());
     let mut held: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
     loop {
-        let role_due = shared.role.next_deadline();
-        let due = match (held.peek().map(|Reverse(d)| d.due), role_due) {
+        let core_due = shared.peek(|core| core.poll_timeout());
+        let due = match (held.peek().map(|Reverse(d)| d.due), core_due) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -536,15 +744,15 @@ fn epoch_loop<R: Role>(shared: &Shared<R>, delay_rx: Receiver<Delayed>, stop: Re
                 if io.faults.is_some() {
                     io.release_held_back();
                 }
-                shared.role.on_epoch(io);
+                shared.with_core(|core, now| core.handle_epoch(now));
             }
             recv(delay_rx) -> d => if let Ok(d) = d { held.push(Reverse(d)) },
             recv(next_due) -> _ => {}
             recv(stop) -> _ => return,
         }
         let now = Instant::now();
-        if role_due.is_some_and(|due| due <= now) {
-            shared.role.on_deadline(io);
+        if core_due.is_some_and(|due| due <= now) {
+            shared.with_core(|core, now| core.handle_timeout(now));
         }
         while held.peek().is_some_and(|Reverse(d)| d.due <= now) {
             if let Some(Reverse(d)) = held.pop() {
@@ -596,7 +804,7 @@ impl<T> Inbox<T> {
             return Err(Empty::Closed);
         }
         // Under load the next item is usually there already: take it without
-        // registering with three channels' wakers.
+        // registering with two channels' wakers.
         if let Ok(item) = self.rx.try_recv() {
             return Ok(item);
         }
@@ -629,6 +837,17 @@ pub(crate) fn check_datagram_size(size: usize) -> Result<(), Error> {
         return Err(Error::InvalidParams {
             field: "max_datagram_size",
             reason: "must be between 368 and 65507",
+        });
+    }
+    Ok(())
+}
+
+/// Validates a send buffer or inbox limit.
+pub(crate) fn check_limit(field: &'static str, limit: crate::proto::Limit) -> Result<(), Error> {
+    if limit.messages == 0 || limit.bytes == 0 {
+        return Err(Error::InvalidParams {
+            field,
+            reason: "must allow at least one message and one byte",
         });
     }
     Ok(())

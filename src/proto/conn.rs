@@ -79,6 +79,9 @@ pub enum Rejected {
     Corrupt,
     /// Data at or beyond the end of the receive window: dropped without an Ack.
     OutsideWindow,
+    /// New Data while receiving is paused (the application's inbox is full):
+    /// dropped without an Ack, as if lost, so the sender backs off.
+    Paused,
     /// An Ack or CAck for a sequence number that was never sent.
     UnsentAck,
     /// A message that makes no sense in this phase (a CAck while connecting,
@@ -111,6 +114,9 @@ pub struct Counters {
     pub corrupt_received: u64,
     /// Data dropped for being outside the receive window.
     pub outside_window: u64,
+    /// In-order Data left unacknowledged because the application's inbox
+    /// was full (flow control; the sender will retransmit it).
+    pub paused_drops: u64,
 }
 
 /// One written message, from `write` until it is acknowledged.
@@ -179,6 +185,8 @@ pub struct Conn {
     base: u64,
     /// Written messages: `out[..sent]` were sent at least once, the rest wait for the window.
     out: VecDeque<Outgoing>,
+    /// Payload bytes in `out` not yet acknowledged.
+    out_bytes: usize,
     sent: usize,
     unacked: usize,
     /// Whether any Data went out since the last epoch (no heartbeat needed then).
@@ -191,6 +199,10 @@ pub struct Conn {
     delivered: VecDeque<Vec<u8>>,
 
     epochs_silent: u32,
+    /// New Data is not taken (flow control: see [`Conn::set_receive_paused`]).
+    paused: bool,
+    /// The application closed the connection (it reads nothing more).
+    closed_by_app: bool,
     /// Epochs since a client started connecting (paces its Connects).
     epochs_connecting: u32,
     /// A connection id a connecting client must not adopt: its previous
@@ -264,6 +276,7 @@ impl Conn {
             // Saturating: see `server` for why an isn this large is harmless.
             base: isn.saturating_add(1),
             out: VecDeque::new(),
+            out_bytes: 0,
             sent: 0,
             unacked: 0,
             data_sent_this_epoch: false,
@@ -271,6 +284,8 @@ impl Conn {
             window: VecDeque::new(),
             delivered: VecDeque::new(),
             epochs_silent: 0,
+            paused: false,
+            closed_by_app: false,
             epochs_connecting: 0,
             stale_conn_id: None,
             reacks_left: 0,
@@ -311,6 +326,17 @@ impl Conn {
     /// Messages written but not yet sent (waiting for the window).
     pub fn queued(&self) -> usize {
         self.out.len() - self.sent
+    }
+
+    /// Payload bytes written and not yet acknowledged (sent or queued).
+    pub fn buffered_bytes(&self) -> usize {
+        self.out_bytes
+    }
+
+    /// Whether the connection was closed by its application (see
+    /// [`close`](Conn::close)) before it ended; a loss is then no news to it.
+    pub fn closed_by_app(&self) -> bool {
+        self.closed_by_app
     }
 
     /// Oldest unacknowledged sequence number (or the next to send).
@@ -367,6 +393,7 @@ impl Conn {
         if !matches!(self.phase, Phase::Open | Phase::Connecting) {
             return;
         }
+        self.out_bytes += payload.len();
         self.out.push_back(Outgoing {
             payload,
             acked: false,
@@ -382,6 +409,7 @@ impl Conn {
     /// (at once if it already is). Received Data is still acknowledged so the
     /// peer can drain too.
     pub fn close(&mut self) {
+        self.closed_by_app = true;
         match self.phase {
             Phase::Open => {
                 // The peer still needs the acks of what we received.
@@ -398,6 +426,7 @@ impl Conn {
                 self.phase = Phase::Drained;
                 self.transmits.clear();
                 self.orphans.extend(self.out.drain(..).map(|m| m.payload));
+                self.out_bytes = 0;
                 self.events.push_back(Event::Drained);
             }
             Phase::Closing | Phase::Drained | Phase::Lost => {}
@@ -472,6 +501,13 @@ impl Conn {
                     return Err(Rejected::OutsideWindow);
                 }
                 self.epochs_silent = 0;
+                if self.paused && sn >= self.expected {
+                    // The application is not reading: take nothing new, as
+                    // if it was lost; the sender's window and back-off slow
+                    // it down, and heartbeats keep the connection alive.
+                    self.counters.paused_drops += 1;
+                    return Err(Rejected::Paused);
+                }
                 let Some(offset) = sn.checked_sub(self.expected) else {
                     self.ack_received(sn, true);
                     self.counters.duplicates_received += 1;
@@ -583,6 +619,14 @@ impl Conn {
         self.data_sent_this_epoch = false;
     }
 
+    /// Pauses or resumes receiving: while paused, Data not yet received is
+    /// dropped unacknowledged (duplicates are still acknowledged). A driver
+    /// pauses a connection whose application has too much unread; a
+    /// closing connection never pauses (it discards what it receives).
+    pub fn set_receive_paused(&mut self, paused: bool) {
+        self.paused = paused && self.phase == Phase::Open;
+    }
+
     /// Sets whether in-order Data is acknowledged once per
     /// [`flush_acks`](Conn::flush_acks) call instead of once per message: with
     /// a plain Ack if the batch held one message, with a CAck if more (as
@@ -610,6 +654,27 @@ impl Conn {
     }
 
     // ----- outputs -----
+
+    /// Whether [`poll_transmit`](Conn::poll_transmit) has something to send.
+    pub fn has_transmit(&mut self) -> bool {
+        while let Some(&t) = self.transmits.front() {
+            if let Transmit::Data(sn) = t {
+                if !self.is_unacked(sn) {
+                    // Acknowledged since it was queued: nothing to send.
+                    self.transmits.pop_front();
+                    continue;
+                }
+            }
+            return true;
+        }
+        false
+    }
+
+    fn is_unacked(&self, sn: u64) -> bool {
+        sn.checked_sub(self.base)
+            .and_then(|i| self.out.get(i as usize))
+            .is_some_and(|m| !m.acked)
+    }
 
     /// The next datagram to send, if any. Data borrows its queued payload.
     pub fn poll_transmit(&mut self) -> Option<Message<'_>> {
@@ -670,6 +735,7 @@ impl Conn {
     pub fn abort(&mut self) -> usize {
         let discarded = self.out.iter().filter(|m| !m.acked).count();
         self.out.clear();
+        self.out_bytes = 0;
         self.sent = 0;
         self.unacked = 0;
         self.window.clear();
@@ -726,6 +792,7 @@ impl Conn {
         let m = &mut self.out[index];
         if !m.acked {
             m.acked = true;
+            self.out_bytes -= m.payload.len();
             m.payload = Vec::new();
             self.unacked -= 1;
             if !m.retransmitted {
@@ -763,6 +830,7 @@ impl Conn {
             .filter(|m| !m.acked)
             .map(|m| m.payload)
             .collect();
+        self.out_bytes = 0;
         self.sent = 0;
         self.unacked = 0;
         self.window.clear();

@@ -1,0 +1,464 @@
+//! The client core: connect, connect timeout, reconnection schedule,
+//! closing and flow control, without I/O.
+//!
+//! [`ClientCore`] owns the client's [`Conn`] and its lifecycle: it decides
+//! when a connect has failed, when and how to dial again after a loss (the
+//! [`ReconnectPolicy`] with a seeded random source, so a schedule replays
+//! exactly), what happens to unacknowledged messages across a reconnect, and
+//! when a close has drained. Time is passed in; the only timer besides epochs
+//! is the redial deadline of [`poll_timeout`](ClientCore::poll_timeout).
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Instant;
+//! use liveseq::proto::{ClientConfig, ClientCore, ClientOutput, Message};
+//! use liveseq::{ConnId, ConnState, Params};
+//!
+//! let now = Instant::now();
+//! let server: std::net::SocketAddr = "127.0.0.1:9999".parse().unwrap();
+//! let mut core = ClientCore::new(now, server, 42, ClientConfig::new(Params::default()));
+//! let (to, connect) = core.poll_transmit().map(|(to, m)| (to, m.into_owned())).unwrap();
+//! assert_eq!((to, connect), (server, Message::connect(42)));
+//!
+//! let mut ack = Vec::new();
+//! Message::ack(7, 42).encode(&mut ack);
+//! core.handle(now, server, &ack);
+//! assert_eq!(core.conn_id(), ConnId::from(7));
+//! assert_eq!(core.state(), ConnState::Connected);
+//! ```
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::conn::{Conn, Event, Phase};
+use super::message::{Message, MsgType};
+use super::server::{Limit, DEFAULT_INBOX, DEFAULT_SEND_BUFFER};
+use crate::stats::{ConnStats, Timing};
+use crate::{ConnId, ConnState, Error, Params, ReconnectPolicy};
+
+/// What a [`ClientCore`] is set up with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Protocol parameters.
+    pub params: Params,
+    /// Acknowledge bursts of in-order Data once per batch.
+    pub coalesce_acks: bool,
+    /// Limit on written, unacknowledged messages.
+    pub send_buffer: Limit,
+    /// Limit on delivered, unread messages.
+    pub inbox: Limit,
+    /// Dial again after a loss, as this says.
+    pub reconnect: Option<ReconnectPolicy>,
+    /// Seeds the random source of reconnect delays and ISNs.
+    pub seed: u64,
+}
+
+impl ClientConfig {
+    /// `params` with CAck coalescing, the default buffer limits and no
+    /// reconnection.
+    pub fn new(params: Params) -> ClientConfig {
+        ClientConfig {
+            params,
+            coalesce_acks: true,
+            send_buffer: DEFAULT_SEND_BUFFER,
+            inbox: DEFAULT_INBOX,
+            reconnect: None,
+            seed: 0,
+        }
+    }
+}
+
+/// What the core hands out besides datagrams, in the order it happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientOutput {
+    /// The connection changed state (for subscribers).
+    State {
+        /// The connection, once the server named it.
+        conn_id: Option<ConnId>,
+        /// The new state.
+        state: ConnState,
+        /// When it changed.
+        at: Instant,
+    },
+    /// The first connect finished: `Ok` with the connection id, or `Err`
+    /// after `epoch_limit` epochs without an answer.
+    ConnectResult(Result<ConnId, ()>),
+    /// The next message from the server, in order.
+    Data(Vec<u8>),
+    /// The connection was lost (every message before it was handed out).
+    Lost(ConnId),
+    /// A reconnect replaced connection `old` by `new` here in the stream.
+    Reconnected {
+        /// The lost connection.
+        old: ConnId,
+        /// The new one.
+        new: ConnId,
+    },
+    /// A close asked for with [`ClientCore::close`] has finished.
+    Drained,
+}
+
+/// The I/O-free client: see the [module docs](self).
+#[derive(Debug)]
+pub struct ClientCore {
+    config: ClientConfig,
+    server: SocketAddr,
+    conn: Conn,
+    timing: Timing,
+    /// The one source of truth for the client's lifecycle state.
+    state: ConnState,
+    /// The first connect has not finished yet.
+    first_connect: bool,
+    closing: bool,
+    /// The connection ended with messages never acknowledged.
+    lost_with_pending: bool,
+    /// Reconnect attempts since the last connection that exchanged data.
+    attempt: u32,
+    /// While waiting to dial again: when to send the Connect.
+    redial_at: Option<Instant>,
+    /// The connection lost before a reconnect, reported at the gap.
+    lost_id: Option<u32>,
+    /// The id of the last connection, kept for the error of a later read.
+    last_id: u32,
+    /// Delivered and not yet read (flow control).
+    unread: (usize, usize),
+    rng: SmallRng,
+    outputs: VecDeque<ClientOutput>,
+}
+
+impl ClientCore {
+    /// A client that starts connecting to `server` with `isn` at once.
+    pub fn new(now: Instant, server: SocketAddr, isn: u64, config: ClientConfig) -> ClientCore {
+        let mut conn = Conn::client(config.params, isn);
+        conn.set_coalesce_acks(config.coalesce_acks);
+        let mut core = ClientCore {
+            server,
+            timing: Timing::new(now, conn.next_unsent()),
+            conn,
+            state: ConnState::Connecting,
+            first_connect: true,
+            closing: false,
+            lost_with_pending: false,
+            attempt: 0,
+            redial_at: None,
+            lost_id: None,
+            last_id: 0,
+            unread: (0, 0),
+            rng: SmallRng::seed_from_u64(config.seed),
+            outputs: VecDeque::new(),
+            config,
+        };
+        core.set_state(now, ConnState::Connecting);
+        core
+    }
+
+    // ----- getters -----
+
+    /// The lifecycle state.
+    pub fn state(&self) -> ConnState {
+        self.state
+    }
+
+    /// The current connection id (the last one while reconnecting; 0 before
+    /// the first connect succeeds).
+    pub fn conn_id(&self) -> ConnId {
+        ConnId(self.last_id)
+    }
+
+    /// The server's address.
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// The current connection's state machine, for tests and tools.
+    pub fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
+    /// A statistics snapshot.
+    pub fn stats(&self, now: Instant) -> ConnStats {
+        self.timing.snapshot(now, &self.conn)
+    }
+
+    /// Whether a write would have to wait for room in the send buffer.
+    pub fn is_full(&self) -> bool {
+        self.config.send_buffer.reached(
+            self.conn.unacked() + self.conn.queued(),
+            self.conn.buffered_bytes(),
+        )
+    }
+
+    /// The instant [`handle_timeout`](Self::handle_timeout) wants to run, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.redial_at
+    }
+
+    /// The outcome of a finished close: `Err(ConnectionLost)` if the
+    /// connection ended with messages never acknowledged.
+    pub fn close_result(&self) -> Result<(), Error> {
+        if self.lost_with_pending {
+            Err(Error::ConnectionLost(ConnId(self.last_id)))
+        } else {
+            Ok(())
+        }
+    }
+
+    // ----- inputs -----
+
+    /// A datagram arrived from `from`. Anything not from the server, or not a
+    /// message, is counted and dropped.
+    pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        if from != self.server {
+            return;
+        }
+        match Message::decode(datagram) {
+            Ok(msg) => self.handle_message(now, from, msg),
+            Err(_) => self.timing.malformed += 1,
+        }
+    }
+
+    /// A decoded message arrived from `from`.
+    pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message<'_>) {
+        if from != self.server {
+            return;
+        }
+        if msg.kind == MsgType::Connect || self.redial_at.is_some() {
+            self.timing.rejected += 1;
+            return;
+        }
+        if self.conn.handle(msg).is_err() {
+            self.timing.rejected += 1;
+        }
+        self.after(now);
+    }
+
+    /// The end of a batch of datagrams: owed acknowledgements go out.
+    pub fn end_batch(&mut self, now: Instant) {
+        if self.config.coalesce_acks && self.redial_at.is_none() {
+            self.conn.flush_acks();
+            self.after(now);
+        }
+    }
+
+    /// An epoch passed.
+    pub fn handle_epoch(&mut self, now: Instant) {
+        if self.redial_at.is_none() {
+            self.conn.on_epoch();
+            self.after(now);
+        }
+    }
+
+    /// The redial deadline may have passed: dial if it has.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.redial_at.is_some_and(|at| at <= now) {
+            self.redial_at = None;
+            self.after(now);
+        }
+    }
+
+    /// The application writes `payload`. While a reconnect is under way it
+    /// waits for the new connection.
+    ///
+    /// Fails with [`Error::ConnectionLost`] once the connection is lost for
+    /// good, [`Error::Closed`] once closing, and [`Error::BufferFull`] while
+    /// the send buffer is full.
+    pub fn write(&mut self, now: Instant, payload: &[u8]) -> Result<(), Error> {
+        match self.conn.phase() {
+            Phase::Open | Phase::Connecting if !self.state.is_terminal() && !self.closing => {}
+            Phase::Lost | Phase::Connecting if !self.closing => {
+                return Err(Error::ConnectionLost(ConnId(self.last_id)))
+            }
+            _ => return Err(Error::Closed),
+        }
+        if self.is_full() {
+            return Err(Error::BufferFull);
+        }
+        self.conn.write(payload.to_vec());
+        self.after(now);
+        Ok(())
+    }
+
+    /// The application read `messages` messages of `bytes` bytes in all.
+    pub fn read_done(&mut self, now: Instant, messages: usize, bytes: usize) {
+        self.unread.0 = self.unread.0.saturating_sub(messages);
+        self.unread.1 = self.unread.1.saturating_sub(bytes);
+        self.after(now);
+    }
+
+    /// Starts closing: drains what was written, or cancels a reconnect.
+    /// [`ClientOutput::Drained`] follows once it is done.
+    pub fn close(&mut self, now: Instant) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        match self.conn.phase() {
+            Phase::Lost | Phase::Drained => self.outputs.push_back(ClientOutput::Drained),
+            Phase::Connecting => {
+                // Waiting to reconnect, or dialling: cancel it.
+                self.redial_at = None;
+                self.lost_with_pending |= !self.conn.is_idle();
+                self.conn.abort();
+                if !self.state.is_terminal() {
+                    self.set_state(now, ConnState::Closed);
+                }
+                self.outputs.push_back(ClientOutput::Drained);
+            }
+            Phase::Open | Phase::Closing => {
+                self.set_state(now, ConnState::Closing);
+                self.conn.close();
+                self.after(now);
+            }
+        }
+    }
+
+    /// Gives up closing: discards what is unacknowledged and returns how
+    /// many messages that was.
+    pub fn abort(&mut self, now: Instant) -> usize {
+        self.closing = true;
+        self.redial_at = None;
+        let discarded = self.conn.abort();
+        if !self.state.is_terminal() {
+            self.set_state(now, ConnState::Closed);
+        }
+        discarded
+    }
+
+    // ----- outputs -----
+
+    /// The next datagram to send and where.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Message<'_>)> {
+        if self.redial_at.is_some() {
+            return None;
+        }
+        let to = self.server;
+        self.conn.poll_transmit().map(|msg| (to, msg))
+    }
+
+    /// The next output for the application side.
+    pub fn poll_output(&mut self) -> Option<ClientOutput> {
+        self.outputs.pop_front()
+    }
+
+    // ----- internals -----
+
+    fn set_state(&mut self, now: Instant, state: ConnState) {
+        self.state = state;
+        let id = self.conn.conn_id();
+        self.outputs.push_back(ClientOutput::State {
+            conn_id: (id != 0).then_some(ConnId(id)),
+            state,
+            at: now,
+        });
+    }
+
+    /// After any input: stamp sends, hand out deliveries, act on events.
+    fn after(&mut self, now: Instant) {
+        let conn = &mut self.conn;
+        self.timing.update(
+            now,
+            conn.next_unsent(),
+            conn.oldest_unacked(),
+            std::iter::from_fn(|| conn.poll_first_acked()),
+        );
+        while let Some(payload) = self.conn.poll_delivered() {
+            self.unread.0 += 1;
+            self.unread.1 += payload.len();
+            self.outputs.push_back(ClientOutput::Data(payload));
+        }
+        let full = self.config.inbox.reached(self.unread.0, self.unread.1);
+        self.conn.set_receive_paused(full);
+        while let Some(event) = self.conn.poll_event() {
+            let id = self.conn.conn_id();
+            match event {
+                Event::Connected => {
+                    self.last_id = id;
+                    self.timing.mark_connected(now);
+                    if let Some(old) = self.lost_id.take() {
+                        self.outputs.push_back(ClientOutput::Reconnected {
+                            old: ConnId(old),
+                            new: ConnId(id),
+                        });
+                    }
+                    self.set_state(now, ConnState::Connected);
+                    if std::mem::take(&mut self.first_connect) {
+                        self.outputs
+                            .push_back(ClientOutput::ConnectResult(Ok(ConnId(id))));
+                    }
+                }
+                Event::Lost if id == 0 => {
+                    if std::mem::take(&mut self.first_connect) {
+                        self.set_state(now, ConnState::Refused);
+                        self.outputs.push_back(ClientOutput::ConnectResult(Err(())));
+                    } else {
+                        // A reconnect attempt timed out.
+                        self.redial(now);
+                    }
+                }
+                Event::Lost => {
+                    self.set_state(now, ConnState::Lost);
+                    if self.config.reconnect.is_some() && !self.closing {
+                        self.lost_id = Some(id);
+                        self.redial(now);
+                    } else {
+                        self.outputs.push_back(ClientOutput::Lost(ConnId(id)));
+                        self.lost_with_pending |= !self.conn.take_orphans().is_empty();
+                        if self.closing {
+                            self.outputs.push_back(ClientOutput::Drained);
+                        }
+                    }
+                }
+                Event::Drained => {
+                    self.set_state(now, ConnState::Closed);
+                    if self.closing {
+                        self.outputs.push_back(ClientOutput::Drained);
+                    }
+                }
+            }
+        }
+        // A new connection that exchanged data starts the attempt count over.
+        let c = &self.conn;
+        if self.attempt > 0
+            && c.phase() == Phase::Open
+            && (c.counters().data_received > 0 || c.oldest_unacked() > c.isn().saturating_add(1))
+        {
+            self.attempt = 0;
+        }
+    }
+
+    /// Schedules the next reconnect attempt, or gives up.
+    fn redial(&mut self, now: Instant) {
+        let orphans = self.conn.take_orphans();
+        let Some(policy) = &self.config.reconnect else {
+            return;
+        };
+        self.attempt = self.attempt.saturating_add(1);
+        if policy.max_attempts.is_some_and(|max| self.attempt > max) {
+            self.lost_with_pending = !orphans.is_empty();
+            let lost = self.lost_id.take().unwrap_or(self.last_id);
+            self.outputs.push_back(ClientOutput::Lost(ConnId(lost)));
+            self.set_state(now, ConnState::Refused);
+            return;
+        }
+        let delay = policy.delay(self.attempt, &mut self.rng);
+        self.redial_at = Some(now + delay);
+        // Heartbeats for the lost connection may still reach this socket:
+        // they must not be taken as the new connection's answer.
+        let stale = self.lost_id.unwrap_or(self.last_id);
+        let isn = u64::from(self.rng.gen::<u32>().max(1));
+        self.conn = Conn::client_after(self.config.params, isn, stale);
+        self.conn.set_coalesce_acks(self.config.coalesce_acks);
+        for payload in orphans {
+            self.conn.write(payload);
+        }
+        self.timing = Timing::new(now, self.conn.next_unsent());
+        let attempt = self.attempt;
+        self.set_state(now, ConnState::Reconnecting { attempt });
+    }
+}
