@@ -771,6 +771,19 @@ impl Conn {
     }
 }
 
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Rejected::Corrupt => "corrupt data",
+            Rejected::OutsideWindow => "data outside the receive window",
+            Rejected::UnsentAck => "ack for a message never sent",
+            Rejected::Unexpected => "unexpected message",
+        })
+    }
+}
+
+impl std::error::Error for Rejected {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

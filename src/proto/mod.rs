@@ -32,3 +32,32 @@ mod message;
 pub use checksum::checksum;
 pub use conn::{Conn, Counters, Event, Phase, Rejected, CONNECT_REACKS, MAX_ISN, MAX_SEQ_NUM};
 pub use message::{max_payload, DecodeError, Message, MsgType, DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> String {
+        e.to_string()
+    }
+
+    #[test]
+    fn errors_have_short_lower_case_messages() {
+        assert_eq!(is_error(DecodeError::Malformed), "malformed message");
+        assert_eq!(is_error(DecodeError::UnknownType), "unknown message type");
+        assert_eq!(
+            is_error(DecodeError::BadBase64),
+            "payload is not valid base64"
+        );
+        assert_eq!(is_error(Rejected::Corrupt), "corrupt data");
+        assert_eq!(
+            is_error(Rejected::OutsideWindow),
+            "data outside the receive window"
+        );
+        assert_eq!(
+            is_error(Rejected::UnsentAck),
+            "ack for a message never sent"
+        );
+        assert_eq!(is_error(Rejected::Unexpected), "unexpected message");
+    }
+}
