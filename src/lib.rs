@@ -135,3 +135,87 @@ pub use crossbeam_channel;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The README's figures, checked against the code so they cannot go stale.
+#[cfg(test)]
+mod readme_figures {
+    const README: &str = include_str!("../README.md");
+
+    /// The README section that starts with `heading`, up to the next one.
+    fn section(heading: &str) -> &'static str {
+        let start = README
+            .find(heading)
+            .unwrap_or_else(|| panic!("README has no {heading:?}"));
+        let rest = &README[start + heading.len()..];
+        &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+    }
+
+    #[test]
+    fn message_size_table_matches_max_payload() {
+        let rows: Vec<(usize, usize)> = section("## Limits and timing")
+            .lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                Some((cells.get(1)?.parse().ok()?, cells.get(2)?.parse().ok()?))
+            })
+            .collect();
+        let sizes: Vec<usize> = rows.iter().map(|&(size, _)| size).collect();
+        assert_eq!(
+            sizes,
+            [
+                crate::proto::DEFAULT_MAX_DATAGRAM,
+                1500,
+                9000,
+                crate::proto::MAX_DATAGRAM
+            ]
+        );
+        for (size, payload) in rows {
+            assert_eq!(crate::proto::max_payload(size), payload, "row {size}");
+        }
+    }
+
+    #[test]
+    fn datagram_size_bounds_are_as_documented() {
+        assert!(section("## Limits and timing").contains("(368 to 65507)"));
+        let bind = |size| {
+            crate::Server::builder()
+                .max_datagram_size(size)
+                .bind("127.0.0.1:0")
+        };
+        for size in [367, 65508] {
+            assert!(matches!(
+                bind(size),
+                Err(crate::Error::InvalidParams {
+                    field: "max_datagram_size",
+                    ..
+                })
+            ));
+        }
+        for size in [368, 65507] {
+            bind(size).unwrap().close().unwrap();
+        }
+    }
+
+    #[test]
+    fn default_timing_is_as_documented() {
+        let text = section("## Limits and timing");
+        let p = crate::Params::default();
+        assert!(text.contains("(`epoch_limit` 5, `epoch_millis` 2000)"));
+        assert_eq!((p.epoch_limit, p.epoch_millis), (5, 2000));
+        assert!(text.contains("`epoch_limit` x `epoch_millis` = 10 s"));
+        assert_eq!(
+            p.epoch() * p.epoch_limit,
+            std::time::Duration::from_secs(10)
+        );
+        assert!(text.contains("`Params { epoch_millis: 200, ..Params::default() }`"));
+        assert!(text.contains("for a 1 s loss time"));
+        let short = crate::Params {
+            epoch_millis: 200,
+            ..p
+        };
+        assert_eq!(
+            short.epoch() * short.epoch_limit,
+            std::time::Duration::from_secs(1)
+        );
+    }
+}
