@@ -98,6 +98,8 @@
 //!
 //! # Where to look next
 //!
+//! * `examples/chat.rs` in the repository: a broadcast chat server on
+//!   `next_event`, handling joins, leaves and connections that end mid-broadcast.
 //! * [`Params`]: epochs, windows and back-off, with the reference defaults;
 //!   [`ServerBuilder`] and [`ClientBuilder`] for datagram size, connection
 //!   limits, reconnection and fault injection.
