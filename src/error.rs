@@ -13,6 +13,30 @@ use crate::ConnId;
 ///
 /// let err = Error::ConnectionLost(ConnId::from(3));
 /// assert_eq!(err.to_string(), "connection 3 lost");
+///
+/// let err = Error::LostDuringClose(vec![ConnId::from(1), ConnId::from(2)]);
+/// assert_eq!(err.to_string(), "connections lost during close: 1, 2");
+/// ```
+///
+/// A socket error keeps its cause as the [`source`](std::error::Error::source)
+/// and does not repeat it, so error reporters that walk the chain (`anyhow`,
+/// `eyre`, or the loop below) print each part once:
+///
+/// ```
+/// use std::error::Error as _;
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use");
+/// let err = liveseq::Error::from(io);
+/// assert_eq!(err.to_string(), "socket error");
+/// assert_eq!(err.source().unwrap().to_string(), "address in use");
+///
+/// let mut chain = vec![err.to_string()];
+/// let mut cause = err.source();
+/// while let Some(e) = cause {
+///     chain.push(e.to_string());
+///     cause = e.source();
+/// }
+/// assert_eq!(chain.join(": "), "socket error: address in use");
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -38,8 +62,12 @@ pub enum Error {
     /// The connection was closed with [`Server::close_conn`](crate::Server::close_conn).
     #[error("connection {0} closed")]
     ConnectionClosed(ConnId),
-    /// The client or server was closed.
-    #[error("endpoint closed")]
+    /// This [`Client`](crate::Client) or [`Server`](crate::Server) was
+    /// closed with `close` or `close_timeout` (perhaps by another thread):
+    /// every later call on it, and a `read` blocked when it closed, returns
+    /// this. The peer going away is [`ConnectionLost`](Error::ConnectionLost)
+    /// instead.
+    #[error("closed")]
     Closed,
     /// The server has no connection with this id (never had, or it is gone).
     #[error("unknown connection {0}")]
@@ -66,7 +94,7 @@ pub enum Error {
     Failed(String),
     /// The server's `close` finished, but these connections were lost before
     /// everything written to them was acknowledged.
-    #[error("connections lost during close: {0:?}")]
+    #[error("connections lost during close: {}", ids(.0))]
     LostDuringClose(Vec<ConnId>),
     /// A close with a deadline gave up; this many messages were never acknowledged.
     #[error("close timed out with {unacked} messages unacknowledged")]
@@ -85,4 +113,12 @@ pub enum Error {
         /// The new connection.
         new: ConnId,
     },
+}
+
+/// `1, 2, 3`: connection ids as the user sees them elsewhere.
+fn ids(ids: &[ConnId]) -> String {
+    ids.iter()
+        .map(ConnId::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -37,7 +37,10 @@ use crate::ConnId;
 /// assert!(ConnState::Lost.is_terminal());
 /// assert!(!ConnState::Reconnecting { attempt: 1 }.is_terminal());
 /// ```
+///
+/// More states may be added in a minor release, so a `match` needs a `_` arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ConnState {
     /// A client sent its Connect and waits for the Ack.
     Connecting,
@@ -71,7 +74,29 @@ impl ConnState {
 
 /// A change of a connection's state, as seen by [`Server::subscribe`](crate::Server::subscribe)
 /// and [`Client::subscribe`](crate::Client::subscribe).
+///
+/// Only liveseq creates these, and fields may be added in a minor release:
+/// read the fields, or match with `..`.
+///
+/// # Examples
+///
+/// ```
+/// use liveseq::{Client, ConnEvent, ConnState, Params, Server};
+///
+/// # fn main() -> Result<(), liveseq::Error> {
+/// let params = Params { epoch_millis: 50, ..Params::default() };
+/// let server = Server::bind("127.0.0.1:0", params)?;
+/// let events = server.subscribe();
+/// let client = Client::connect(server.local_addr()?, params)?;
+/// match events.recv().unwrap() {
+///     ConnEvent { conn_id: Some(id), state: ConnState::Connected, .. } => assert_eq!(id, client.conn_id()),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConnEvent {
     /// The connection (`None` before the server assigned one, and for refusals).
     pub conn_id: Option<ConnId>,

@@ -104,7 +104,7 @@ pub enum ClientOutput {
     Drained,
 }
 
-/// The I/O-free client: see the [module docs](self).
+/// The I/O-free client: see the [`proto`](crate::proto) docs.
 #[derive(Debug)]
 pub struct ClientCore {
     config: ClientConfig,

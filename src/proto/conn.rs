@@ -46,6 +46,7 @@ fn connect_resend_due(epochs_connecting: u32) -> bool {
 
 /// A state change the driver must act on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// A client's Connect was acknowledged; [`Conn::conn_id`] is now set.
     Connected,
@@ -59,6 +60,7 @@ pub enum Event {
 
 /// Where the connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Phase {
     /// Client only: Connect sent, no Ack yet.
     Connecting,
@@ -74,6 +76,7 @@ pub enum Phase {
 
 /// Why [`Conn::handle`] did not use a message. Drivers count these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Rejected {
     /// Data whose payload is shorter than `Size` or whose checksum is wrong.
     Corrupt,
@@ -91,6 +94,7 @@ pub enum Rejected {
 
 /// Counters kept by the state machine (the driver adds socket-level ones).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Counters {
     /// Distinct Data messages sent (first transmissions).
     pub data_sent: u64,
@@ -142,7 +146,7 @@ enum Transmit {
     Data(u64),
 }
 
-/// The protocol state of one connection. See the [module docs](self).
+/// The protocol state of one connection. See the [`proto`](crate::proto) docs.
 ///
 /// # Examples
 ///
@@ -838,6 +842,20 @@ impl Conn {
         self.events.push_back(Event::Lost);
     }
 }
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Rejected::Corrupt => "corrupt data",
+            Rejected::OutsideWindow => "data outside the receive window",
+            Rejected::Paused => "data while receiving is paused",
+            Rejected::UnsentAck => "ack for a message never sent",
+            Rejected::Unexpected => "unexpected message",
+        })
+    }
+}
+
+impl std::error::Error for Rejected {}
 
 #[cfg(test)]
 mod tests {

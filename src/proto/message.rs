@@ -101,7 +101,18 @@ impl fmt::Debug for Message<'_> {
 }
 
 /// Why a datagram was not a message.
+///
+/// # Examples
+///
+/// ```
+/// use liveseq::proto::{DecodeError, Message};
+///
+/// let err = Message::decode(br#"{"Type":9,"ConnID":1,"SeqNum":1}"#).unwrap_err();
+/// assert_eq!(err, DecodeError::UnknownType);
+/// assert_eq!(err.to_string(), "unknown message type");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// Not JSON, or JSON of the wrong shape or with out-of-range numbers.
     Malformed,
@@ -110,6 +121,18 @@ pub enum DecodeError {
     /// The payload is not valid standard base64.
     BadBase64,
 }
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DecodeError::Malformed => "malformed message",
+            DecodeError::UnknownType => "unknown message type",
+            DecodeError::BadBase64 => "payload is not valid base64",
+        })
+    }
+}
+
+impl std::error::Error for DecodeError {}
 
 #[derive(Deserialize)]
 struct Wire<'a> {

@@ -38,3 +38,32 @@ pub use message::{max_payload, DecodeError, Message, MsgType, DEFAULT_MAX_DATAGR
 pub use server::{
     Limit, ServerConfig, ServerCore, ServerOutput, DEFAULT_INBOX, DEFAULT_SEND_BUFFER,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> String {
+        e.to_string()
+    }
+
+    #[test]
+    fn errors_have_short_lower_case_messages() {
+        assert_eq!(is_error(DecodeError::Malformed), "malformed message");
+        assert_eq!(is_error(DecodeError::UnknownType), "unknown message type");
+        assert_eq!(
+            is_error(DecodeError::BadBase64),
+            "payload is not valid base64"
+        );
+        assert_eq!(is_error(Rejected::Corrupt), "corrupt data");
+        assert_eq!(
+            is_error(Rejected::OutsideWindow),
+            "data outside the receive window"
+        );
+        assert_eq!(
+            is_error(Rejected::UnsentAck),
+            "ack for a message never sent"
+        );
+        assert_eq!(is_error(Rejected::Unexpected), "unexpected message");
+    }
+}

@@ -10,23 +10,6 @@
 //! [`poll_output`](ServerCore::poll_output). A driver calls both until they
 //! return `None` after every input.
 //!
-//! # Decisions written down
-//!
-//! * A connection belongs to the address its Connect came from; anything
-//!   naming it from elsewhere is rejected.
-//! * A repeated Connect with the same ISN from an address with a live
-//!   connection is answered with the same Ack (`duplicate_connects`).
-//! * A Connect with another ISN from that address is a restarted client: the
-//!   old connection ends `Lost` and a new one is admitted in the same step.
-//! * A Connect from an address whose connection has **ended** (a late
-//!   duplicate of the Connect that opened it, delayed in the network) is
-//!   ignored when it carries that connection's ISN, for `epoch_limit` epochs
-//!   after the end: admitting it would open a ghost connection that is never
-//!   used and is reported lost later. A different ISN is a new client.
-//! * At `max_connections`, a Connect from a new address is ignored (LSP has
-//!   no rejection message); a `Refused` output is produced once per address
-//!   per epoch.
-//!
 //! # Examples
 //!
 //! ```
@@ -181,7 +164,25 @@ struct Totals {
     rejected: u64,
 }
 
-/// The I/O-free server: see the [module docs](self).
+/// The I/O-free server: the connection table, routing, admission,
+/// refusals, closing and flow control of an LSP server.
+///
+/// # Decisions written down
+///
+/// * A connection belongs to the address its Connect came from; anything
+///   naming it from elsewhere is rejected.
+/// * A repeated Connect with the same ISN from an address with a live
+///   connection is answered with the same Ack (`duplicate_connects`).
+/// * A Connect with another ISN from that address is a restarted client: the
+///   old connection ends `Lost` and a new one is admitted in the same step.
+/// * A Connect from an address whose connection has **ended** (a late
+///   duplicate of the Connect that opened it, delayed in the network) is
+///   ignored when it carries that connection's ISN, for `epoch_limit` epochs
+///   after the end: admitting it would open a ghost connection that is never
+///   used and is reported lost later. A different ISN is a new client.
+/// * At `max_connections`, a Connect from a new address is ignored (LSP has
+///   no rejection message); a `Refused` output is produced once per address
+///   per epoch.
 #[derive(Debug)]
 pub struct ServerCore {
     config: ServerConfig,

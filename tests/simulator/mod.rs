@@ -604,6 +604,7 @@ impl Sim {
                         }
                         ended = Some(event);
                     }
+                    other => problem = Some(format!("unknown event {other:?}")),
                 }
             }
             if t.closing
