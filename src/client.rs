@@ -470,7 +470,7 @@ impl Client {
     ///
     /// Fails with [`Error::PayloadTooLarge`], [`Error::ConnectionLost`] (a
     /// writer blocked when the connection is lost gets this too) or
-    /// [`Error::Closed`].
+    /// [`Error::Closed`] (a writer blocked when `close` is called gets this at once).
     pub fn write(&self, payload: &[u8]) -> Result<(), Error> {
         self.write_inner(payload, None)
     }
@@ -520,7 +520,8 @@ impl Client {
         endpoint::check_payload(payload.len(), self.max_payload)?;
         self.endpoint.check_open()?;
         let written = self.endpoint.shared.with_core_when(
-            |core| core.is_full() && !core.state().is_terminal(),
+            // A close makes every later write fail: a waiting one fails now.
+            |core| core.is_full() && !core.state().is_terminal() && !core.is_closing(),
             deadline,
             |core, now| core.write(now, payload),
         );

@@ -531,8 +531,9 @@ impl Server {
     /// Fails with [`Error::UnknownConnection`] if there is no such connection
     /// (it never existed, was lost, or finished closing; a writer blocked on
     /// a connection that ends gets this too), [`Error::ConnectionClosed`]
-    /// after [`close_conn`](Server::close_conn), [`Error::PayloadTooLarge`],
-    /// or [`Error::Closed`].
+    /// after [`close_conn`](Server::close_conn) (a writer blocked on that
+    /// connection gets this at once), [`Error::PayloadTooLarge`], or
+    /// [`Error::Closed`].
     pub fn write(&self, id: ConnId, payload: &[u8]) -> Result<(), Error> {
         self.write_inner(id, payload, None)
     }
@@ -584,8 +585,14 @@ impl Server {
         endpoint::check_payload(payload.len(), self.max_payload)?;
         self.endpoint.check_open()?;
         let shared = &self.endpoint.shared;
+        // Only a write that could succeed once there is room waits: one to a
+        // connection closing (close_conn) or gone fails at once.
         let written = shared.with_core_when(
-            |core| core.is_full(id) && !core.is_closing(),
+            |core| {
+                core.is_full(id)
+                    && !core.is_closing()
+                    && core.state(id) == Some(ConnState::Connected)
+            },
             deadline,
             |core, now| core.write(now, id, payload),
         );

@@ -194,6 +194,11 @@ impl ClientCore {
         )
     }
 
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
     /// The instant [`handle_timeout`](Self::handle_timeout) wants to run, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.redial_at
