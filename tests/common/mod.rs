@@ -182,3 +182,67 @@ impl RawPeer {
         }
     }
 }
+
+/// A raw peer's heartbeats `(Ack, id, 0)` to `to`, one per `period` from a
+/// clone of its socket, in a thread of their own: the peer stays alive in
+/// the eyes of liveseq while it acknowledges nothing. They stop when this is
+/// dropped (or [`stop`](Heartbeats::stop)ped), and the thread is joined.
+pub struct Heartbeats {
+    stop: Option<crossbeam_channel::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Heartbeats {
+    pub fn start(socket: &UdpSocket, to: SocketAddr, id: u32, period: Duration) -> Heartbeats {
+        let socket = socket.try_clone().unwrap();
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let thread = thread::spawn(move || {
+            let mut heartbeat = Vec::new();
+            Message::ack(id, 0).encode(&mut heartbeat);
+            let ticker = crossbeam_channel::tick(period);
+            loop {
+                let _ = socket.send_to(&heartbeat, to);
+                crossbeam_channel::select! {
+                    recv(ticker) -> _ => {}
+                    recv(stop_rx) -> _ => return,
+                }
+            }
+        });
+        Heartbeats {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn stop(self) {}
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The number of threads of this process (for tests alone in their binary).
+pub fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Polls `cond` every few milliseconds until it holds or `limit` passes;
+/// returns how long it took, or `None`. Only for conditions no event reports
+/// (a thread count, a port becoming free, a counter in a stats snapshot).
+pub fn poll_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    loop {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}

@@ -1,0 +1,540 @@
+//! Flow control on real sockets: writers blocked on a full send buffer (and
+//! woken by acks, loss and close), and readers far slower than their
+//! writers, which hold a bounded inbox while every message still arrives in
+//! order exactly once.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{params, payload, poll_until, Heartbeats, RawPeer, WAIT};
+use crossbeam_channel::Receiver;
+use liveseq::proto::{Message, MsgType};
+use liveseq::{Client, ConnId, Error, Params, Server};
+
+/// The send buffer of every instance in the send-side tests, in messages.
+const LIMIT: usize = 4;
+
+/// The next Data message with a sequence number not seen before. Each one
+/// seen is remembered: a retransmission must carry the same bytes.
+fn next_new_data(raw: &mut RawPeer, seen: &mut BTreeMap<u64, Vec<u8>>) -> Message<'static> {
+    loop {
+        let m = raw.recv_non_heartbeat();
+        assert_eq!(m.kind, MsgType::Data, "only Data from a writer: {m:?}");
+        match seen.get(&m.seq_num) {
+            Some(bytes) => assert_eq!(m.payload[..], bytes[..], "retransmission of {m:?}"),
+            None => {
+                seen.insert(m.seq_num, m.payload.to_vec());
+                return m;
+            }
+        }
+    }
+}
+
+/// Everything the peer sends for `period` is a heartbeat or a
+/// retransmission of Data already seen, byte for byte.
+fn only_retransmissions(raw: &mut RawPeer, period: Duration, seen: &BTreeMap<u64, Vec<u8>>) {
+    for m in raw.gather(period, None) {
+        if m.kind == MsgType::Data {
+            let first = seen.get(&m.seq_num);
+            assert!(first.is_some(), "new Data while the buffer is full: {m:?}");
+            assert_eq!(first.map(|b| &b[..]), Some(&m.payload[..]));
+        } else {
+            assert_eq!((m.kind, m.seq_num), (MsgType::Ack, 0), "{m:?}");
+        }
+    }
+}
+
+/// Runs `write` in a thread and returns once that thread is about to call
+/// it; the result arrives on the receiver.
+fn spawn_writer(
+    write: impl FnOnce() -> Result<(), Error> + Send + 'static,
+) -> Receiver<Result<(), Error>> {
+    let (started_tx, started_rx) = crossbeam_channel::bounded(0);
+    let (result_tx, result_rx) = crossbeam_channel::bounded(1);
+    thread::spawn(move || {
+        let _ = started_tx.send(());
+        let _ = result_tx.send(write());
+    });
+    started_rx.recv().unwrap();
+    result_rx
+}
+
+fn msg(i: usize) -> Vec<u8> {
+    payload(0, i, 300)
+}
+
+/// A client with a send buffer of [`LIMIT`] messages, connected as id 1 to
+/// a raw server that heartbeats every epoch and acknowledges nothing.
+fn client_against_a_silent_server(p: Params) -> (Arc<Client>, RawPeer, u64, Heartbeats) {
+    let mut raw = RawPeer::new();
+    let addr = raw.addr();
+    let connecting = thread::spawn(move || {
+        Client::builder()
+            .params(p)
+            .send_buffer(LIMIT, 1 << 20)
+            .connect(addr)
+            .unwrap()
+    });
+    let isn = raw.accept(1);
+    let client = Arc::new(connecting.join().unwrap());
+    let heartbeats = Heartbeats::start(&raw.socket, raw.peer.unwrap(), 1, p.epoch());
+    (client, raw, isn, heartbeats)
+}
+
+/// Fills the client's buffer with messages `0..LIMIT` and checks them on the wire.
+fn fill_client(client: &Client, raw: &mut RawPeer, isn: u64) -> BTreeMap<u64, Vec<u8>> {
+    for i in 0..LIMIT {
+        client.try_write(&msg(i)).unwrap();
+    }
+    assert!(matches!(
+        client.try_write(&msg(LIMIT)),
+        Err(Error::BufferFull)
+    ));
+    let mut seen = BTreeMap::new();
+    for i in 0..LIMIT {
+        let m = next_new_data(raw, &mut seen);
+        assert_eq!(m, Message::data(1, isn + 1 + i as u64, &msg(i)));
+    }
+    seen
+}
+
+#[test]
+fn client_write_blocks_on_a_full_send_buffer_until_acked() {
+    let p = params(20, 30, 8, 8);
+    let (client, mut raw, isn, _heartbeats) = client_against_a_silent_server(p);
+    // Exactly LIMIT writes fit; they go out at once (the window is wider).
+    let mut seen = fill_client(&client, &mut raw, isn);
+    assert!(matches!(
+        client.try_write(&msg(LIMIT)),
+        Err(Error::BufferFull)
+    ));
+    let started = Instant::now();
+    let wait = p.epoch() * 2;
+    assert!(matches!(
+        client.write_timeout(&msg(LIMIT), wait),
+        Err(Error::Timeout)
+    ));
+    assert!(started.elapsed() >= wait);
+    let stats = client.stats();
+    assert_eq!((stats.unacked, stats.queued), (LIMIT, 0));
+
+    // A writer in another thread waits while only retransmissions go out.
+    let result = {
+        let client = client.clone();
+        spawn_writer(move || client.write(&msg(LIMIT)))
+    };
+    only_retransmissions(&mut raw, p.epoch() * 3, &seen);
+    assert!(result.try_recv().is_err(), "the writer waits for room");
+    // One ack makes room for one message: the writer returns and its
+    // message is the next new Data on the wire.
+    raw.send(&Message::ack(1, isn + 1));
+    assert!(result.recv_timeout(WAIT).unwrap().is_ok());
+    let m = next_new_data(&mut raw, &mut seen);
+    assert_eq!(m, Message::data(1, isn + 1 + LIMIT as u64, &msg(LIMIT)));
+    assert!(matches!(
+        client.try_write(&msg(LIMIT + 1)),
+        Err(Error::BufferFull)
+    ));
+    // A cumulative ack makes room for LIMIT more.
+    raw.send(&Message::cack(1, isn + 1 + LIMIT as u64));
+    for i in LIMIT + 1..=2 * LIMIT {
+        client
+            .write_timeout(&msg(i), WAIT)
+            .expect("room after the CAck");
+    }
+    for i in LIMIT + 1..=2 * LIMIT {
+        let m = next_new_data(&mut raw, &mut seen);
+        assert_eq!(m, Message::data(1, isn + 1 + i as u64, &msg(i)));
+    }
+    raw.send(&Message::cack(1, isn + 1 + 2 * LIMIT as u64));
+    client.close().unwrap();
+}
+
+#[test]
+fn client_blocked_writer_wakes_when_the_connection_is_lost() {
+    let p = params(6, 30, 8, 8);
+    let (client, mut raw, isn, heartbeats) = client_against_a_silent_server(p);
+    fill_client(&client, &mut raw, isn);
+    let result = {
+        let client = client.clone();
+        spawn_writer(move || client.write(&msg(LIMIT)))
+    };
+    // The server falls silent: the client loses it after epoch_limit epochs.
+    heartbeats.stop();
+    let lost = ConnId::from(1);
+    assert!(
+        matches!(result.recv_timeout(WAIT).unwrap(), Err(Error::ConnectionLost(id)) if id == lost)
+    );
+    assert!(matches!(client.write(b"x"), Err(Error::ConnectionLost(id)) if id == lost));
+    assert!(matches!(client.try_write(b"x"), Err(Error::ConnectionLost(id)) if id == lost));
+    assert!(matches!(client.read(), Err(Error::ConnectionLost(id)) if id == lost));
+}
+
+#[test]
+fn client_blocked_writer_wakes_when_the_client_closes() {
+    let p = params(1000, 30, 8, 8);
+    let (client, mut raw, isn, _heartbeats) = client_against_a_silent_server(p);
+    fill_client(&client, &mut raw, isn);
+    let result = {
+        let client = client.clone();
+        spawn_writer(move || client.write(&msg(LIMIT)))
+    };
+    // The close drains for as long as the server acknowledges nothing; the
+    // blocked write, which can never succeed now, returns at once.
+    let closing = {
+        let client = client.clone();
+        thread::spawn(move || client.close())
+    };
+    assert!(matches!(
+        result.recv_timeout(WAIT).unwrap(),
+        Err(Error::Closed)
+    ));
+    assert!(!closing.is_finished(), "the close still waits for acks");
+    raw.send(&Message::cack(1, isn + LIMIT as u64));
+    assert!(closing.join().unwrap().is_ok());
+    assert!(matches!(client.write(b"x"), Err(Error::Closed)));
+}
+
+/// A server with a send buffer of [`LIMIT`] messages.
+fn limited_server(p: Params) -> Arc<Server> {
+    Arc::new(
+        Server::builder()
+            .params(p)
+            .send_buffer(LIMIT, 1 << 20)
+            .bind("127.0.0.1:0")
+            .unwrap(),
+    )
+}
+
+/// A raw client of `server` that heartbeats every epoch.
+fn raw_client(server: &Server, p: Params, isn: u64) -> (RawPeer, u32, Heartbeats) {
+    let addr = server.local_addr().unwrap();
+    let mut raw = RawPeer::new();
+    let id = raw.connect(addr, isn);
+    let heartbeats = Heartbeats::start(&raw.socket, addr, id, p.epoch());
+    (raw, id, heartbeats)
+}
+
+/// Fills connection `id`'s buffer with messages `c, 0..LIMIT` and checks them
+/// on the wire; returns what was seen.
+fn fill_server(
+    server: &Server,
+    raw: &mut RawPeer,
+    id: u32,
+    isn: u64,
+    c: usize,
+) -> BTreeMap<u64, Vec<u8>> {
+    let conn = ConnId::from(id);
+    for i in 0..LIMIT {
+        server.try_write(conn, &payload(c, i, 300)).unwrap();
+    }
+    assert!(matches!(
+        server.try_write(conn, b"more"),
+        Err(Error::BufferFull)
+    ));
+    let mut seen = BTreeMap::new();
+    for i in 0..LIMIT {
+        let m = next_new_data(raw, &mut seen);
+        assert_eq!(
+            m,
+            Message::data(id, isn + 1 + i as u64, &payload(c, i, 300))
+        );
+    }
+    seen
+}
+
+#[test]
+fn server_full_buffer_blocks_only_writers_to_that_connection() {
+    let p = params(20, 30, 8, 8);
+    let server = limited_server(p);
+    let (mut a, a_id, _a_heartbeats) = raw_client(&server, p, 100);
+    let (mut b, b_id, _b_heartbeats) = raw_client(&server, p, 200);
+    let (a_conn, b_conn) = (ConnId::from(a_id), ConnId::from(b_id));
+
+    let mut a_seen = fill_server(&server, &mut a, a_id, 100, 1);
+    let started = Instant::now();
+    assert!(matches!(
+        server.write_timeout(a_conn, b"late", p.epoch() * 2),
+        Err(Error::Timeout)
+    ));
+    assert!(started.elapsed() >= p.epoch() * 2);
+    let result = {
+        let server = server.clone();
+        spawn_writer(move || server.write(a_conn, &payload(1, LIMIT, 300)))
+    };
+
+    // Meanwhile B, which acknowledges, takes three buffers' worth through
+    // plain blocking writes, in order, byte for byte.
+    let mut b_seen = BTreeMap::new();
+    for i in 0..3 * LIMIT {
+        server.write(b_conn, &payload(2, i, 300)).unwrap();
+        let m = next_new_data(&mut b, &mut b_seen);
+        assert_eq!(m, Message::data(b_id, 201 + i as u64, &payload(2, i, 300)));
+        b.send(&Message::ack(b_id, m.seq_num));
+    }
+    assert!(result.try_recv().is_err(), "A's writer still waits");
+    only_retransmissions(&mut a, p.epoch() * 2, &a_seen);
+    assert!(result.try_recv().is_err(), "A's writer still waits");
+
+    // An ack from A lets its writer through.
+    a.send(&Message::ack(a_id, 101));
+    assert!(result.recv_timeout(WAIT).unwrap().is_ok());
+    let m = next_new_data(&mut a, &mut a_seen);
+    assert_eq!(
+        m,
+        Message::data(a_id, 101 + LIMIT as u64, &payload(1, LIMIT, 300))
+    );
+    a.send(&Message::cack(a_id, 101 + LIMIT as u64));
+    let _ = server.close_timeout(p.epoch() * 5);
+}
+
+#[test]
+fn server_blocked_writer_wakes_when_its_connection_is_closed() {
+    let p = params(1000, 30, 8, 8);
+    let server = limited_server(p);
+    let (mut a, a_id, _heartbeats) = raw_client(&server, p, 100);
+    let conn = ConnId::from(a_id);
+    fill_server(&server, &mut a, a_id, 100, 1);
+    let result = {
+        let server = server.clone();
+        spawn_writer(move || server.write(conn, b"never"))
+    };
+    // close_conn: what was written still drains (A acknowledges nothing,
+    // so it drains for as long as A lives), but a blocked write fails now.
+    server.close_conn(conn).unwrap();
+    assert!(matches!(
+        result.recv_timeout(WAIT).unwrap(),
+        Err(Error::ConnectionClosed(id)) if id == conn
+    ));
+    assert_eq!(server.state(conn), Some(liveseq::ConnState::Closing));
+    assert!(matches!(
+        server.try_write(conn, b"x"),
+        Err(Error::ConnectionClosed(id)) if id == conn
+    ));
+    a.send(&Message::cack(a_id, 100 + LIMIT as u64));
+    server.close().unwrap();
+}
+
+#[test]
+fn server_blocked_writer_wakes_when_its_connection_is_lost() {
+    let p = params(6, 30, 8, 8);
+    let server = limited_server(p);
+    let (mut a, a_id, heartbeats) = raw_client(&server, p, 100);
+    let conn = ConnId::from(a_id);
+    fill_server(&server, &mut a, a_id, 100, 1);
+    let result = {
+        let server = server.clone();
+        spawn_writer(move || server.write(conn, b"never"))
+    };
+    // A falls silent: after epoch_limit epochs the connection is gone.
+    heartbeats.stop();
+    assert!(matches!(
+        result.recv_timeout(WAIT).unwrap(),
+        Err(Error::UnknownConnection(id)) if id == conn
+    ));
+    assert!(matches!(server.read(), Err(Error::ConnectionLost(id)) if id == conn));
+    assert!(matches!(
+        server.write(conn, b"x"),
+        Err(Error::UnknownConnection(id)) if id == conn
+    ));
+    server.close().unwrap();
+}
+
+#[test]
+fn server_blocked_writer_wakes_when_the_server_closes() {
+    let p = params(1000, 30, 8, 8);
+    let server = limited_server(p);
+    let (mut a, a_id, _heartbeats) = raw_client(&server, p, 100);
+    let conn = ConnId::from(a_id);
+    fill_server(&server, &mut a, a_id, 100, 1);
+    let result = {
+        let server = server.clone();
+        spawn_writer(move || server.write(conn, b"never"))
+    };
+    let closing = {
+        let server = server.clone();
+        thread::spawn(move || server.close())
+    };
+    assert!(matches!(
+        result.recv_timeout(WAIT).unwrap(),
+        Err(Error::Closed)
+    ));
+    assert!(!closing.is_finished(), "the close still waits for acks");
+    a.send(&Message::cack(a_id, 100 + LIMIT as u64));
+    assert!(closing.join().unwrap().is_ok());
+}
+
+/// A liveseq client writes as fast as `write` lets it to a server whose
+/// reader takes a millisecond per message (a hundred times slower than the
+/// writer): the server never holds more than its inbox limit (plus one
+/// window) unread, the writer never holds more than its send buffer, and
+/// every message arrives in order, byte for byte, exactly once.
+#[test]
+fn a_reader_a_hundred_times_slower_than_its_writer() {
+    const INBOX: usize = 16;
+    const WINDOW: u32 = 8;
+    const SEND_BUFFER: usize = 32;
+    const N: usize = 1000;
+    let p = params(50, 20, WINDOW, WINDOW);
+    let server = Server::builder()
+        .params(p)
+        .inbox(INBOX, 1 << 20)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let client = Client::builder()
+        .params(p)
+        .send_buffer(SEND_BUFFER, 1 << 20)
+        .connect(server.local_addr().unwrap())
+        .unwrap();
+    let id = client.conn_id();
+    let writer = thread::spawn(move || {
+        for i in 0..N {
+            client.write(&payload(3, i, 500)).unwrap();
+            let s = client.stats();
+            assert!(s.unacked + s.queued <= SEND_BUFFER);
+        }
+        client
+    });
+    let stats = || server.stats(id).expect("the connection is there");
+    // Nothing is read until the inbox is full and Data is turned away.
+    poll_until(WAIT, || stats().rejected > 0).expect("Data turned away once the inbox is full");
+    let first = stats();
+    assert!(
+        (INBOX..INBOX + WINDOW as usize).contains(&(first.messages_received as usize)),
+        "{first:?}"
+    );
+    let mut peak = 0;
+    for i in 0..N {
+        assert_eq!(
+            server.read().unwrap(),
+            (id, payload(3, i, 500)),
+            "message {i}"
+        );
+        let unread = stats().messages_received as usize - (i + 1);
+        peak = peak.max(unread);
+        assert!(
+            unread < INBOX + WINDOW as usize,
+            "{unread} unread after {i}"
+        );
+        thread::sleep(Duration::from_millis(1)); // the workload: a slow reader
+    }
+    let client = writer.join().unwrap();
+    let rejected = stats().rejected;
+    client.close().unwrap();
+    assert!(
+        peak >= INBOX - 1,
+        "the inbox was full while the reader read"
+    );
+    assert!(rejected > 0);
+    assert!(matches!(
+        server.read_timeout(p.epoch() * 3),
+        Err(Error::Timeout) | Err(Error::ConnectionLost(_))
+    ));
+    server.close().unwrap();
+}
+
+/// A raw writer that behaves like the Go client (a window of `window`,
+/// every unacknowledged message resent each epoch, acks counted) against a
+/// server with an inbox of four messages: while the inbox is full the server
+/// leaves Data unacknowledged; each read lets exactly one more in.
+fn go_like_writer_against_a_full_inbox(window: u64) {
+    const INBOX: usize = 4;
+    const M: u64 = 24;
+    const ISN: u64 = 1000;
+    let p = params(100, 50, 8, 8);
+    let server = Server::builder()
+        .params(p)
+        .inbox(INBOX, 1 << 20)
+        .ack_coalescing(false)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut raw = RawPeer::new();
+    let id = raw.connect(server.local_addr().unwrap(), ISN);
+    let conn = ConnId::from(id);
+    let msg = |i: u64| payload(4, i as usize, 300);
+    // Message i carries sequence number ISN + 1 + i.
+    let mut next = 0u64;
+    let mut unacked = BTreeSet::new();
+    let mut acks = Vec::new();
+    let (mut delivered, mut rejected, mut read) = (0usize, 0u64, 0u64);
+    let mut turned_away_rounds = 0;
+    let reads_per_round = [0u64, 0, 1, 0, 0, 3];
+    for round in 0.. {
+        // One epoch of the writer: resend everything unacknowledged, then
+        // fill the window with new messages.
+        let base = unacked.first().copied().unwrap_or(next);
+        while next < M && next < base + window {
+            unacked.insert(next);
+            next += 1;
+        }
+        let burst: Vec<u64> = unacked.iter().copied().collect();
+        if burst.is_empty() {
+            break;
+        }
+        for &i in &burst {
+            raw.send(&Message::data(id, ISN + 1 + i, &msg(i)));
+        }
+        // The server takes them in order while its inbox has room, and
+        // turns the rest away without an ack.
+        let taken = burst.len().min(INBOX - (delivered - read as usize));
+        delivered += taken;
+        rejected += (burst.len() - taken) as u64;
+        poll_until(WAIT, || {
+            let s = server.stats(conn).unwrap();
+            (s.messages_received as usize, s.rejected) == (delivered, rejected)
+        })
+        .unwrap_or_else(|| panic!("round {round}: {:?}", server.stats(conn)));
+        for &i in &burst[..taken] {
+            assert_eq!(
+                raw.recv_non_heartbeat(),
+                Message::ack(id, ISN + 1 + i),
+                "window {window}, round {round}"
+            );
+            unacked.remove(&i);
+            acks.push(i);
+        }
+        if taken == 0 {
+            turned_away_rounds += 1;
+        }
+        // The application reads a little, sometimes nothing.
+        let reads = reads_per_round[round % reads_per_round.len()].min(delivered as u64 - read);
+        for _ in 0..reads {
+            assert_eq!(server.read().unwrap(), (conn, msg(read)));
+            read += 1;
+        }
+    }
+    while read < M {
+        assert_eq!(server.read().unwrap(), (conn, msg(read)));
+        read += 1;
+    }
+    assert_eq!(
+        acks,
+        (0..M).collect::<Vec<_>>(),
+        "each acknowledged once, in order"
+    );
+    assert!(turned_away_rounds >= 2, "{turned_away_rounds}");
+    // Nothing but heartbeats follows: no ack was owed.
+    for m in raw.gather(p.epoch() * 2, Some(id)) {
+        assert_eq!((m.kind, m.seq_num), (MsgType::Ack, 0), "{m:?}");
+    }
+    server.close().unwrap();
+}
+
+#[test]
+fn go_like_writer_window_1() {
+    go_like_writer_against_a_full_inbox(1);
+}
+
+#[test]
+fn go_like_writer_window_3() {
+    go_like_writer_against_a_full_inbox(3);
+}
+
+#[test]
+fn go_like_writer_window_8() {
+    go_like_writer_against_a_full_inbox(8);
+}
