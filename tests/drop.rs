@@ -1,0 +1,153 @@
+//! Dropping an open `Server` or `Client` closes it in the background: it
+//! drains what was written, for at most `epoch_limit` epochs, then stops its
+//! threads and releases its port. One test only: it counts the threads of
+//! the whole process, so nothing else may run in this binary.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{payload, poll_until, threads, Heartbeats, RawPeer, WAIT};
+use liveseq::{Client, ConnId, Params, Server};
+
+fn rebindable(addr: SocketAddr) -> bool {
+    UdpSocket::bind(addr).is_ok()
+}
+
+/// Waits until the process has `expected` threads.
+fn settle_threads(expected: usize, what: &str) {
+    poll_until(WAIT, || threads() == expected)
+        .unwrap_or_else(|| panic!("{what}: {} threads, expected {expected}", threads()));
+}
+
+fn params(epoch_limit: u32) -> Params {
+    Params {
+        epoch_millis: 50,
+        epoch_limit,
+        window_size: 8,
+        max_unacked_messages: 8,
+        max_backoff_interval: 0,
+    }
+}
+
+#[test]
+fn drop_drains_then_releases_threads_and_port() {
+    let baseline = threads();
+
+    // Healthy peers: the drop delivers what was written and releases the
+    // port long before the drain's deadline (here two seconds).
+    let p = params(40);
+    let deadline = p.epoch() * p.epoch_limit;
+    let server = Server::bind("127.0.0.1:0", p).unwrap();
+    let addr = server.local_addr().unwrap();
+
+    let client = Client::connect(addr, p).unwrap();
+    let (id, client_addr) = (client.conn_id(), client.local_addr().unwrap());
+    for i in 0..20 {
+        client.write(&payload(5, i, 400)).unwrap();
+    }
+    drop(client);
+    let freed =
+        poll_until(WAIT, || rebindable(client_addr)).expect("the client's port is released");
+    assert!(
+        freed < deadline,
+        "a dropped client took {freed:?} against a healthy server"
+    );
+    for i in 0..20 {
+        assert_eq!(server.read().unwrap(), (id, payload(5, i, 400)));
+    }
+    settle_threads(baseline + 3, "the dropped client's threads");
+
+    let client = Client::connect(addr, p).unwrap();
+    let id = client.conn_id();
+    for i in 0..20 {
+        server.write(id, &payload(6, i, 400)).unwrap();
+    }
+    drop(server);
+    let freed = poll_until(WAIT, || rebindable(addr)).expect("the server's port is released");
+    assert!(
+        freed < deadline,
+        "a dropped server took {freed:?} against a healthy client"
+    );
+    for i in 0..20 {
+        assert_eq!(client.read().unwrap(), payload(6, i, 400));
+    }
+    drop(client);
+    settle_threads(baseline, "every thread of the healthy pair");
+
+    // Peers that heartbeat and never acknowledge: the drop drains until its
+    // deadline of epoch_limit epochs, then gives up; within one more epoch
+    // (and generous slack for a loaded machine) no thread and no port is left.
+    let p = params(10);
+    let deadline = p.epoch() * p.epoch_limit;
+    let bound = deadline + p.epoch() + Duration::from_secs(2);
+
+    let server = Server::bind("127.0.0.1:0", p).unwrap();
+    let addr = server.local_addr().unwrap();
+    let mut raw = RawPeer::new();
+    let raw_id = raw.connect(addr, 77);
+    let heartbeats = Heartbeats::start(&raw.socket, addr, raw_id, p.epoch());
+    for i in 0..3 {
+        server
+            .write(ConnId::from(raw_id), &payload(7, i, 400))
+            .unwrap();
+    }
+    let dropped = Instant::now();
+    drop(server);
+    assert!(!rebindable(addr), "the port stays bound while draining");
+    poll_until(WAIT, || rebindable(addr)).expect("the server's port is released");
+    let took = dropped.elapsed();
+    assert!(
+        took >= deadline,
+        "released after {took:?}, before the deadline"
+    );
+    assert!(took <= bound, "released after {took:?}");
+    settle_threads(
+        baseline + 1,
+        "the dropped server's threads (the heartbeats remain)",
+    );
+    assert!(
+        dropped.elapsed() <= bound,
+        "threads left after {:?}",
+        dropped.elapsed()
+    );
+    heartbeats.stop();
+    settle_threads(baseline, "the heartbeats");
+
+    let mut raw = RawPeer::new();
+    let raw_addr = raw.addr();
+    let connecting = thread::spawn(move || Client::connect(raw_addr, p).unwrap());
+    raw.accept(5);
+    let client = connecting.join().unwrap();
+    let client_addr = client.local_addr().unwrap();
+    let heartbeats = Heartbeats::start(&raw.socket, raw.peer.unwrap(), 5, p.epoch());
+    for i in 0..3 {
+        client.write(&payload(8, i, 400)).unwrap();
+    }
+    let dropped = Instant::now();
+    drop(client);
+    assert!(
+        !rebindable(client_addr),
+        "the port stays bound while draining"
+    );
+    poll_until(WAIT, || rebindable(client_addr)).expect("the client's port is released");
+    let took = dropped.elapsed();
+    assert!(
+        took >= deadline,
+        "released after {took:?}, before the deadline"
+    );
+    assert!(took <= bound, "released after {took:?}");
+    settle_threads(
+        baseline + 1,
+        "the dropped client's threads (the heartbeats remain)",
+    );
+    assert!(
+        dropped.elapsed() <= bound,
+        "threads left after {:?}",
+        dropped.elapsed()
+    );
+    heartbeats.stop();
+    settle_threads(baseline, "the heartbeats");
+}
