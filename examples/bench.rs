@@ -7,6 +7,7 @@
 //! cargo run --release --example bench -- --loss 10     # the same with 10% loss each way
 //! cargo run --release --example bench -- --clients 4 --messages 50000 --size 512 --window 16
 //! cargo run --release --example bench -- --sweep-svg docs/window-sweep.svg
+//! cargo run --release --example bench -- --flow                 # flow control and drop figures
 //! ```
 //!
 //! Baselines: raw UDP ping-pong (round trips per second and latency) and a
@@ -15,6 +16,14 @@
 //! echo at window 1, echo at window 32 with 1 and 8 clients, a one-way
 //! stream at window 32, and the custom echo given by the flags. Every
 //! workload runs `--runs` times and reports its median.
+//!
+//! `--flow` measures memory and shutdown instead, with the default buffers:
+//! peak resident memory while one client writes 200,000 messages of 1,000
+//! bytes as fast as `write` lets it to a server that reads 10,000 a second,
+//! and the time from `drop(server)` until its port can be bound again,
+//! against a healthy client and against a peer that heartbeats but never
+//! acknowledges (default `Params`: the drop drains for at most
+//! `epoch_limit` epochs).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -22,6 +31,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use liveseq::proto::{Message, MsgType};
 use liveseq::{Client, Faults, Params, Server};
 
 #[derive(Parser, Debug, Clone)]
@@ -54,6 +64,10 @@ struct Args {
     /// Measure echo throughput at windows 1 to 64 and draw it into this SVG file.
     #[arg(long)]
     sweep_svg: Option<std::path::PathBuf>,
+    /// Flow control figures instead: peak memory under a slow reader, and
+    /// the time a dropped server holds its port.
+    #[arg(long)]
+    flow: bool,
 }
 
 /// One workload's figures.
@@ -73,6 +87,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         all.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
         all[all.len() / 2]
     };
+    if args.flow {
+        flow_report(args.json);
+        return Ok(());
+    }
     let n = args.messages;
     let size = args.size;
     let pingpong = median(&|| udp_pingpong(n, size));
@@ -433,6 +451,238 @@ fn stream(args: &Args, window: u32, n: usize) -> Figures {
         per_sec: n as f64 / took.as_secs_f64(),
         retransmissions,
         ..Figures::default()
+    }
+}
+
+/// Messages written in the flow measurement, their size, and the pace of
+/// the server's reader.
+const FLOW_MESSAGES: usize = 200_000;
+const FLOW_SIZE: usize = 1000;
+const FLOW_READS_PER_SEC: f64 = 10_000.0;
+
+/// This process's resident memory now and at its peak (since the last
+/// [`reset_peak_rss`]), in KiB, from /proc/self/status.
+fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Resets the peak resident memory to the current one (Linux 4.0 and later).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// What the slow-reader run measured.
+struct FlowFigures {
+    rss_start_kib: u64,
+    peak_kib: u64,
+    /// Resident memory every tenth of the run.
+    samples_kib: Vec<u64>,
+    max_unread: u64,
+    seconds: f64,
+    writer_seconds: f64,
+}
+
+/// One client writes [`FLOW_MESSAGES`] messages as fast as `write` lets it;
+/// the server reads them at [`FLOW_READS_PER_SEC`]. Default buffers, window
+/// 32, 100 ms epochs (the sender's retransmission timer is what resumes a
+/// paused flow, so a shorter epoch keeps the pipe fuller).
+fn flow_memory() -> FlowFigures {
+    let p = Params {
+        epoch_millis: 100,
+        epoch_limit: 50,
+        ..params(32)
+    };
+    let server = Server::bind("127.0.0.1:0", p).expect("bind");
+    let client = Client::connect(server.local_addr().expect("addr"), p).expect("connect");
+    let id = client.conn_id();
+    reset_peak_rss();
+    let (rss_start_kib, _) = rss_kib();
+    let started = Instant::now();
+    let writer = thread::spawn(move || {
+        let payload = vec![0x42u8; FLOW_SIZE];
+        for _ in 0..FLOW_MESSAGES {
+            client.write(&payload).expect("write");
+        }
+        let wrote = started.elapsed();
+        client.close().expect("close");
+        wrote
+    });
+    let mut samples_kib = Vec::new();
+    let mut max_unread = 0;
+    for i in 0..FLOW_MESSAGES {
+        // The reader's pace: message i no earlier than i / rate seconds in.
+        let due = started + Duration::from_secs_f64(i as f64 / FLOW_READS_PER_SEC);
+        let ahead = due.saturating_duration_since(Instant::now());
+        if ahead > Duration::from_millis(1) {
+            thread::sleep(ahead);
+        }
+        let (_, msg) = server.read().expect("read");
+        assert_eq!(msg.len(), FLOW_SIZE);
+        if i % 1000 == 0 {
+            if let Some(s) = server.stats(id) {
+                max_unread = max_unread.max(s.messages_received.saturating_sub(i as u64 + 1));
+            }
+        }
+        if (i + 1) % (FLOW_MESSAGES / 10) == 0 {
+            samples_kib.push(rss_kib().0);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let writer_seconds = writer.join().expect("writer").as_secs_f64();
+    let (_, peak_kib) = rss_kib();
+    let _ = server.close_timeout(Duration::from_secs(2));
+    FlowFigures {
+        rss_start_kib,
+        peak_kib,
+        samples_kib,
+        max_unread,
+        seconds,
+        writer_seconds,
+    }
+}
+
+/// A raw LSP client that connects to `server`, then heartbeats every
+/// `epoch` and acknowledges nothing, until `stop` is dropped.
+fn never_acking_peer(
+    server: SocketAddr,
+    epoch: Duration,
+) -> (u32, crossbeam_channel::Sender<()>, thread::JoinHandle<()>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = Vec::new();
+    Message::connect(1).encode(&mut buf);
+    socket.send_to(&buf, server).expect("send");
+    let mut rx = [0u8; 2048];
+    let id = loop {
+        let (n, _) = socket.recv_from(&mut rx).expect("the Connect's Ack");
+        if let Ok(m) = Message::decode(&rx[..n]) {
+            if m.kind == MsgType::Ack && m.seq_num == 1 {
+                break m.conn_id;
+            }
+        }
+    };
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let heartbeats = thread::spawn(move || {
+        let mut heartbeat = Vec::new();
+        Message::ack(id, 0).encode(&mut heartbeat);
+        let ticker = crossbeam_channel::tick(epoch);
+        loop {
+            let _ = socket.send_to(&heartbeat, server);
+            crossbeam_channel::select! {
+                recv(ticker) -> _ => {}
+                recv(stop_rx) -> _ => return,
+            }
+        }
+    });
+    (id, stop_tx, heartbeats)
+}
+
+/// Drops a server (default `Params`) that has just written 100 messages of
+/// 1,000 bytes to a healthy client, or 10 to a never-acknowledging peer,
+/// and returns how long until its port can be bound again (`None`: not
+/// within a minute).
+fn drop_to_rebind(healthy: bool) -> Option<Duration> {
+    let p = Params::default();
+    let server = Server::bind("127.0.0.1:0", p).expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let payload = vec![0x42u8; FLOW_SIZE];
+    let mut client = None;
+    let mut peer = None;
+    if healthy {
+        let c = Client::connect(addr, p).expect("connect");
+        for _ in 0..100 {
+            server.write(c.conn_id(), &payload).expect("write");
+        }
+        client = Some(c);
+    } else {
+        let (id, stop, thread) = never_acking_peer(addr, p.epoch());
+        for _ in 0..10 {
+            server.write(id.into(), &payload).expect("write");
+        }
+        peer = Some((stop, thread));
+    }
+    let dropped = Instant::now();
+    drop(server);
+    let mut freed = None;
+    while dropped.elapsed() < Duration::from_secs(60) {
+        if UdpSocket::bind(addr).is_ok() {
+            freed = Some(dropped.elapsed());
+            break;
+        }
+        thread::sleep(Duration::from_millis(1)); // nothing reports a free port: poll
+    }
+    if let Some((stop, thread)) = peer {
+        drop(stop);
+        let _ = thread.join();
+    }
+    drop(client);
+    freed
+}
+
+fn flow_report(json: bool) {
+    let f = flow_memory();
+    let healthy = drop_to_rebind(true);
+    let never_acking = drop_to_rebind(false);
+    let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    if json {
+        let samples: Vec<String> = f.samples_kib.iter().map(|&k| k.to_string()).collect();
+        println!(
+            "{{\"flow_messages\":{FLOW_MESSAGES},\"flow_size\":{FLOW_SIZE},\"flow_reads_per_sec\":{},\"rss_start_kib\":{},\"peak_rss_kib\":{},\"rss_samples_kib\":[{}],\"max_unread\":{},\"flow_seconds\":{},\"writer_seconds\":{},\"drop_healthy_ms\":{},\"drop_never_acking_ms\":{}}}",
+            json_number(FLOW_READS_PER_SEC),
+            f.rss_start_kib,
+            f.peak_kib,
+            samples.join(","),
+            f.max_unread,
+            json_number(f.seconds),
+            json_number(f.writer_seconds),
+            json_number(ms(healthy)),
+            json_number(ms(never_acking)),
+        );
+        return;
+    }
+    println!(
+        "liveseq flow: {FLOW_MESSAGES} messages of {FLOW_SIZE} B, written as fast as write allows, read at {FLOW_READS_PER_SEC:.0}/s (default buffers)"
+    );
+    println!(
+        "resident memory   {:>8.1} MiB at the start, peak {:.1} MiB (+{:.1} MiB)",
+        mib(f.rss_start_kib),
+        mib(f.peak_kib),
+        mib(f.peak_kib.saturating_sub(f.rss_start_kib))
+    );
+    let samples: Vec<String> = f
+        .samples_kib
+        .iter()
+        .map(|&k| format!("{:.1}", mib(k)))
+        .collect();
+    println!("  every tenth (MiB) {}", samples.join(" "));
+    println!(
+        "reader            {:>8.2} s for all ({:.0}/s); the writer's last write returned after {:.2} s; at most {} unread",
+        f.seconds,
+        FLOW_MESSAGES as f64 / f.seconds,
+        f.writer_seconds,
+        f.max_unread
+    );
+    let p = Params::default();
+    println!(
+        "drop(server) until the port is free (default Params: {} epochs of {} ms):",
+        p.epoch_limit, p.epoch_millis
+    );
+    println!("  healthy client           {:>9.1} ms", ms(healthy));
+    match never_acking {
+        Some(_) => println!("  never-acknowledging peer {:>9.1} ms", ms(never_acking)),
+        None => println!("  never-acknowledging peer  not within 60 s"),
     }
 }
 
