@@ -437,18 +437,67 @@ fn a_reader_a_hundred_times_slower_than_its_writer() {
     server.close().unwrap();
 }
 
+/// The same the other way round: a server writes as fast as `write` lets it
+/// to a client whose reader is a hundred times slower.
+#[test]
+fn a_client_reader_a_hundred_times_slower_than_its_server() {
+    const INBOX: usize = 16;
+    const WINDOW: u32 = 8;
+    const SEND_BUFFER: usize = 32;
+    const N: usize = 1000;
+    let p = params(50, 20, WINDOW, WINDOW);
+    let server = Server::builder()
+        .params(p)
+        .send_buffer(SEND_BUFFER, 1 << 20)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let client = Client::builder()
+        .params(p)
+        .inbox(INBOX, 1 << 20)
+        .connect(server.local_addr().unwrap())
+        .unwrap();
+    let id = client.conn_id();
+    let writer = thread::spawn(move || {
+        for i in 0..N {
+            server.write(id, &payload(5, i, 500)).unwrap();
+            let s = server.stats(id).unwrap();
+            assert!(s.unacked + s.queued <= SEND_BUFFER);
+        }
+        server
+    });
+    poll_until(WAIT, || client.stats().rejected > 0)
+        .expect("Data turned away once the inbox is full");
+    let first = client.stats();
+    assert!(
+        (INBOX..INBOX + WINDOW as usize).contains(&(first.messages_received as usize)),
+        "{first:?}"
+    );
+    for i in 0..N {
+        assert_eq!(client.read().unwrap(), payload(5, i, 500), "message {i}");
+        let unread = client.stats().messages_received as usize - (i + 1);
+        assert!(
+            unread < INBOX + WINDOW as usize,
+            "{unread} unread after {i}"
+        );
+        thread::sleep(Duration::from_millis(1)); // the workload: a slow reader
+    }
+    let server = writer.join().unwrap();
+    server.close().unwrap();
+    assert!(matches!(client.read(), Err(Error::ConnectionLost(_))));
+}
+
 /// A raw writer that behaves like the Go client (a window of `window`,
 /// every unacknowledged message resent each epoch, acks counted) against a
-/// server with an inbox of four messages: while the inbox is full the server
-/// leaves Data unacknowledged; each read lets exactly one more in.
-fn go_like_writer_against_a_full_inbox(window: u64) {
-    const INBOX: usize = 4;
+/// server whose inbox holds `inbox` (messages, bytes): while the inbox is
+/// full the server leaves Data unacknowledged; reads let more in, exactly as
+/// many as there is room for.
+fn go_like_writer_against_a_full_inbox(window: u64, inbox: (usize, usize)) {
     const M: u64 = 24;
     const ISN: u64 = 1000;
     let p = params(100, 50, 8, 8);
     let server = Server::builder()
         .params(p)
-        .inbox(INBOX, 1 << 20)
+        .inbox(inbox.0, inbox.1)
         .ack_coalescing(false)
         .bind("127.0.0.1:0")
         .unwrap();
@@ -460,7 +509,9 @@ fn go_like_writer_against_a_full_inbox(window: u64) {
     let mut next = 0u64;
     let mut unacked = BTreeSet::new();
     let mut acks = Vec::new();
-    let (mut delivered, mut rejected, mut read) = (0usize, 0u64, 0u64);
+    // Delivered and read so far, in messages; unread bytes.
+    let (mut delivered, mut read, mut unread_bytes) = (0u64, 0u64, 0usize);
+    let mut rejected = 0u64;
     let mut turned_away_rounds = 0;
     let reads_per_round = [0u64, 0, 1, 0, 0, 3];
     for round in 0.. {
@@ -478,14 +529,22 @@ fn go_like_writer_against_a_full_inbox(window: u64) {
         for &i in &burst {
             raw.send(&Message::data(id, ISN + 1 + i, &msg(i)));
         }
-        // The server takes them in order while its inbox has room, and
+        // The server takes them in order while its inbox is not full, and
         // turns the rest away without an ack.
-        let taken = burst.len().min(INBOX - (delivered - read as usize));
-        delivered += taken;
+        let mut taken = 0;
+        for &i in &burst {
+            let unread = (delivered - read) as usize;
+            if unread >= inbox.0 || unread_bytes >= inbox.1 {
+                break;
+            }
+            delivered += 1;
+            unread_bytes += msg(i).len();
+            taken += 1;
+        }
         rejected += (burst.len() - taken) as u64;
         poll_until(WAIT, || {
             let s = server.stats(conn).unwrap();
-            (s.messages_received as usize, s.rejected) == (delivered, rejected)
+            (s.messages_received, s.rejected) == (delivered, rejected)
         })
         .unwrap_or_else(|| panic!("round {round}: {:?}", server.stats(conn)));
         for &i in &burst[..taken] {
@@ -501,9 +560,10 @@ fn go_like_writer_against_a_full_inbox(window: u64) {
             turned_away_rounds += 1;
         }
         // The application reads a little, sometimes nothing.
-        let reads = reads_per_round[round % reads_per_round.len()].min(delivered as u64 - read);
+        let reads = reads_per_round[round % reads_per_round.len()].min(delivered - read);
         for _ in 0..reads {
             assert_eq!(server.read().unwrap(), (conn, msg(read)));
+            unread_bytes -= msg(read).len();
             read += 1;
         }
     }
@@ -526,15 +586,22 @@ fn go_like_writer_against_a_full_inbox(window: u64) {
 
 #[test]
 fn go_like_writer_window_1() {
-    go_like_writer_against_a_full_inbox(1);
+    go_like_writer_against_a_full_inbox(1, (4, 1 << 20));
 }
 
 #[test]
 fn go_like_writer_window_3() {
-    go_like_writer_against_a_full_inbox(3);
+    go_like_writer_against_a_full_inbox(3, (4, 1 << 20));
 }
 
 #[test]
 fn go_like_writer_window_8() {
-    go_like_writer_against_a_full_inbox(8);
+    go_like_writer_against_a_full_inbox(8, (4, 1 << 20));
+}
+
+/// The byte limit of the inbox (here about three messages' worth) works
+/// the same way.
+#[test]
+fn go_like_writer_against_an_inbox_full_of_bytes() {
+    go_like_writer_against_a_full_inbox(8, (1000, 500));
 }
