@@ -13,6 +13,20 @@ fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
 }
 
+/// The thread count, polled until it is `expected` (for at most five
+/// seconds): a joined thread may still be listed for a moment after `join`
+/// returns, since the kernel wakes the joiner before it removes the task.
+fn threads_settled_at(expected: usize) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n = threads();
+        if n == expected || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 fn one_iteration(seed: u64) {
     let p = Params {
         epoch_limit: 10,
@@ -108,6 +122,10 @@ fn concurrent_read_write_close_conn_and_close() {
             "iteration {i} deadlocked"
         );
         worker.join().unwrap();
-        assert_eq!(threads(), baseline, "iteration {i} left threads behind");
+        assert_eq!(
+            threads_settled_at(baseline),
+            baseline,
+            "iteration {i} left threads behind"
+        );
     }
 }

@@ -12,6 +12,20 @@ fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
 }
 
+/// The thread count, polled until it is `expected` (for at most five
+/// seconds): a joined thread may still be listed for a moment after `join`
+/// returns, since the kernel wakes the joiner before it removes the task.
+fn threads_settled_at(expected: usize) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n = threads();
+        if n == expected || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn close_joins_every_thread_and_releases_the_socket() {
     let baseline = threads();
@@ -69,14 +83,14 @@ fn close_joins_every_thread_and_releases_the_socket() {
         }
         drop(clients);
         assert_eq!(
-            threads(),
+            threads_settled_at(baseline + 3 + 1),
             baseline + 3 + 1,
             "the clients' threads are gone (the server and the reader remain)"
         );
         server.close().unwrap();
         assert!(matches!(blocked.join().unwrap(), Err(Error::Closed)));
         assert_eq!(
-            threads(),
+            threads_settled_at(baseline),
             baseline,
             "round {round}: no thread outlives close"
         );
