@@ -35,7 +35,7 @@ use std::time::Instant;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::conn::{Conn, Event, Phase};
+use super::conn::{Conn, Event, Phase, Rejected};
 use super::message::{Message, MsgType};
 use super::server::{Limit, DEFAULT_INBOX, DEFAULT_SEND_BUFFER};
 use crate::stats::{ConnStats, Timing};
@@ -43,6 +43,7 @@ use crate::{ConnId, ConnState, Error, Params, ReconnectPolicy};
 
 /// What a [`ClientCore`] is set up with.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// Protocol parameters.
     pub params: Params,
@@ -215,11 +216,15 @@ impl ClientCore {
     /// message, is counted and dropped.
     pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         if from != self.server {
+            log::debug!("dropped a datagram from {from}: not from the server");
             return;
         }
         match Message::decode(datagram) {
             Ok(msg) => self.handle_message(now, from, msg),
-            Err(_) => self.timing.malformed += 1,
+            Err(err) => {
+                super::server::log_malformed(from, err, datagram);
+                self.timing.malformed += 1;
+            }
         }
     }
 
@@ -229,11 +234,18 @@ impl ClientCore {
             return;
         }
         if msg.kind == MsgType::Connect || self.redial_at.is_some() {
+            log::debug!("dropped {msg:?} from {from}: unexpected now");
             self.timing.rejected += 1;
             return;
         }
-        if self.conn.handle(msg).is_err() {
-            self.timing.rejected += 1;
+        // What to log if it is rejected (the message itself is consumed).
+        let what = (msg.kind, msg.conn_id, msg.seq_num);
+        match self.conn.handle(msg) {
+            Ok(()) | Err(Rejected::Paused) => {}
+            Err(why) => {
+                log::debug!("dropped {what:?} from {from}: {why}");
+                self.timing.rejected += 1;
+            }
         }
         self.after(now);
     }
