@@ -13,3 +13,4 @@
 
 pub mod hash;
 pub mod message;
+pub mod scheduler;
