@@ -11,6 +11,10 @@
 //! `message`, `hash` and `scheduler` are pure (no I/O) and unit-tested on
 //! their own; `server`, `miner` and `client` put them on the network.
 
+pub mod cli;
+pub mod client;
 pub mod hash;
 pub mod message;
+pub mod miner;
 pub mod scheduler;
+pub mod server;
