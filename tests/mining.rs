@@ -392,3 +392,97 @@ fn a_miner_that_joins_mid_request_is_put_to_work() {
     // Both did chunks after the late one joined.
     assert_eq!(miners_used(&notes), 2);
 }
+
+// The course's own test programs, run against our example binaries. Opt-in:
+//
+//     cargo build --examples   # the same profile as the test run
+//     LIVESEQ_BITCOIN_TESTS=/folder/with/ctest/and/mtest cargo test --test mining course_
+//
+// `ctest` plays the server and miners and runs our client several times
+// (once with the server failing); `mtest` plays the server and runs our
+// miner. Both start the programs at `../../../src/github.com/cmu440/bitcoin/
+// {client/client,miner/miner}` relative to their working directory, so the
+// test lays out a temporary tree of symbolic links to our binaries. They
+// report on standard output, ending with `PASS` or `FAIL`, and exit 0 either
+// way. One test runs both, one after the other: run at once they can pick
+// the same port for their server, and one then fails to start.
+
+#[test]
+fn course_ctest_and_mtest_pass_with_our_client_and_miner() {
+    run_course_test("ctest");
+    run_course_test("mtest");
+}
+
+fn run_course_test(name: &str) {
+    let Some(folder) = std::env::var_os("LIVESEQ_BITCOIN_TESTS") else {
+        println!(
+            "skipped: set LIVESEQ_BITCOIN_TESTS to the folder holding the course's \
+             ctest and mtest to run {name} against our mining programs"
+        );
+        return;
+    };
+    let program = std::path::Path::new(&folder).join(name);
+    assert!(
+        program.is_file(),
+        "no {} (from LIVESEQ_BITCOIN_TESTS)",
+        program.display()
+    );
+    let tree = CourseTree::new(name);
+    let started = Instant::now();
+    let output = std::process::Command::new(&program)
+        .current_dir(&tree.work_dir)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {}: {err}", program.display()));
+    let report = String::from_utf8_lossy(&output.stdout);
+    println!("{name} took {:?}:\n{report}", started.elapsed());
+    let lines: Vec<&str> = report.lines().map(str::trim).collect();
+    assert!(!lines.contains(&"FAIL"), "{name} failed");
+    assert_eq!(lines.last(), Some(&"PASS"), "{name} did not pass");
+}
+
+/// A temporary copy of the course's layout, its programs linked to ours.
+struct CourseTree {
+    root: std::path::PathBuf,
+    work_dir: std::path::PathBuf,
+}
+
+impl CourseTree {
+    #[cfg(unix)]
+    fn new(name: &str) -> CourseTree {
+        use std::fs;
+        // Examples are built next to the test binaries: target/<profile>/examples.
+        let profile_dir = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .and_then(|deps| deps.parent())
+            .unwrap()
+            .to_path_buf();
+        let root = std::env::temp_dir().join(format!("liveseq-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let work_dir = root.join("bin/linux/amd64");
+        fs::create_dir_all(&work_dir).unwrap();
+        for (role, ours) in [("client", "mining_client"), ("miner", "mining_miner")] {
+            let binary = profile_dir.join("examples").join(ours);
+            assert!(
+                binary.is_file(),
+                "{} is missing: build it first with `cargo build --examples` (same profile)",
+                binary.display()
+            );
+            let dir = root.join("src/github.com/cmu440/bitcoin").join(role);
+            fs::create_dir_all(&dir).unwrap();
+            std::os::unix::fs::symlink(&binary, dir.join(role)).unwrap();
+        }
+        CourseTree { root, work_dir }
+    }
+
+    #[cfg(not(unix))]
+    fn new(_name: &str) -> CourseTree {
+        panic!("the course's test programs are run here on Unix only");
+    }
+}
+
+impl Drop for CourseTree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
