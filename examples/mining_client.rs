@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example mining_client -- 127.0.0.1:6060 "hello world" 10000000
-//! Result 1720471337396 6307728
+//! Result 170408603606 2977214
 //! ```
 //!
 //! Prints `Result HASH NONCE`, or `Disconnected` if the connection to the

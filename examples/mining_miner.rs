@@ -21,7 +21,7 @@ mod mining {
 use clap::Parser;
 
 use mining::cli::ProtocolFlags;
-use mining::miner::{Miner, Report};
+use mining::miner::{Exit, Miner, Report};
 
 #[derive(Parser, Debug)]
 #[command(about = "Join a mining server and mine until it is gone")]
@@ -54,5 +54,8 @@ fn main() {
             log::debug!("chunk {lower}..={upper}: least hash {hash} at nonce {nonce}");
         }
     });
-    eprintln!("mining_miner: {exit:?}; shutting down");
+    match exit {
+        Exit::ServerLost => eprintln!("mining_miner: lost the server; shutting down"),
+        Exit::Killed => {} // only the demo and the tests kill miners
+    }
 }
