@@ -248,6 +248,7 @@ impl Progress {
             ),
             Note::Answered { request, .. } => format!("server: request {request} answered"),
             Note::Cancelled { request, .. } => format!("server: request {request} cancelled"),
+            Note::Rejected { conn, why } => format!("server: closing {}: {why}", self.miner(*conn)),
             Note::Joined { .. } | Note::Assigned { .. } | Note::Stale { .. } => return,
         };
         self.show.event(&line);

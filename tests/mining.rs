@@ -16,7 +16,7 @@ mod mining;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -59,7 +59,11 @@ struct Pool {
 
 impl Pool {
     fn start(chunk_size: u64) -> Pool {
-        let server = Arc::new(Server::bind("127.0.0.1:0", params()).unwrap());
+        Pool::serve(Server::bind("127.0.0.1:0", params()).unwrap(), chunk_size)
+    }
+
+    fn serve(server: Server, chunk_size: u64) -> Pool {
+        let server = Arc::new(server);
         let addr = server.local_addr().unwrap();
         let (tx, notes) = unbounded();
         let serving = {
@@ -391,6 +395,102 @@ fn a_miner_that_joins_mid_request_is_put_to_work() {
     assert_eq!(asked.join().unwrap(), expected("late", max));
     // Both did chunks after the late one joined.
     assert_eq!(miners_used(&notes), 2);
+}
+
+#[test]
+fn a_client_that_acknowledges_nothing_is_closed_and_the_pool_goes_on() {
+    // A send buffer of one message: the second answer to a client that
+    // acknowledges nothing finds it full. Waiting for room would stall the
+    // server's only thread; it closes the connection instead.
+    let server = Server::builder()
+        .params(params())
+        .send_buffer(1, 1 << 20)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let pool = Pool::serve(server, 10);
+    let _miner = pool.miner();
+    let deaf = DeafClient::connect(pool.addr);
+    for _ in 0..3 {
+        deaf.send(&Message::Request {
+            data: "deaf".into(),
+            lower: 0,
+            upper: 0,
+        });
+    }
+    let notes = pool.until(|n| matches!(n, Note::Rejected { .. }));
+    assert!(matches!(
+        notes.last(),
+        Some(Note::Rejected { conn, why }) if *conn == deaf.id && why.contains("acknowledge")
+    ));
+    assert_eq!(pool.ask("after", 99).join().unwrap(), expected("after", 99));
+}
+
+/// An LSP client played by hand on a raw socket: it connects, sends Data
+/// and heartbeats, and never acknowledges anything it is sent.
+struct DeafClient {
+    socket: Arc<std::net::UdpSocket>,
+    id: ConnId,
+    conn_id: u32,
+    next_seq: AtomicU64,
+    stop: Arc<AtomicBool>,
+}
+
+impl DeafClient {
+    fn connect(server: SocketAddr) -> DeafClient {
+        use liveseq::proto::{Message as Lsp, MsgType};
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.connect(server).unwrap();
+        socket.set_read_timeout(Some(PATIENCE)).unwrap();
+        let isn = 100;
+        let mut buf = Vec::new();
+        Lsp::connect(isn).encode(&mut buf);
+        socket.send(&buf).unwrap();
+        let mut datagram = [0u8; 2048];
+        let conn_id = loop {
+            let n = socket.recv(&mut datagram).expect("the server's Ack");
+            if let Ok(m) = Lsp::decode(&datagram[..n]) {
+                if m.kind == MsgType::Ack && m.seq_num == isn {
+                    break m.conn_id;
+                }
+            }
+        };
+        // Heartbeats, so that the server keeps the connection: this client
+        // is alive, it just acknowledges nothing.
+        let socket = Arc::new(socket);
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (socket, stop) = (socket.clone(), stop.clone());
+            let mut heartbeat = Vec::new();
+            Lsp::ack(conn_id, 0).encode(&mut heartbeat);
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = socket.send(&heartbeat);
+                    thread::sleep(Duration::from_millis(params().epoch_millis));
+                }
+            });
+        }
+        DeafClient {
+            socket,
+            id: ConnId::from(conn_id),
+            conn_id,
+            next_seq: (isn + 1).into(),
+            stop,
+        }
+    }
+
+    fn send(&self, msg: &Message) {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let payload = msg.encode();
+        let mut buf = Vec::new();
+        liveseq::proto::Message::data(self.conn_id, seq, &payload).encode(&mut buf);
+        self.socket.send(&buf).unwrap();
+    }
+}
+
+impl Drop for DeafClient {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 // The course's own test programs, run against our example binaries. Opt-in:

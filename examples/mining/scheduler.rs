@@ -93,9 +93,9 @@ pub enum Input {
 pub enum Action {
     /// Write `msg` to connection `to`.
     Send { to: ConnId, msg: Message },
-    /// Close the connection: it broke the protocol. The scheduler has
-    /// already forgotten it.
-    Close { conn: ConnId, why: String },
+    /// Close the connection: it broke the protocol (a [`Note::Rejected`]
+    /// says how). The scheduler has already forgotten it.
+    Close { conn: ConnId },
     /// Something an operator (or a test) may want to know; no I/O needed.
     Note(Note),
 }
@@ -139,6 +139,8 @@ pub enum Note {
         hash: u64,
         nonce: u64,
     },
+    /// A connection broke the protocol and is being closed.
+    Rejected { conn: ConnId, why: String },
     /// A lost client's request was dropped with `chunks_left` chunks not done.
     Cancelled {
         request: RequestId,
@@ -399,10 +401,11 @@ impl Scheduler {
 
     fn reject(&mut self, conn: ConnId, why: &str, out: &mut Vec<Action>) {
         self.gone(conn, out);
-        out.push(Action::Close {
+        out.push(Action::Note(Note::Rejected {
             conn,
             why: why.to_string(),
-        });
+        }));
+        out.push(Action::Close { conn });
     }
 
     /// Gives idle miners chunks, earliest deadline first.
@@ -884,7 +887,10 @@ mod tests {
                     assert_eq!(Some((*hash, *nonce)), expected, "answer to {to}");
                 }
                 Action::Send { msg, .. } => panic!("the server never sends {msg}"),
-                Action::Close { conn, why } => panic!("honest {conn} closed: {why}"),
+                Action::Close { conn } => panic!("honest {conn} closed"),
+                Action::Note(Note::Rejected { conn, why }) => {
+                    panic!("honest {conn} rejected: {why}")
+                }
                 Action::Note(_) => {}
             }
         }

@@ -1,10 +1,11 @@
 //! The server's I/O: liveseq events in, scheduler decisions out.
 //!
 //! One thread does everything: it blocks in `next_event`, turns the event
-//! into a scheduler [`Input`], and carries out the [`Action`]s. Writes never
-//! block in liveseq, so one slow peer cannot hold up the others, and the
-//! scheduler needs no locks.
+//! into a scheduler [`Input`], and carries out the [`Action`]s. It writes
+//! with `try_write`, which never waits, so one slow peer cannot hold up the
+//! others, and the scheduler needs no locks.
 
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 
 use liveseq::{ConnId, Error, Server, ServerEvent};
@@ -21,7 +22,8 @@ pub fn serve(server: &Server, chunk_size: u64, mut note: impl FnMut(&Note)) {
         let Some(input) = to_input(server, event) else {
             continue;
         };
-        if carry_out(server, scheduler.handle(input), &mut note).is_break() {
+        let actions = scheduler.handle(input);
+        if carry_out(server, &mut scheduler, actions, &mut note).is_break() {
             return;
         }
     }
@@ -82,25 +84,38 @@ fn decode(server: &Server, id: ConnId, payload: &[u8]) -> Result<Input, String> 
 /// Does what the scheduler decided; breaks once the server is closed.
 fn carry_out(
     server: &Server,
+    scheduler: &mut Scheduler,
     actions: Vec<Action>,
     note: &mut impl FnMut(&Note),
 ) -> ControlFlow<()> {
-    for action in actions {
+    let mut actions = VecDeque::from(actions);
+    while let Some(action) = actions.pop_front() {
         match action {
-            Action::Send { to, msg } => match server.write(to, &msg.encode()) {
+            // try_write: one thread serves everyone, so it must never wait
+            // for one peer's acknowledgements.
+            Action::Send { to, msg } => match server.try_write(to, &msg.encode()) {
                 Ok(()) => {}
                 Err(Error::Closed) => return ControlFlow::Break(()),
+                // A miner holds one chunk and a client waits for its answers,
+                // so only a peer that stopped acknowledging lets a thousand
+                // messages pile up. It goes, like any other rule breaker.
+                Err(Error::BufferFull) => {
+                    let why = "does not acknowledge what it is sent".to_string();
+                    actions.extend(scheduler.handle(Input::Invalid { conn: to, why }));
+                }
                 // The peer is already gone: its Lost or Closed event is on its
                 // way and will tell the scheduler (a miner's chunk is requeued).
                 Err(err) => log::debug!("{msg} to {to} not sent: {err}"),
             },
-            Action::Close { conn, why } => {
-                log::warn!("closing connection {conn}: {why}");
+            Action::Close { conn } => {
                 // Fails only if it is gone already, which is what we want.
                 let _ = server.close_conn(conn);
             }
             Action::Note(n) => {
-                log::debug!("{n:?}");
+                match &n {
+                    Note::Rejected { conn, why } => log::warn!("closing connection {conn}: {why}"),
+                    _ => log::debug!("{n:?}"),
+                }
                 note(&n);
             }
         }
