@@ -402,7 +402,11 @@ impl Server {
     /// [`Error::Failed`], so `?` is safe here.
     ///
     /// `next_event` and [`read`](Server::read) take from the same queue:
-    /// a server uses one or the other (`read` skips `Connected`).
+    /// a server uses one or the other (`read` skips `Connected`). A loop
+    /// that serves every client from one thread should write with
+    /// [`try_write`](Server::try_write) (or [`write_timeout`](Server::write_timeout)):
+    /// [`write`](Server::write) waits while that client's send buffer is
+    /// full, and a client that stops acknowledging would stall everyone.
     ///
     /// # Examples
     ///
