@@ -11,7 +11,7 @@
 //! # Examples
 //!
 //! ```
-//! use std::time::Instant;
+//! use std::time::{Duration, Instant};
 //! use liveseq::proto::{ClientConfig, ClientCore, ClientOutput, Message};
 //! use liveseq::{ConnId, ConnState, Params};
 //!
@@ -30,7 +30,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -458,8 +458,12 @@ impl ClientCore {
             self.set_state(now, ConnState::Refused);
             return;
         }
-        let delay = policy.delay(self.attempt, &mut self.rng);
-        self.redial_at = Some(now + delay);
+        // A delay from the user's policy: one that would overflow the clock
+        // is clamped to a year (it means "practically never").
+        let delay = policy
+            .delay(self.attempt, &mut self.rng)
+            .min(Duration::from_secs(365 * 24 * 3600));
+        self.redial_at = Some(now.checked_add(delay).unwrap_or(now));
         // Heartbeats for the lost connection may still reach this socket:
         // they must not be taken as the new connection's answer.
         let stale = self.lost_id.unwrap_or(self.last_id);

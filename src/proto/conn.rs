@@ -93,6 +93,9 @@ pub enum Rejected {
 }
 
 /// Counters kept by the state machine (the driver adds socket-level ones).
+///
+/// They count local events, one at a time, in `u64`s: they cannot overflow
+/// in practice, so they use plain additions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Counters {
