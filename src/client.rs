@@ -113,7 +113,7 @@ impl Role for ClientRole {
 /// # Examples
 ///
 /// ```
-/// use liveseq::{Client, Params, Server};
+/// use liveseq::{Client, Params, Server, ServerEvent};
 ///
 /// # fn main() -> Result<(), liveseq::Error> {
 /// let params = Params { epoch_millis: 100, ..Params::default() };
@@ -121,8 +121,9 @@ impl Role for ClientRole {
 /// let client = Client::connect(server.local_addr()?, params)?;
 ///
 /// client.write(b"ping")?;
-/// let (id, msg) = server.read()?;
-/// assert_eq!((id, &msg[..]), (client.conn_id(), &b"ping"[..]));
+/// let id = client.conn_id();
+/// assert!(matches!(server.next_event()?, ServerEvent::Connected { id: c, .. } if c == id));
+/// assert_eq!(server.next_event()?, ServerEvent::Message { id, payload: b"ping".to_vec() });
 /// server.write(id, b"pong")?;
 /// assert_eq!(client.read()?, b"pong");
 ///

@@ -397,8 +397,16 @@ impl Server {
     /// Every connection's events come in order: [`ServerEvent::Connected`]
     /// first, then its messages, then exactly one of [`ServerEvent::Closed`]
     /// (after [`close_conn`](Server::close_conn)) or [`ServerEvent::Lost`];
-    /// no message is reported after its connection's end. The only error is
-    /// [`Error::Closed`], after [`close`](Server::close), so `?` is safe here.
+    /// no message is reported after its connection's end. The only errors
+    /// are [`Error::Closed`], after [`close`](Server::close), and
+    /// [`Error::Failed`], so `?` is safe here.
+    ///
+    /// `next_event` and [`read`](Server::read) take from the same queue:
+    /// a server uses one or the other (`read` skips `Connected`). A loop
+    /// that serves every client from one thread should write with
+    /// [`try_write`](Server::try_write) (or [`write_timeout`](Server::write_timeout)):
+    /// [`write`](Server::write) waits while that client's send buffer is
+    /// full, and a client that stops acknowledging would stall everyone.
     ///
     /// # Examples
     ///

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 /// Round-trip time estimates, sampled only from messages acknowledged on
 /// their first transmission (a retransmitted message's ack is ambiguous).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Rtt {
     /// Exponentially smoothed (weight 1/8 per sample, as TCP's SRTT).
     pub smoothed: Duration,

@@ -612,7 +612,7 @@ fn close_manager<R: Role>(
     let result = if drained_in_time {
         shared.peek(|core| shared.role.close_result(core))
     } else if let Some(failure) = shared.failure() {
-        shared.with_core(|core, now| core.abort(now));
+        // A thread panicked, perhaps inside the core: leave it untouched.
         Err(failure)
     } else {
         let unacked = shared.with_core(|core, now| core.abort(now));

@@ -15,6 +15,9 @@
 /// assert_eq!(liveseq::proto::checksum(1, 1, 0, b""), 65533);
 /// ```
 pub fn checksum(conn_id: u32, seq_num: u64, size: u64, payload: &[u8]) -> u16 {
+    // The reference takes each header value as a 32-bit integer: `as u32`
+    // truncates on purpose. The sum cannot overflow a u64: it adds at most
+    // 3 + len/2 + 1 values below 2^16, and a slice is shorter than 2^63.
     let mut sum: u64 = u64::from(halves(conn_id))
         + u64::from(halves(seq_num as u32))
         + u64::from(halves(size as u32));

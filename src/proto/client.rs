@@ -11,7 +11,7 @@
 //! # Examples
 //!
 //! ```
-//! use std::time::Instant;
+//! use std::time::{Duration, Instant};
 //! use liveseq::proto::{ClientConfig, ClientCore, ClientOutput, Message};
 //! use liveseq::{ConnId, ConnState, Params};
 //!
@@ -30,12 +30,12 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::conn::{Conn, Event, Phase};
+use super::conn::{Conn, Event, Phase, Rejected};
 use super::message::{Message, MsgType};
 use super::server::{Limit, DEFAULT_INBOX, DEFAULT_SEND_BUFFER};
 use crate::stats::{ConnStats, Timing};
@@ -43,6 +43,7 @@ use crate::{ConnId, ConnState, Error, Params, ReconnectPolicy};
 
 /// What a [`ClientCore`] is set up with.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// Protocol parameters.
     pub params: Params,
@@ -220,11 +221,15 @@ impl ClientCore {
     /// message, is counted and dropped.
     pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         if from != self.server {
+            log::debug!("dropped a datagram from {from}: not from the server");
             return;
         }
         match Message::decode(datagram) {
             Ok(msg) => self.handle_message(now, from, msg),
-            Err(_) => self.timing.malformed += 1,
+            Err(err) => {
+                super::server::log_malformed(from, err, datagram);
+                self.timing.malformed += 1;
+            }
         }
     }
 
@@ -234,11 +239,18 @@ impl ClientCore {
             return;
         }
         if msg.kind == MsgType::Connect || self.redial_at.is_some() {
+            log::debug!("dropped {msg:?} from {from}: unexpected now");
             self.timing.rejected += 1;
             return;
         }
-        if self.conn.handle(msg).is_err() {
-            self.timing.rejected += 1;
+        // What to log if it is rejected (the message itself is consumed).
+        let what = (msg.kind, msg.conn_id, msg.seq_num);
+        match self.conn.handle(msg) {
+            Ok(()) | Err(Rejected::Paused) => {}
+            Err(why) => {
+                log::debug!("dropped {what:?} from {from}: {why}");
+                self.timing.rejected += 1;
+            }
         }
         self.after(now);
     }
@@ -451,8 +463,12 @@ impl ClientCore {
             self.set_state(now, ConnState::Refused);
             return;
         }
-        let delay = policy.delay(self.attempt, &mut self.rng);
-        self.redial_at = Some(now + delay);
+        // A delay from the user's policy: one that would overflow the clock
+        // is clamped to a year (it means "practically never").
+        let delay = policy
+            .delay(self.attempt, &mut self.rng)
+            .min(Duration::from_secs(365 * 24 * 3600));
+        self.redial_at = Some(now.checked_add(delay).unwrap_or(now));
         // Heartbeats for the lost connection may still reach this socket:
         // they must not be taken as the new connection's answer.
         let stale = self.lost_id.unwrap_or(self.last_id);

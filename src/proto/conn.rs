@@ -14,7 +14,7 @@
 //! plus ackMessage/cAckMessage, `write` is relayOutboundMessage, and the window
 //! check is updateOutbox.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use super::message::{Message, MsgType};
 use crate::Params;
@@ -93,6 +93,9 @@ pub enum Rejected {
 }
 
 /// Counters kept by the state machine (the driver adds socket-level ones).
+///
+/// They count local events, one at a time, in `u64`s: they cannot overflow
+/// in practice, so they use plain additions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Counters {
@@ -198,8 +201,10 @@ pub struct Conn {
 
     /// Next sequence number to deliver in order.
     expected: u64,
-    /// `window[i]` buffers sequence number `expected + i`; never longer than the window.
-    window: VecDeque<Option<Vec<u8>>>,
+    /// Out-of-order messages inside the receive window, by sequence number.
+    /// A map, not a slot per sequence number: memory follows what was
+    /// received, whatever the window size (found by fuzzing with a huge window).
+    window: BTreeMap<u64, Vec<u8>>,
     delivered: VecDeque<Vec<u8>>,
 
     epochs_silent: u32,
@@ -285,7 +290,7 @@ impl Conn {
             unacked: 0,
             data_sent_this_epoch: false,
             expected: isn.saturating_add(1),
-            window: VecDeque::new(),
+            window: BTreeMap::new(),
             delivered: VecDeque::new(),
             epochs_silent: 0,
             paused: false,
@@ -366,7 +371,7 @@ impl Conn {
 
     /// Out-of-order messages buffered for delivery.
     pub fn buffered(&self) -> usize {
-        self.window.iter().filter(|slot| slot.is_some()).count()
+        self.window.len()
     }
 
     /// Epochs since anything was heard from the peer.
@@ -518,26 +523,18 @@ impl Conn {
                     return Ok(());
                 };
                 self.ack_received(sn, offset == 0);
-                // Below the window size, a u32: the check above bounds it.
-                let index = offset as usize;
-                if self.window.len() <= index {
-                    self.window.resize(index + 1, None);
-                }
-                if self.window[index].is_some() {
+                if self.window.contains_key(&sn) {
                     self.counters.duplicates_received += 1;
                     return Ok(());
                 }
-                self.window[index] = Some(msg.payload.into_owned());
-                while let Some(Some(_)) = self.window.front() {
-                    if let Some(Some(payload)) = self.window.pop_front() {
-                        // Closing: acknowledged and consumed, but no longer delivered.
-                        if self.phase == Phase::Open {
-                            self.counters.data_received += 1;
-                            self.counters.bytes_received += payload.len() as u64;
-                            self.delivered.push_back(payload);
-                        }
-                    }
-                    self.expected = self.expected.saturating_add(1);
+                let payload = msg.payload.into_owned();
+                if offset > 0 {
+                    self.window.insert(sn, payload);
+                    return Ok(());
+                }
+                self.deliver_next(payload);
+                while let Some(payload) = self.window.remove(&self.expected) {
+                    self.deliver_next(payload);
                 }
                 Ok(())
             }
@@ -790,6 +787,17 @@ impl Conn {
         } else {
             self.transmits.push_back(Transmit::Ack(sn));
         }
+    }
+
+    /// Takes the message numbered `expected`.
+    fn deliver_next(&mut self, payload: Vec<u8>) {
+        // Closing: acknowledged and consumed, but no longer delivered.
+        if self.phase == Phase::Open {
+            self.counters.data_received += 1;
+            self.counters.bytes_received += payload.len() as u64;
+            self.delivered.push_back(payload);
+        }
+        self.expected = self.expected.saturating_add(1);
     }
 
     fn ack_one(&mut self, index: usize) {

@@ -37,8 +37,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::conn::{Conn, Event, Phase, MAX_ISN};
-use super::message::{Message, MsgType};
+use super::conn::{Conn, Event, Phase, Rejected, MAX_ISN};
+use super::message::{DecodeError, Message, MsgType};
 use crate::stats::{ConnStats, ServerStats, Timing};
 use crate::{ConnId, ConnState, Error, Params, ServerEvent};
 
@@ -92,6 +92,7 @@ pub const DEFAULT_INBOX: Limit = Limit {
 
 /// What a [`ServerCore`] is set up with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Protocol parameters.
     pub params: Params,
@@ -328,7 +329,8 @@ impl ServerCore {
     pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         match Message::decode(datagram) {
             Ok(msg) => self.handle_message(now, from, msg),
-            Err(_) => {
+            Err(err) => {
+                log_malformed(from, err, datagram);
                 self.totals.malformed += 1;
                 if let Some(slot) = self
                     .by_addr
@@ -345,6 +347,10 @@ impl ServerCore {
     pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message<'_>) {
         if msg.kind == MsgType::Connect {
             if msg.seq_num > MAX_ISN {
+                log::debug!(
+                    "dropped a Connect from {from}: isn {} above MAX_ISN",
+                    msg.seq_num
+                );
                 self.totals.rejected += 1;
                 return;
             }
@@ -352,10 +358,12 @@ impl ServerCore {
             return;
         }
         let Some(&id) = self.by_addr.get(&from) else {
+            log::debug!("dropped {msg:?} from {from}: no connection from this address");
             self.totals.rejected += 1;
             return;
         };
         if msg.conn_id != id {
+            log::debug!("dropped {msg:?} from {from}: connection {id} is this address's");
             self.totals.rejected += 1;
             return;
         }
@@ -363,9 +371,17 @@ impl ServerCore {
             self.batch.push(id);
         }
         if let Some(slot) = self.conns.get_mut(&id) {
-            if slot.conn.handle(msg).is_err() {
-                slot.timing.rejected += 1;
-                self.totals.rejected += 1;
+            // What to log if it is rejected (the message itself is consumed).
+            let what = (msg.kind, msg.conn_id, msg.seq_num);
+            match slot.conn.handle(msg) {
+                Ok(()) => {}
+                // Flow control, not a fault of the peer's.
+                Err(Rejected::Paused) => {}
+                Err(why) => {
+                    log::debug!("dropped {what:?} from {from}: {why}");
+                    slot.timing.rejected += 1;
+                    self.totals.rejected += 1;
+                }
             }
         }
         self.after(now, id);
@@ -693,6 +709,17 @@ impl ServerCore {
             self.drained = true;
             self.outputs.push_back(ServerOutput::Drained);
         }
+    }
+}
+
+/// Logs a datagram that was not a message, at debug level, with its start.
+pub(crate) fn log_malformed(from: SocketAddr, err: DecodeError, datagram: &[u8]) {
+    if log::log_enabled!(log::Level::Debug) {
+        let shown = &datagram[..datagram.len().min(80)];
+        log::debug!(
+            "dropped a malformed datagram from {from} ({err}): {:?}",
+            String::from_utf8_lossy(shown)
+        );
     }
 }
 
