@@ -21,6 +21,10 @@ use crate::{ConnId, Error, Faults, Params};
 
 impl Core for ClientCore {
     type Output = ClientOutput;
+    type Inbox = ();
+    fn read_done(&mut self, now: Instant, _: (), messages: usize, bytes: usize) {
+        ClientCore::read_done(self, now, messages, bytes);
+    }
     fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         ClientCore::handle(self, now, from, datagram);
     }
@@ -449,7 +453,7 @@ impl Client {
             Ok(Item::Data(payload)) => {
                 // Room in the inbox again (flow control).
                 let len = payload.len();
-                shared.with_core(|core, now| core.read_done(now, 1, len));
+                shared.read_done((), len);
                 Ok(payload)
             }
             Ok(Item::Lost(id)) => {

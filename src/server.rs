@@ -54,6 +54,10 @@ impl fmt::Display for ConnId {
 
 impl Core for ServerCore {
     type Output = ServerOutput;
+    type Inbox = ConnId;
+    fn read_done(&mut self, now: Instant, id: ConnId, messages: usize, bytes: usize) {
+        ServerCore::read_done(self, now, id, messages, bytes);
+    }
     fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         ServerCore::handle(self, now, from, datagram);
     }
@@ -502,7 +506,7 @@ impl Server {
                     }
                     // Room in the connection's inbox again (flow control).
                     let (id, len) = (*id, payload.len());
-                    shared.with_core(|core, now| core.read_done(now, id, 1, len));
+                    shared.read_done(id, len);
                 }
                 ServerEvent::Closed { id } => {
                     role.user_closed.lock().remove(id);

@@ -201,6 +201,9 @@ impl Io {
 pub(crate) trait Core: Send + 'static {
     /// What the core hands to the application side.
     type Output;
+    /// Which inbox a read took a message from (a connection, or nothing).
+    type Inbox: Send + 'static;
+    fn read_done(&mut self, now: Instant, inbox: Self::Inbox, messages: usize, bytes: usize);
     fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]);
     fn end_batch(&mut self, now: Instant);
     fn handle_epoch(&mut self, now: Instant);
@@ -228,6 +231,12 @@ pub(crate) trait Role: Send + Sync + 'static {
 /// State shared by the user's handle and the instance's threads.
 pub(crate) struct Shared<R: Role> {
     core: Mutex<R::Core>,
+    /// Reads the application made, told to the core at its next input: a
+    /// read never waits for the core's lock (which the receive thread and
+    /// writers hold often). A stale count only pauses receiving a little
+    /// early; the peer's next retransmission is itself an input that
+    /// delivers the count and resumes it.
+    reads: ReadLog<<R::Core as Core>::Inbox>,
     /// Signalled after every input: writers waiting for room re-check.
     room: Condvar,
     pub io: Io,
@@ -243,9 +252,22 @@ impl<R: Role> Shared<R> {
     /// Runs `f` on the core, then delivers what it produced (see the module docs).
     pub(crate) fn with_core<T>(&self, f: impl FnOnce(&mut R::Core, Instant) -> T) -> T {
         let mut core = self.core.lock();
-        let result = f(&mut core, Instant::now());
+        let now = Instant::now();
+        self.apply_reads(&mut core, now);
+        let result = f(&mut core, now);
         self.finish(core);
         result
+    }
+
+    /// Notes that the application took a message of `len` bytes from `inbox`.
+    pub(crate) fn read_done(&self, inbox: <R::Core as Core>::Inbox, len: usize) {
+        let _ = self.reads.0.send((inbox, len));
+    }
+
+    fn apply_reads(&self, core: &mut R::Core, now: Instant) {
+        while let Ok((inbox, len)) = self.reads.1.try_recv() {
+            core.read_done(now, inbox, 1, len);
+        }
     }
 
     /// Like [`with_core`](Self::with_core), but first waits while `blocked`
@@ -270,7 +292,9 @@ impl<R: Role> Shared<R> {
                 }
             }
         }
-        let result = f(&mut core, Instant::now());
+        let now = Instant::now();
+        self.apply_reads(&mut core, now);
+        let result = f(&mut core, now);
         self.finish(core);
         Some(result)
     }
@@ -348,6 +372,9 @@ impl<R: Role> Shared<R> {
     }
 }
 
+/// Reads noted by the application's threads, for the core.
+type ReadLog<K> = (Sender<(K, usize)>, Receiver<(K, usize)>);
+
 /// A close request sent to the close manager; `reply` is `None` for a drop.
 struct CloseRequest {
     reply: Option<Sender<Result<(), Error>>>,
@@ -408,6 +435,7 @@ impl<R: Role> Endpoint<R> {
         let (drained_tx, drained_rx) = unbounded();
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
+            reads: unbounded(),
             room: Condvar::new(),
             io: Io {
                 socket: RwLock::new(Some(socket)),
