@@ -185,10 +185,11 @@ fn late_duplicate_connect_of_an_ended_connection_is_ignored_for_epoch_limit_epoc
     assert_eq!(outputs(&mut s), connected(2, b, now));
 }
 
-/// Found by the simulator: a late duplicate of the Connect that opened an
-/// ended connection arrives after the client at that address connected
-/// again (a reconnect or a restart, with a new ISN). It must not replace the
-/// live connection with a ghost.
+/// Found writing the simulator's model of the table (the simulator catches
+/// it too, through storm senders that change ISN): a late duplicate of the
+/// Connect that opened an ended connection arrives after the client at that
+/// address connected again (a reconnect or a restart, with a new ISN). It
+/// must not replace the live connection with a ghost.
 #[test]
 fn late_duplicate_connect_never_replaces_a_newer_connection() {
     let mut now = Instant::now();
@@ -661,6 +662,58 @@ fn reconnecting_client_does_not_take_its_old_connection_for_the_new_one() {
     c.handle_message(now, SERVER, Message::ack(1, isn));
     assert_eq!(c.state(), ConnState::Connected);
     assert_eq!(c.conn_id(), id(1));
+}
+
+/// Found by the simulator: when the server's first Data is what tells the
+/// client its connection id (the Ack was lost or overtaken), the Data is
+/// handed out after the connection is announced, and after a reconnect
+/// after the `Reconnected` marker: it belongs to the new connection.
+#[test]
+fn data_that_connects_the_client_comes_after_the_connect_and_the_gap_marker() {
+    let limit = 3;
+    let now = Instant::now();
+    let mut c = ClientCore::new(now, SERVER, 5, ClientConfig::new(params(limit)));
+    client_outputs(&mut c);
+    c.handle_message(now, SERVER, Message::data(1, 6, b"first"));
+    assert_eq!(
+        client_outputs(&mut c),
+        [
+            ClientOutput::State {
+                conn_id: Some(id(1)),
+                state: ConnState::Connected,
+                at: now
+            },
+            ClientOutput::ConnectResult(Ok(id(1))),
+            ClientOutput::Data(b"first".to_vec()),
+        ]
+    );
+
+    let mut config = ClientConfig::new(params(limit));
+    config.reconnect = Some(policy());
+    let mut c = connected_client(config, now, 5, 1);
+    c.handle_message(now, SERVER, Message::data(1, 6, b"old"));
+    assert_eq!(
+        client_outputs(&mut c),
+        [ClientOutput::Data(b"old".to_vec())]
+    );
+    let (now, _) = silence(&mut c, now, limit);
+    let (now, isn) = redial(&mut c, now, (10, 20));
+    c.handle_message(now, SERVER, Message::data(2, isn + 1, b"new"));
+    assert_eq!(
+        client_outputs(&mut c),
+        [
+            ClientOutput::Reconnected {
+                old: id(1),
+                new: id(2)
+            },
+            ClientOutput::State {
+                conn_id: Some(id(2)),
+                state: ConnState::Connected,
+                at: now
+            },
+            ClientOutput::Data(b"new".to_vec()),
+        ]
+    );
 }
 
 #[test]
