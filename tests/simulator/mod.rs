@@ -821,11 +821,12 @@ impl Sim {
             self.check_decision(from, msg.seq_num, decision, &step);
             return;
         }
-        // Routed to the connection at `from` if it names it.
+        // Routed to the connection at `from` (by the shadow table) if it
+        // names it.
         let routed = self
-            .server
-            .conn_at(from)
-            .map(u32::from)
+            .live
+            .get(&from)
+            .copied()
             .filter(|&id| id == msg.conn_id);
         let rejected =
             |sim: &Sim, id: u32| sim.server.stats(now, ConnId::from(id)).map(|s| s.rejected);
@@ -1533,7 +1534,11 @@ impl Sim {
                         let Some(owner) = owner else {
                             fail(self, "an id the server never gave".into());
                         };
-                        if owner.addr != addr || owner.isn != isn {
+                        if owner.addr != addr {
+                            let other = owner.addr;
+                            fail(self, format!("the id of a connection of {other}"));
+                        }
+                        if owner.isn != isn {
                             // A previous process's connection at this address
                             // answered first: the known hazard.
                             owner.misadopted = true;
