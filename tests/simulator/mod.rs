@@ -1491,10 +1491,9 @@ impl Sim {
                         ConnState::Connecting,
                         ConnState::Connected | ConnState::Refused | ConnState::Closed,
                     ) => true,
-                    (
-                        ConnState::Connected,
-                        ConnState::Closing | ConnState::Lost | ConnState::Closed,
-                    ) => true,
+                    (ConnState::Connected, ConnState::Closing | ConnState::Lost) => true,
+                    // Only an abort skips Closing.
+                    (ConnState::Connected, ConnState::Closed) => self.aborting,
                     (ConnState::Closing, ConnState::Closed | ConnState::Lost) => true,
                     (ConnState::Lost, ConnState::Reconnecting { .. } | ConnState::Refused) => {
                         self.policy.is_some()
