@@ -250,6 +250,21 @@ fn connecting_client_adopts_the_id_from_an_ack_a_heartbeat_or_data() {
     assert_eq!((c.phase(), c.conn_id()), (Phase::Open, 6));
     assert_eq!(delivered(&mut c), [b"first".to_vec()]);
     assert_eq!(drain(&mut c), [Message::ack(6, 8)]);
+
+    // Data numbered from another isn (another connection to this address:
+    // an earlier attempt's, a previous process's) names no connection of
+    // ours; the last sequence number of our first window does.
+    let mut c = Conn::client(p, 7);
+    drain(&mut c);
+    for sn in [7, 12, 1000, 3] {
+        assert_eq!(
+            c.handle(Message::data(6, sn, b"theirs")),
+            Err(Rejected::Unexpected)
+        );
+    }
+    assert_eq!(c.phase(), Phase::Connecting);
+    c.handle(Message::data(6, 11, b"ours")).unwrap();
+    assert_eq!((c.phase(), c.conn_id()), (Phase::Open, 6));
 }
 
 /// A reconnecting client ignores its previous connection's heartbeats.

@@ -1,7 +1,13 @@
-//! Deterministic simulation of the protocol core: exactly-once, in-order
-//! delivery (or a reported loss) under any network, with the window, back-off,
-//! heartbeat, loss-timing, close and memory invariants checked on every step.
-//! See `tests/simulator/mod.rs` for the simulator.
+//! Deterministic simulation of the shipped cores (one `ServerCore`, a
+//! `ClientCore` per client): exactly-once, in-order delivery (or a reported
+//! loss) under any network, with the window, back-off, heartbeat,
+//! loss-timing, close and memory invariants checked on every step, and the
+//! table's: one live connection per address, the connection limit, what
+//! every Connect must do (repeated, late, from a restarted client, refused),
+//! one terminal state per connection and the order of every output. Besides
+//! the network's faults, scenarios have a connection limit, storms of raw
+//! Connects, clients that restart on their address, and reconnecting
+//! clients that may close while reconnecting. See `tests/simulator/mod.rs`.
 //!
 //! `cargo test --release --test sim` runs 2,000 generated scenarios
 //! (`LIVESEQ_SIM_SEEDS=N` for more). A failure prints the scenario as one
@@ -31,6 +37,14 @@ fn scenarios() -> impl Strategy<Value = Scenario> {
                     prop_oneof![4 => Just(0u64), 1 => 1u64..=15],
                 ),
                 (any::<bool>(), 0u8..=30, any::<u64>()),
+                (
+                    prop_oneof![3 => Just(0usize), 1 => 1usize..=4],
+                    prop_oneof![3 => Just(0usize), 1 => 1usize..=40],
+                    prop_oneof![3 => Just(0u8), 1 => 1u8..=60],
+                    prop_oneof![2 => Just(0u64), 1 => 1u64..=4],
+                    0u32..=3,
+                    prop_oneof![2 => Just(0u8), 1 => 1u8..=5],
+                ),
             )
         })
         .prop_map(
@@ -43,6 +57,7 @@ fn scenarios() -> impl Strategy<Value = Scenario> {
                 (drop, duplicate, delay, max_delay_epochs),
                 (corrupt, shorten, lengthen, partition_epochs),
                 (coalesce, early_close, seed),
+                (max_connections, storm, restart, reconnect_epochs, max_attempts, reconnect_close),
             )| Scenario {
                 window,
                 max_unacked,
@@ -62,6 +77,12 @@ fn scenarios() -> impl Strategy<Value = Scenario> {
                 coalesce,
                 early_close,
                 seed,
+                max_connections,
+                storm,
+                restart,
+                reconnect_epochs,
+                max_attempts,
+                reconnect_close,
             },
         )
 }
@@ -138,6 +159,12 @@ fn perfect_network_delivers_everything() {
             coalesce: w > 1,
             early_close: 0,
             seed: u64::from(w),
+            max_connections: 0,
+            storm: 0,
+            restart: 0,
+            reconnect_epochs: 0,
+            max_attempts: 0,
+            reconnect_close: 0,
         };
         let out = Sim::new(&sc).run();
         assert_eq!(out.delivered, 2 * 4 * 30, "{sc}");
@@ -160,4 +187,43 @@ fn a_long_partition_is_reported_as_a_loss() {
     let out = Sim::new(&sc).run();
     assert!(out.lost >= 2, "client 0 and its server connection: {out:?}");
     assert!(out.drained >= 2, "the other clients drain: {out:?}");
+}
+
+/// Clients restart on their own address with a new ISN: the table ends
+/// each old connection (Lost) as it admits the new one.
+#[test]
+fn restarted_clients_replace_their_connections() {
+    let sc: Scenario =
+        "w=4,m=4,b=1,l=4,c=4,n=10,s=20,drop=5,dup=20,delay=20,de=2,corrupt=0,short=0,long=0,part=0,co=1,early=0,seed=0,maxc=0,storm=0,restart=100,rc=0,ra=0,rclose=0"
+            .parse()
+            .unwrap();
+    let out = Sim::new(&sc).run();
+    assert!(out.restarts >= 1 && out.replaced >= 1, "{out:?}");
+    assert!(out.duplicate_connects >= 1, "{out:?}");
+}
+
+/// A storm of Connects from 30 addresses against `max_connections` 3:
+/// refusals once per address per epoch, late duplicates ignored.
+#[test]
+fn a_connect_storm_against_the_connection_limit() {
+    let sc: Scenario =
+        "w=4,m=4,b=1,l=4,c=4,n=10,s=20,drop=5,dup=20,delay=20,de=2,corrupt=0,short=0,long=0,part=0,co=1,early=0,seed=0,maxc=3,storm=30,restart=0,rc=0,ra=0,rclose=0"
+            .parse()
+            .unwrap();
+    let out = Sim::new(&sc).run();
+    assert!(out.refused > 10 && out.admitted >= 4, "{out:?}");
+    assert!(out.late_duplicates >= 1, "{out:?}");
+}
+
+/// Clients that reconnect after a partition and losses; then the same with
+/// closes racing the reconnects (while waiting to redial, or dialling).
+#[test]
+fn reconnects_and_closes_racing_them() {
+    let line = "w=4,m=4,b=1,l=2,c=3,n=30,s=20,drop=20,dup=10,delay=10,de=1,corrupt=0,short=0,long=0,part=20,co=1,early=0,maxc=0,storm=0,restart=0,rc=2,ra=3";
+    let sc: Scenario = format!("{line},seed=3,rclose=0").parse().unwrap();
+    let out = Sim::new(&sc).run();
+    assert!(out.reconnects >= 5 && out.reconnected >= 3, "{out:?}");
+    let sc: Scenario = format!("{line},seed=8,rclose=30").parse().unwrap();
+    let out = Sim::new(&sc).run();
+    assert!(out.closes_while_reconnecting >= 2, "{out:?}");
 }

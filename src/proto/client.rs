@@ -384,15 +384,21 @@ impl ClientCore {
             conn.oldest_unacked(),
             std::iter::from_fn(|| conn.poll_first_acked()),
         );
+        let mut delivered = Vec::new();
         while let Some(payload) = self.conn.poll_delivered() {
             self.unread.0 += 1;
             self.unread.1 += payload.len();
-            self.outputs.push_back(ClientOutput::Data(payload));
+            delivered.push(payload);
         }
         let full = self.config.inbox.reached(self.unread.0, self.unread.1);
         self.conn.set_receive_paused(full);
         while let Some(event) = self.conn.poll_event() {
             let id = self.conn.conn_id();
+            if event != Event::Connected {
+                // Everything received before an end is handed out first.
+                self.outputs
+                    .extend(delivered.drain(..).map(ClientOutput::Data));
+            }
             match event {
                 Event::Connected => {
                     self.last_id = id;
@@ -408,6 +414,11 @@ impl ClientCore {
                         self.outputs
                             .push_back(ClientOutput::ConnectResult(Ok(ConnId(id))));
                     }
+                    // Data that proved the connection (its Ack was lost or
+                    // overtaken) belongs after it is announced, and after
+                    // the `Reconnected` marker.
+                    self.outputs
+                        .extend(delivered.drain(..).map(ClientOutput::Data));
                 }
                 Event::Lost if id == 0 => {
                     if std::mem::take(&mut self.first_connect) {
@@ -439,6 +450,8 @@ impl ClientCore {
                 }
             }
         }
+        self.outputs
+            .extend(delivered.drain(..).map(ClientOutput::Data));
         // A new connection that exchanged data starts the attempt count over.
         let c = &self.conn;
         if self.attempt > 0

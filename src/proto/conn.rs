@@ -242,9 +242,10 @@ impl Conn {
     /// A client connection: it starts by sending `(Connect, 0, isn)`.
     ///
     /// While connecting it takes as the answer `(Ack, id, isn)`, a heartbeat
-    /// `(Ack, id, 0)` or any Data carrying a connection id: the Go reference
-    /// server sends its Ack only once, so a client whose Ack was lost learns
-    /// its id from what follows.
+    /// `(Ack, id, 0)` or intact Data carrying a connection id and a sequence
+    /// number in its first receive window (`isn + 1` to `isn + window_size`):
+    /// the Go reference server sends its Ack only once, so a client whose
+    /// Ack was lost learns its id from what follows.
     pub fn client(params: Params, isn: u64) -> Conn {
         let mut conn = Conn::new(params, 0, isn, Phase::Connecting);
         conn.heard = true;
@@ -451,14 +452,19 @@ impl Conn {
                 // The Ack of our Connect, a heartbeat, or the server's first
                 // Data: each proves the connection exists and names it. Other
                 // acks are ignored, and Data must be intact before its id is
-                // trusted. Only the Ack carrying our isn may name the stale id
-                // (a restarted server may hand out the same id again).
+                // trusted, and numbered from our isn (inside our receive
+                // window): Data of another connection to this address (an
+                // earlier attempt's, a previous process's) is not ours. Only
+                // the Ack carrying our isn may name the stale id (a restarted
+                // server may hand out the same id again).
                 let fresh = Some(msg.conn_id) != self.stale_conn_id;
+                let window = u64::from(self.params.window_size);
+                let ours = msg.seq_num > self.isn && msg.seq_num - self.isn <= window;
                 let proof = msg.conn_id != 0
                     && match msg.kind {
                         MsgType::Ack if msg.seq_num == self.isn => true,
                         MsgType::Ack => msg.seq_num == 0 && fresh,
-                        MsgType::Data => fresh && msg.clone().verify_data(),
+                        MsgType::Data => fresh && ours && msg.clone().verify_data(),
                         MsgType::Connect | MsgType::CAck => false,
                     };
                 if !proof {

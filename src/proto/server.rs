@@ -176,11 +176,12 @@ struct Totals {
 ///   connection is answered with the same Ack (`duplicate_connects`).
 /// * A Connect with another ISN from that address is a restarted client: the
 ///   old connection ends `Lost` and a new one is admitted in the same step.
-/// * A Connect from an address whose connection has **ended** (a late
-///   duplicate of the Connect that opened it, delayed in the network) is
-///   ignored when it carries that connection's ISN, for `epoch_limit` epochs
-///   after the end: admitting it would open a ghost connection that is never
-///   used and is reported lost later. A different ISN is a new client.
+/// * A Connect carrying the ISN of a connection from that address that has
+///   **ended** (lost, closed or replaced) in the last `epoch_limit` epochs is
+///   a late duplicate of the Connect that opened it, delayed in the network,
+///   and is ignored, even when a newer connection from that address is live:
+///   admitting it would open a ghost connection that is never used (and
+///   would replace the live one). A different ISN is a new client.
 /// * At `max_connections`, a Connect from a new address is ignored (LSP has
 ///   no rejection message); a `Refused` output is produced once per address
 ///   per epoch.
@@ -189,8 +190,9 @@ pub struct ServerCore {
     config: ServerConfig,
     conns: HashMap<u32, Slot>,
     by_addr: HashMap<SocketAddr, u32>,
-    /// Recently ended connections by address: (isn, epochs left to remember).
-    ended: HashMap<SocketAddr, (u64, u32)>,
+    /// Recently ended connections by address and ISN: epochs left to
+    /// remember them.
+    ended: HashMap<(SocketAddr, u64), u32>,
     next_id: u32,
     closing: bool,
     refused_this_epoch: HashSet<SocketAddr>,
@@ -213,7 +215,8 @@ pub struct ServerCore {
 const MAX_REFUSED_TRACKED: usize = 4096;
 
 /// At most this many ended connections are remembered for late duplicate
-/// Connects; beyond it the oldest are forgotten first (at the next epoch).
+/// Connects; beyond it, connections that end are not remembered until older
+/// ones have been forgotten (each after `epoch_limit` epochs).
 const MAX_ENDED_TRACKED: usize = 65536;
 
 impl ServerCore {
@@ -400,7 +403,7 @@ impl ServerCore {
     /// An epoch passed: every connection ticks.
     pub fn handle_epoch(&mut self, now: Instant) {
         self.refused_this_epoch.clear();
-        self.ended.retain(|_, (_, left)| {
+        self.ended.retain(|_, left| {
             *left = left.saturating_sub(1);
             *left > 0
         });
@@ -540,9 +543,9 @@ impl ServerCore {
     // ----- internals -----
 
     fn on_connect(&mut self, now: Instant, from: SocketAddr, isn: u64) {
-        if let Some(&id) = self.by_addr.get(&from) {
-            let same = self.conns.get(&id).is_some_and(|s| s.conn.isn() == isn);
-            if same {
+        let live = self.by_addr.get(&from).copied();
+        if let Some(id) = live {
+            if self.conns.get(&id).is_some_and(|s| s.conn.isn() == isn) {
                 // Our Ack was lost: answer the repeated Connect the same way.
                 self.totals.duplicate_connects += 1;
                 if let Some(slot) = self.conns.get_mut(&id) {
@@ -551,22 +554,25 @@ impl ServerCore {
                 self.after(now, id);
                 return;
             }
+        }
+        if self.ended.contains_key(&(from, isn)) {
+            // A late duplicate of the Connect that opened a connection now
+            // ended: admitting it would open a ghost connection (and end
+            // the live one, if the client has connected again since).
+            self.totals.duplicate_connects += 1;
+            return;
+        }
+        if let Some(id) = live {
             if !self.closing {
                 // A new incarnation of the client at this address: the old
                 // connection is gone for good.
                 self.replace(now, id);
             }
-        } else if self.ended.get(&from).is_some_and(|&(old, _)| old == isn) {
-            // A late duplicate of the Connect that opened a connection now
-            // ended: admitting it would open a ghost connection.
-            self.totals.duplicate_connects += 1;
-            return;
         }
         if self.closing || self.conns.len() >= self.config.max_connections {
             self.refuse(now, from);
             return;
         }
-        self.ended.remove(&from);
         self.next_id = self.next_id.wrapping_add(1).max(1);
         while self.conns.contains_key(&self.next_id) {
             self.next_id = self.next_id.wrapping_add(1).max(1);
@@ -601,6 +607,7 @@ impl ServerCore {
             return;
         };
         self.by_addr.remove(&slot.addr);
+        self.remember_ended(slot.addr, slot.conn.isn());
         let reading = !slot.conn.closed_by_app();
         slot.conn.abort();
         self.totals.lost += 1;
@@ -609,6 +616,15 @@ impl ServerCore {
                 .push_back(ServerOutput::App(ServerEvent::Lost { id: ConnId(id) }));
         }
         self.state_change(now, Some(ConnId(id)), slot.addr, ConnState::Lost);
+    }
+
+    /// Remembers an ended connection for `epoch_limit` epochs, so that late
+    /// duplicates of its Connect are recognised.
+    fn remember_ended(&mut self, addr: SocketAddr, isn: u64) {
+        if self.ended.len() < MAX_ENDED_TRACKED {
+            self.ended
+                .insert((addr, isn), self.config.params.epoch_limit);
+        }
     }
 
     fn refuse(&mut self, now: Instant, from: SocketAddr) {
@@ -689,10 +705,7 @@ impl ServerCore {
             return;
         };
         self.by_addr.remove(&slot.addr);
-        if self.ended.len() < MAX_ENDED_TRACKED {
-            self.ended
-                .insert(slot.addr, (slot.conn.isn(), self.config.params.epoch_limit));
-        }
+        self.remember_ended(slot.addr, slot.conn.isn());
         while let Some(msg) = slot.conn.poll_transmit() {
             self.orphaned.push_back((slot.addr, msg.into_owned()));
         }

@@ -1,25 +1,58 @@
-//! A deterministic network simulator for the protocol core.
+//! A deterministic network simulator for the shipped protocol cores.
 //!
-//! One server-side table and N clients, all real [`Conn`] state machines,
-//! exchange real encoded datagrams through a simulated network driven by a
-//! seeded generator. Time is virtual: an epoch is `TICKS_PER_EPOCH` ticks, so
-//! delays and reordering happen inside epochs too. Nothing here reads a clock
-//! or touches a socket, so a scenario replays exactly from its description.
+//! One [`ServerCore`] (the connection table, exactly as the threaded server
+//! drives it) and one [`ClientCore`] per client exchange real encoded
+//! datagrams through a simulated network driven by a seeded generator. Each
+//! client has a fake address (`10.0.0.2:10000 + index`; a restarted client
+//! keeps it), storm senders have their own; none is ever used on a network,
+//! they are keys. Time is virtual: an `Instant` base plus ticks, an epoch
+//! being `TICKS_PER_EPOCH` ticks, so delays and reordering happen inside
+//! epochs too. Nothing here reads a clock or touches a socket, so a scenario
+//! replays exactly from its description.
 //!
-//! Every step checks the protocol's invariants with shadow models; a broken
-//! invariant panics with the tick, the connection and what was expected.
+//! Every step checks the protocol's invariants with shadow models: one
+//! shadow per connection on either side (read through `ServerCore::conn`
+//! and `ClientCore::conn`, never written), a shadow of the table (which
+//! connection lives at which address, what a Connect must do), and the
+//! order of every output. A broken invariant panics with the tick, the
+//! connection and what was expected.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
-use liveseq::proto::{Conn, Event, Phase};
-use liveseq::proto::{Message, MsgType, CONNECT_REACKS};
-use liveseq::Params;
+use liveseq::proto::{
+    ClientConfig, ClientCore, ClientOutput, Message, MsgType, Phase, ServerConfig, ServerCore,
+    ServerOutput, CONNECT_REACKS,
+};
+use liveseq::{ConnId, ConnState, Params, ReconnectPolicy, ServerEvent};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 pub const TICKS_PER_EPOCH: u64 = 4;
+
+/// Scenarios run with 1 ms epochs: a tick is a quarter of one.
+const TICK: Duration = Duration::from_micros(250);
+
+const SERVER_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 9000);
+
+fn client_addr(c: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 10000 + c as u16)
+}
+
+fn storm_addr(j: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)), 20000 + j as u16)
+}
+
+fn node_of(addr: SocketAddr) -> Node {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.octets()[3] == 2 => Node::Client(usize::from(addr.port() - 10000)),
+        IpAddr::V4(ip) if ip.octets()[3] == 3 => Node::Storm(usize::from(addr.port() - 20000)),
+        _ => Node::Server,
+    }
+}
 
 /// Everything that defines one run.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,7 +62,7 @@ pub struct Scenario {
     pub max_backoff: u32,
     pub epoch_limit: u32,
     pub clients: usize,
-    /// Messages each client writes to the server, and the server to each client.
+    /// Messages each client writes to the server, and the server to each connection.
     pub messages: usize,
     /// Largest payload.
     pub max_size: usize,
@@ -47,13 +80,28 @@ pub struct Scenario {
     /// Percent of closes issued before the closing side has read everything.
     pub early_close: u8,
     pub seed: u64,
+    /// The server's `max_connections` (0: no limit).
+    pub max_connections: usize,
+    /// Extra addresses that each send 1 to 3 raw Connects in the first
+    /// epochs (a storm); what the server sends them goes nowhere.
+    pub storm: usize,
+    /// Percent of clients that restart once mid-run: a fresh `ClientCore`
+    /// with a new ISN on the same address.
+    pub restart: u8,
+    /// Clients reconnect after a loss, waiting up to this many epochs
+    /// (0: they do not reconnect).
+    pub reconnect_epochs: u64,
+    /// Reconnect attempts before giving up (0: never).
+    pub max_attempts: u32,
+    /// Percent chance, per tick, that a reconnecting client closes.
+    pub reconnect_close: u8,
 }
 
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "w={},m={},b={},l={},c={},n={},s={},drop={},dup={},delay={},de={},corrupt={},short={},long={},part={},co={},early={},seed={}",
+            "w={},m={},b={},l={},c={},n={},s={},drop={},dup={},delay={},de={},corrupt={},short={},long={},part={},co={},early={},seed={},maxc={},storm={},restart={},rc={},ra={},rclose={}",
             self.window,
             self.max_unacked,
             self.max_backoff,
@@ -71,7 +119,13 @@ impl fmt::Display for Scenario {
             self.partition_epochs,
             u8::from(self.coalesce),
             self.early_close,
-            self.seed
+            self.seed,
+            self.max_connections,
+            self.storm,
+            self.restart,
+            self.reconnect_epochs,
+            self.max_attempts,
+            self.reconnect_close,
         )
     }
 }
@@ -79,6 +133,8 @@ impl fmt::Display for Scenario {
 impl FromStr for Scenario {
     type Err = String;
 
+    /// Fields after `seed` may be left out (lines printed before they
+    /// existed): they default to 0, which turns them off.
     fn from_str(s: &str) -> Result<Scenario, String> {
         let fields: HashMap<&str, u64> = s
             .split(',')
@@ -93,6 +149,7 @@ impl FromStr for Scenario {
             })
             .collect::<Result<_, String>>()?;
         let get = |k: &str| fields.get(k).copied().ok_or_else(|| format!("missing {k}"));
+        let opt = |k: &str| fields.get(k).copied().unwrap_or(0);
         Ok(Scenario {
             window: get("w")? as u32,
             max_unacked: get("m")? as u32,
@@ -112,6 +169,12 @@ impl FromStr for Scenario {
             coalesce: get("co")? != 0,
             early_close: get("early")? as u8,
             seed: get("seed")?,
+            max_connections: opt("maxc") as usize,
+            storm: opt("storm") as usize,
+            restart: opt("restart") as u8,
+            reconnect_epochs: opt("rc"),
+            max_attempts: opt("ra") as u32,
+            reconnect_close: opt("rclose") as u8,
         })
     }
 }
@@ -127,12 +190,27 @@ impl Scenario {
         }
     }
 
+    /// The clients' reconnect policy: a redial within `reconnect_epochs`
+    /// epochs, then within twice that.
+    pub fn policy(&self) -> Option<ReconnectPolicy> {
+        (self.reconnect_epochs > 0).then(|| {
+            let k = TICK * (TICKS_PER_EPOCH * self.reconnect_epochs) as u32;
+            ReconnectPolicy {
+                delays: vec![(Duration::ZERO, k), (k, 2 * k)],
+                max_attempts: (self.max_attempts > 0).then_some(self.max_attempts),
+            }
+        })
+    }
+
     fn faulty(&self) -> bool {
         self.drop > 0
             || self.delay > 0
             || self.corrupt > 0
             || self.shorten > 0
             || self.partition_epochs > 0
+            || self.max_connections > 0
+            || self.storm > 0
+            || self.restart > 0
     }
 }
 
@@ -140,16 +218,44 @@ impl Scenario {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub ticks: u64,
+    /// Messages delivered to the applications, both ways.
     pub delivered: usize,
+    /// Connections (either side) that ended lost.
     pub lost: usize,
+    /// Connections (either side) that ended drained.
     pub drained: usize,
     pub retransmissions: u64,
+    /// Server connections admitted.
+    pub admitted: usize,
+    /// `Refused` outputs of the server (one per address per epoch).
+    pub refused: usize,
+    /// Connections replaced by a new incarnation from the same address.
+    pub replaced: usize,
+    /// Connects ignored as late duplicates of an ended connection.
+    pub late_duplicates: usize,
+    /// Repeated Connects answered with the same Ack.
+    pub duplicate_connects: usize,
+    pub restarts: usize,
+    /// Reconnect attempts.
+    pub reconnects: usize,
+    /// Reconnects that connected (`Reconnected` outputs).
+    pub reconnected: usize,
+    /// Closes issued while reconnecting.
+    pub closes_while_reconnecting: usize,
+    /// Client connections that took another connection's id for theirs (a
+    /// restarted client hearing its previous connection: a known hazard,
+    /// see `a_restarted_client_on_the_same_address_loses_nothing_silently`
+    /// in tests/cores.rs). They are exempt from the end-to-end checks.
+    pub misadopted: usize,
+    /// Messages those connections had acknowledged that were never delivered.
+    pub silently_lost: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Node {
     Server,
     Client(usize),
+    Storm(usize),
 }
 
 struct Datagram {
@@ -160,16 +266,30 @@ struct Datagram {
     bytes: Vec<u8>,
 }
 
-/// The shadow of one connection: what the checks expect of it.
-struct Tracked {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Drained,
+    Lost,
+    /// Closed without draining: a close while connecting, or an abort.
+    Aborted,
+    /// The client process went away (a restart).
+    Vanished,
+}
+
+/// The shadow of one connection, on either side: what the checks expect of it.
+struct Shadow {
     name: String,
-    conn: Conn,
-    /// The other end of the connection.
-    peer: Node,
-    /// Payloads this side wrote, in order.
+    /// The client's address (on both sides).
+    addr: SocketAddr,
+    isn: u64,
+    /// The connection id (0 while a client is connecting).
+    id: u32,
+    /// Payloads written to this connection, in order.
     written: Vec<Vec<u8>>,
-    /// Payloads the application received, in order.
-    delivered: Vec<Vec<u8>>,
+    /// Payloads the application received from it.
+    delivered: usize,
+    /// Sequence numbers received in order (delivered or, once closing, consumed).
+    received: u64,
     /// Per unacknowledged sequence number: epoch of its last send, current back-off.
     sends: BTreeMap<u64, (u64, u32)>,
     data_since_tick: bool,
@@ -183,55 +303,159 @@ struct Tracked {
     connecting_epochs: u32,
     closing: bool,
     closed_before_reading_all: bool,
-    ended: Option<Event>,
+    end: Option<End>,
     retransmissions: u64,
+    /// Client: it took the id of a connection that is not its own. Server:
+    /// such a client talks to it.
+    misadopted: bool,
+    /// Server: `ServerEvent::Connected` was produced.
+    app_connected: bool,
+    /// Server: the application's last event (`Closed` or `Lost`) was produced.
+    app_ended: bool,
+    app_lost: bool,
+    /// Client: the tick it took another connection's id.
+    misadopted_at: u64,
 }
 
-impl Tracked {
-    fn new(name: String, conn: Conn, peer: Node, is_client: bool) -> Tracked {
-        Tracked {
+impl Shadow {
+    fn new(name: String, addr: SocketAddr, isn: u64, id: u32, heard: bool) -> Shadow {
+        Shadow {
             name,
-            conn,
-            peer,
+            addr,
+            isn,
+            id,
             written: Vec::new(),
-            delivered: Vec::new(),
+            delivered: 0,
+            received: 0,
             sends: BTreeMap::new(),
             data_since_tick: false,
             silent: 0,
-            heard: is_client,
+            heard,
             reacks: 0,
             connecting_epochs: 0,
             closing: false,
             closed_before_reading_all: false,
-            ended: None,
+            end: None,
             retransmissions: 0,
+            misadopted: false,
+            app_connected: false,
+            app_ended: false,
+            app_lost: false,
+            misadopted_at: 0,
         }
     }
+}
+
+/// One client process: its core, and what its application has seen.
+struct Client {
+    core: ClientCore,
+    /// Its current connection's shadow, in `Sim::cconns`.
+    conn: usize,
+    generation: u32,
+    /// Messages the application wrote (this generation).
+    written: usize,
+    /// The last state output.
+    state: ConnState,
+    closing: bool,
+    close_tick: u64,
+    /// Nothing more can happen to it.
+    done: bool,
+    drained: bool,
+    lost_reported: bool,
+    connect_result: bool,
+    /// The lost connection a `Reconnected` must name.
+    reconnect_old: Option<u32>,
+    /// `Reconnected` was the last output (a `State` `Connected` must follow).
+    reconnected_new: Option<u32>,
+    /// The last output was this state (`ConnectResult` follows one).
+    prev_state: Option<ConnState>,
+    attempt: u32,
+    /// Reconnects so far (this generation).
+    reconnects: u32,
+    restart_at: Option<u64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Input {
+    Epoch,
+    Other,
+}
+
+/// What a Connect arriving at the server must do, by the table's rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decision {
+    /// The same ISN as the live connection there: the same Ack again.
+    Duplicate(u32),
+    /// The ISN of a connection from there that ended less than
+    /// `epoch_limit` epochs ago: ignored.
+    LateDuplicate,
+    /// Admitted, replacing the live connection there if any.
+    Admit(Option<u32>),
+    /// Refused (at the limit, or closing), after replacing the live
+    /// connection there if any; announced if first for the address this epoch.
+    Refuse(Option<u32>, bool),
+}
+
+/// What one server input produced.
+#[derive(Default)]
+struct ServerStep {
+    sent: HashMap<u32, Sent>,
+    /// Connection ends and admissions, in output order.
+    changes: Vec<(u32, ConnState)>,
+    refused: Vec<SocketAddr>,
+    transmits: Vec<(SocketAddr, Message<'static>)>,
+}
+
+/// What one client input produced.
+#[derive(Default)]
+struct ClientStep {
+    sent: Sent,
+    /// The connection current before the input was lost in it.
+    lost: bool,
+    outputs: usize,
 }
 
 pub struct Sim {
     sc: Scenario,
     p: Params,
+    policy: Option<ReconnectPolicy>,
     rng: SmallRng,
     tick: u64,
+    base: Instant,
     net: Vec<Datagram>,
     next_order: u64,
-    clients: Vec<Tracked>,
-    /// Server connections by client index (the client's "address").
-    server: HashMap<usize, Tracked>,
-    /// Ended server connections, kept for the final checks.
-    server_ended: Vec<(usize, Tracked)>,
-    next_id: u32,
+    server: ServerCore,
+    /// Every server connection ever, by id.
+    sconns: HashMap<u32, Shadow>,
+    /// The shadow of the table: the live connection at each address.
+    live: HashMap<SocketAddr, u32>,
+    /// When (epochs done) the last connection from an address with an ISN ended.
+    ended_at: HashMap<(SocketAddr, u64), u64>,
+    /// Addresses refused (and announced) in this epoch.
+    refused_now: HashSet<SocketAddr>,
+    server_closing: bool,
+    server_drained: bool,
+    /// The id `close_conn` is being called for (its `Closed` event is expected).
+    closing_conn: Option<u32>,
+    /// The connection the Connect being handled replaces, by the decision.
+    replacing: Option<u32>,
+    /// The kind of the server input being handled.
+    server_input: Input,
+    clients: Vec<Client>,
+    /// Every client connection ever (across reconnects and restarts).
+    cconns: Vec<Shadow>,
+    cconn_by_key: HashMap<(SocketAddr, u64), usize>,
+    /// Before a client's epoch: its connection's oldest unacknowledged and
+    /// next unsent sequence numbers, and what is in flight (for the
+    /// messages a reconnect carries over).
+    pre_epoch: Option<(u64, u64, BTreeSet<u64>)>,
+    aborting: bool,
     partition: Option<(u64, u64)>,
     payload_counter: u64,
     /// `on_epoch` rounds so far: a send is stamped with it, so a message sent
     /// just before an epoch is due for its first resend at that epoch.
     epochs_done: u64,
-}
-
-enum Input {
-    Epoch,
-    Other,
+    outcome: Outcome,
 }
 
 impl Sim {
@@ -239,33 +463,127 @@ impl Sim {
         let p = sc.params();
         p.validate().expect("scenario parameters");
         let mut rng = SmallRng::seed_from_u64(sc.seed);
-        let clients = (0..sc.clients)
-            .map(|c| {
-                let isn = u64::from(rng.gen::<u32>());
-                let mut conn = Conn::client(p, isn);
-                conn.set_coalesce_acks(sc.coalesce);
-                Tracked::new(format!("client {c}"), conn, Node::Server, true)
-            })
-            .collect();
         let partition = (sc.partition_epochs > 0).then(|| {
             let start = rng.gen_range(0..20 * TICKS_PER_EPOCH);
             (start, start + sc.partition_epochs * TICKS_PER_EPOCH)
         });
-        Sim {
+        let mut config = ServerConfig::new(p);
+        config.coalesce_acks = sc.coalesce;
+        if sc.max_connections > 0 {
+            config.max_connections = sc.max_connections;
+        }
+        let mut sim = Sim {
             sc: sc.clone(),
             p,
+            policy: sc.policy(),
             rng,
             tick: 0,
+            base: Instant::now(),
             net: Vec::new(),
             next_order: 0,
-            clients,
-            server: HashMap::new(),
-            server_ended: Vec::new(),
-            next_id: 1,
+            server: ServerCore::new(config),
+            sconns: HashMap::new(),
+            live: HashMap::new(),
+            ended_at: HashMap::new(),
+            refused_now: HashSet::new(),
+            server_closing: false,
+            server_drained: false,
+            closing_conn: None,
+            replacing: None,
+            server_input: Input::Other,
+            clients: Vec::new(),
+            cconns: Vec::new(),
+            cconn_by_key: HashMap::new(),
+            pre_epoch: None,
+            aborting: false,
             partition,
             payload_counter: 0,
             epochs_done: 0,
+            outcome: Outcome::default(),
+        };
+        for c in 0..sc.clients {
+            let restart_at = sim.chance(sc.restart).then(|| {
+                sim.rng
+                    .gen_range(2 * TICKS_PER_EPOCH..=30 * TICKS_PER_EPOCH)
+            });
+            let core = sim.new_client_core(c, 0);
+            sim.clients.push(core);
+            sim.clients[c].restart_at = restart_at;
         }
+        // The storm: raw Connects from many addresses in the first epochs,
+        // some repeated, some with a second ISN (a restart of the sender).
+        for j in 0..sc.storm {
+            let mut isn = u64::from(sim.rng.gen::<u32>());
+            for _ in 0..sim.rng.gen_range(1..=3) {
+                if sim.chance(20) {
+                    isn = u64::from(sim.rng.gen::<u32>());
+                }
+                let mut bytes = Vec::new();
+                Message::connect(isn).encode(&mut bytes);
+                let due = sim.rng.gen_range(1..=10 * TICKS_PER_EPOCH);
+                let order = sim.next_order + sim.rng.gen_range(0..1000);
+                sim.next_order += 1;
+                sim.net.push(Datagram {
+                    due,
+                    order,
+                    from: Node::Storm(j),
+                    to: Node::Server,
+                    bytes,
+                });
+            }
+        }
+        sim
+    }
+
+    fn now(&self) -> Instant {
+        self.base + TICK * self.tick as u32
+    }
+
+    /// A fresh client process at client `c`'s address, with its first
+    /// connection's shadow.
+    fn new_client_core(&mut self, c: usize, generation: u32) -> Client {
+        let isn = u64::from(self.rng.gen::<u32>());
+        let mut config = ClientConfig::new(self.p);
+        config.coalesce_acks = self.sc.coalesce;
+        config.reconnect = self.policy.clone();
+        config.seed = self.rng.gen();
+        let core = ClientCore::new(self.now(), SERVER_ADDR, isn, config);
+        let conn = self.new_cconn(c, generation, isn, Vec::new());
+        Client {
+            core,
+            conn,
+            generation,
+            written: 0,
+            state: ConnState::Connecting,
+            closing: false,
+            close_tick: 0,
+            done: false,
+            drained: false,
+            lost_reported: false,
+            connect_result: false,
+            reconnect_old: None,
+            reconnected_new: None,
+            prev_state: Some(ConnState::Connecting),
+            attempt: 0,
+            reconnects: 0,
+            restart_at: None,
+        }
+    }
+
+    fn new_cconn(&mut self, c: usize, generation: u32, isn: u64, written: Vec<Vec<u8>>) -> usize {
+        let addr = client_addr(c);
+        let mut shadow = Shadow::new(
+            format!("client {c} (generation {generation}, isn {isn})"),
+            addr,
+            isn,
+            0,
+            true,
+        );
+        shadow.written = written;
+        self.cconns.push(shadow);
+        let index = self.cconns.len() - 1;
+        self.cconn_by_key.insert((addr, isn), index);
+        index
     }
 
     fn fail(&self, who: &str, what: String) -> ! {
@@ -278,65 +596,78 @@ impl Sim {
     /// Runs the scenario to its end; panics on any broken invariant.
     pub fn run(mut self) -> Outcome {
         let limit_ticks = 4000 * TICKS_PER_EPOCH;
-        // Initial Connects.
+        // The first state output and the initial Connects.
         for c in 0..self.clients.len() {
-            self.pump_for(Node::Client(c), c, Input::Other);
+            self.first_outputs(c);
         }
         while !self.done() {
             if self.tick > limit_ticks {
                 let states: Vec<String> = self
-                    .clients
+                    .cconns
                     .iter()
-                    .chain(self.server.values())
+                    .chain(self.sconns.values())
+                    .filter(|t| t.end.is_none())
                     .map(|t| {
                         format!(
-                            "{}: {:?} ended {:?} closing {} wrote {} read {} unacked {} queued {} silent {}",
+                            "{}: id {} closing {} wrote {} read {} received {} silent {} misadopted {}",
                             t.name,
-                            t.conn.phase(),
-                            t.ended,
+                            t.id,
                             t.closing,
                             t.written.len(),
-                            t.delivered.len(),
-                            t.conn.unacked(),
-                            t.conn.queued(),
-                            t.conn.epochs_silent()
+                            t.delivered,
+                            t.received,
+                            t.silent,
+                            t.misadopted
                         )
                     })
                     .collect();
                 self.fail(
                     "simulation",
-                    format!("did not finish:\n  {}", states.join("\n  ")),
+                    format!(
+                        "did not finish (server closing {}, drained {}):\n  {}",
+                        self.server_closing,
+                        self.server_drained,
+                        states.join("\n  ")
+                    ),
                 );
             }
             self.tick += 1;
             self.deliver_due();
+            self.client_timeouts();
+            self.restarts();
             self.application_steps();
             if self.tick % TICKS_PER_EPOCH == 0 {
                 self.epoch_tick();
+                self.client_timeouts();
             }
+            self.check_table();
         }
         self.final_checks()
     }
 
     fn done(&self) -> bool {
-        self.clients.iter().all(|t| t.ended.is_some()) && self.server.is_empty()
+        self.server_drained && self.clients.iter().all(|c| c.done)
     }
 
-    fn tracked(&mut self, node: Node, client: usize) -> &mut Tracked {
-        match node {
-            Node::Client(c) => &mut self.clients[c],
-            Node::Server => match self.server.get_mut(&client) {
-                Some(t) => t,
-                None => {
-                    let (_, t) = self
-                        .server_ended
-                        .iter_mut()
-                        .rev()
-                        .find(|(c, _)| *c == client)
-                        .expect("server connection");
-                    t
-                }
-            },
+    /// A new client core's first output is its `Connecting` state; then its
+    /// Connect goes out.
+    fn first_outputs(&mut self, c: usize) {
+        let now = self.now();
+        let first = self.clients[c].core.poll_output();
+        let expected = ClientOutput::State {
+            conn_id: None,
+            state: ConnState::Connecting,
+            at: now,
+        };
+        if first != Some(expected) {
+            self.fail(
+                &format!("client {c}"),
+                format!("first output {first:?}, not Connecting"),
+            );
+        }
+        let step = self.client_pump(c, Input::Other);
+        if !step.sent.connect {
+            self.fail(&format!("client {c}"), "no Connect at once".into());
         }
     }
 
@@ -408,7 +739,8 @@ impl Sim {
         }
         // Random order within the tick: the network reorders freely.
         due.sort_by_key(|d| (d.due, d.order));
-        let mut touched = BTreeSet::new();
+        let mut server_touched = false;
+        let mut clients_touched = BTreeSet::new();
         for d in due {
             if self.partitioned(d.from, d.to) {
                 continue;
@@ -418,284 +750,1105 @@ impl Sim {
             };
             match (d.from, d.to) {
                 (Node::Server, Node::Client(c)) => {
-                    self.receive(Node::Client(c), c, msg);
-                    touched.insert((Node::Client(c), c));
+                    self.client_receive(c, msg);
+                    clients_touched.insert(c);
                 }
                 (Node::Client(c), Node::Server) => {
-                    if msg.kind == MsgType::Connect {
-                        self.server_connect(c, msg.seq_num);
-                    } else if self
-                        .server
-                        .get(&c)
-                        .is_some_and(|t| t.conn.conn_id() == msg.conn_id)
-                    {
-                        self.receive(Node::Server, c, msg);
-                        touched.insert((Node::Server, c));
-                    }
+                    self.server_receive(client_addr(c), msg);
+                    server_touched = true;
+                }
+                (Node::Storm(j), Node::Server) => {
+                    self.server_receive(storm_addr(j), msg);
+                    server_touched = true;
                 }
                 _ => unreachable!(),
             }
         }
         // The end of a receive batch: owed CAcks go out.
-        for (node, c) in touched {
-            if self.is_live(node, c) {
-                self.tracked(node, c).conn.flush_acks();
-                self.pump_for(node, c, Input::Other);
+        let now = self.now();
+        if server_touched {
+            self.server.end_batch(now);
+            self.server_pump(Input::Other, &[]);
+        }
+        for c in clients_touched {
+            self.clients[c].core.end_batch(now);
+            self.client_pump(c, Input::Other);
+        }
+    }
+
+    // ----- the server side -----
+
+    /// What the table must do with a Connect from `from` carrying `isn`.
+    fn decide(&mut self, from: SocketAddr, isn: u64) -> Decision {
+        let live = self.live.get(&from).copied();
+        if let Some(id) = live {
+            if self.sconns[&id].isn == isn {
+                return Decision::Duplicate(id);
             }
         }
-    }
-
-    fn is_live(&self, node: Node, c: usize) -> bool {
-        match node {
-            Node::Client(c) => self.clients[c].ended.is_none(),
-            Node::Server => self.server.get(&c).is_some_and(|t| t.ended.is_none()),
+        let remembered = self
+            .ended_at
+            .get(&(from, isn))
+            .is_some_and(|&at| self.epochs_done - at < u64::from(self.p.epoch_limit));
+        if remembered {
+            return Decision::LateDuplicate;
         }
+        let replaced = if self.server_closing { None } else { live };
+        let size = self.live.len() - usize::from(replaced.is_some());
+        let max = self.server.config().max_connections;
+        if self.server_closing || size >= max {
+            let announce = self.refused_now.insert(from);
+            return Decision::Refuse(replaced, announce);
+        }
+        Decision::Admit(replaced)
     }
 
-    fn server_connect(&mut self, c: usize, isn: u64) {
-        if let Some(t) = self.server.get(&c) {
-            if t.conn.isn() == isn {
-                self.receive(Node::Server, c, Message::connect(isn));
-                return;
+    fn server_receive(&mut self, from: SocketAddr, msg: Message<'_>) {
+        let now = self.now();
+        if msg.kind == MsgType::Connect {
+            let decision = self.decide(from, msg.seq_num);
+            if let Decision::Duplicate(id) = decision {
+                // A repeated Connect is accepted: it resets the silence.
+                self.sconns.get_mut(&id).expect("live").silent = 0;
             }
-            // A new incarnation cannot happen here: clients never restart.
-            self.fail("server", format!("connect from client {c} with a new isn"));
-        }
-        if self.server_ended.iter().any(|(e, _)| *e == c) {
-            return; // the connection ended; a late duplicate Connect is ignored
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut conn = Conn::server(self.p, id, isn);
-        conn.set_coalesce_acks(self.sc.coalesce);
-        self.server.insert(
-            c,
-            Tracked::new(
-                format!("server conn {id} (client {c})"),
-                conn,
-                Node::Client(c),
-                false,
-            ),
-        );
-        self.pump_for(Node::Server, c, Input::Other);
-    }
-
-    fn receive(&mut self, node: Node, c: usize, msg: Message<'_>) {
-        let t = self.tracked(node, c);
-        if t.ended.is_some() {
+            self.replacing = match decision {
+                Decision::Admit(r) | Decision::Refuse(r, _) => r,
+                _ => None,
+            };
+            self.server.handle_message(now, from, msg.clone());
+            let step = self.server_pump(Input::Other, &[]);
+            self.replacing = None;
+            self.check_decision(from, msg.seq_num, decision, &step);
             return;
         }
-        let kind = msg.kind;
-        let accepted = t.conn.handle(msg).is_ok();
-        if accepted {
-            t.silent = 0;
+        // Routed to the connection at `from` (by the shadow table) if it
+        // names it.
+        let routed = self
+            .live
+            .get(&from)
+            .copied()
+            .filter(|&id| id == msg.conn_id);
+        let rejected =
+            |sim: &Sim, id: u32| sim.server.stats(now, ConnId::from(id)).map(|s| s.rejected);
+        let before = routed.and_then(|id| rejected(self, id));
+        self.server.handle_message(now, from, msg);
+        if let Some(id) = routed {
+            let after = rejected(self, id);
+            let s = self
+                .sconns
+                .get_mut(&id)
+                .expect("routed to a known connection");
+            // Anything but a Connect, even a damaged one, shows the peer speaks.
+            s.heard = true;
+            // Accepted: nothing rejected (or it drained on this ack and left).
+            if after.is_none() || after == before {
+                s.silent = 0;
+            }
         }
-        // Anything but a Connect, even a damaged one, shows the peer speaks.
-        if kind != MsgType::Connect {
-            t.heard = true;
-        }
-        self.pump_for(node, c, Input::Other);
+        self.server_pump(Input::Other, &routed.into_iter().collect::<Vec<_>>());
     }
 
-    /// Drains a connection's outputs onto the wire, checking each against
-    /// the invariants, then its deliveries and events. Returns what it sent.
-    fn pump_for(&mut self, node: Node, c: usize, input: Input) -> Sent {
-        let epoch = self.epochs_done;
-        let w = u64::from(self.p.window_size);
-        let m = self.p.max_unacked_messages as usize;
-        let mut sent = Sent::default();
-        let mut out = Vec::new();
-        let mut violations = Vec::new();
-        {
-            let t = self.tracked(node, c);
-            let oldest = t.conn.oldest_unacked();
-            let isn = t.conn.isn();
-            while let Some(msg) = t.conn.poll_transmit() {
-                if node == Node::Server && msg.kind == MsgType::Ack && msg.seq_num == isn {
-                    sent.isn_ack = true;
-                }
-                match msg.kind {
-                    MsgType::Data => {
-                        if msg.seq_num > oldest + w - 1 {
-                            violations.push(format!(
-                                "sent {} beyond the window (oldest unacked {oldest})",
-                                msg.seq_num
-                            ));
-                        }
-                        sent.data.push(msg.seq_num);
-                    }
-                    MsgType::Ack if msg.seq_num == 0 => sent.heartbeat = true,
-                    MsgType::Connect => sent.connect = true,
-                    _ => {}
-                }
-                out.push(msg.into_owned());
-            }
-            if t.conn.unacked() > m {
-                violations.push(format!("{} unacknowledged, max {m}", t.conn.unacked()));
-            }
-            // At most W - 1 can wait: the next expected one is delivered, not buffered.
-            if t.conn.buffered() > (w as usize).saturating_sub(1) {
-                violations.push(format!("{} buffered, window {w}", t.conn.buffered()));
-            }
-            if !sent.data.is_empty() {
-                t.data_since_tick = true;
-            }
-            if let Input::Other = input {
-                for &sn in &sent.data {
-                    if t.sends.insert(sn, (epoch, 0)).is_some() {
-                        violations.push(format!("{sn} sent again outside an epoch tick"));
-                    }
-                }
-            }
-        }
-        if let Some(v) = violations.into_iter().next() {
-            let name = self.tracked(node, c).name.clone();
-            self.fail(&name, v);
-        }
-        let peer = self.tracked(node, c).peer;
-        for msg in &out {
-            self.transmit(node, peer, msg);
-        }
-        self.collect(node, c);
-        sent
-    }
-
-    /// Takes deliveries and events, checking order, exactly-once and close.
-    fn collect(&mut self, node: Node, c: usize) {
-        let peer_written: Vec<Vec<u8>> = match node {
-            Node::Client(c) => self.server.get(&c).map(|t| t.written.clone()).or_else(|| {
-                self.server_ended
-                    .iter()
-                    .find(|(e, _)| *e == c)
-                    .map(|(_, t)| t.written.clone())
-            }),
-            Node::Server => Some(self.clients[c].written.clone()),
-        }
-        .unwrap_or_default();
+    fn check_decision(
+        &mut self,
+        from: SocketAddr,
+        isn: u64,
+        decision: Decision,
+        step: &ServerStep,
+    ) {
+        let admitted: Vec<u32> = step
+            .changes
+            .iter()
+            .filter(|(_, s)| *s == ConnState::Connected)
+            .map(|&(id, _)| id)
+            .collect();
+        let ended: Vec<u32> = step
+            .changes
+            .iter()
+            .filter(|(_, s)| *s != ConnState::Connected)
+            .map(|&(id, _)| id)
+            .collect();
+        let replaced = match decision {
+            Decision::Admit(r) | Decision::Refuse(r, _) => r,
+            _ => None,
+        };
         let mut problem = None;
-        let mut ended = None;
-        let limit = self.p.epoch_limit;
-        {
-            let t = self.tracked(node, c);
-            while let Some(payload) = t.conn.poll_delivered() {
-                let i = t.delivered.len();
-                if peer_written.get(i) != Some(&payload) {
+        if ended != replaced.into_iter().collect::<Vec<_>>() {
+            problem = Some(format!("ended {ended:?}"));
+        }
+        if let Some(old) = replaced {
+            if step.changes.first() != Some(&(old, ConnState::Lost)) {
+                problem = Some("the replaced connection does not end Lost first".into());
+            }
+            self.outcome.replaced += 1;
+        }
+        match decision {
+            Decision::Duplicate(id) => {
+                self.outcome.duplicate_connects += 1;
+                let ack = [(from, Message::ack(id, isn))];
+                if !admitted.is_empty() || !step.refused.is_empty() || step.transmits != ack {
+                    problem = Some(format!("sent {:?}", step.transmits));
+                }
+            }
+            Decision::LateDuplicate => {
+                self.outcome.late_duplicates += 1;
+                if !admitted.is_empty() || !step.refused.is_empty() || !step.transmits.is_empty() {
+                    problem = Some("a late duplicate Connect had an effect".into());
+                }
+            }
+            Decision::Admit(_) => {
+                let ok = admitted.len() == 1
+                    && step.refused.is_empty()
+                    && step.transmits == [(from, Message::ack(admitted[0], isn))];
+                if !ok {
                     problem = Some(format!(
-                        "delivery {i} is not the peer's message {i} (gap, duplicate or reorder)"
+                        "admitted {admitted:?}, refused {:?}, sent {:?}",
+                        step.refused, step.transmits
                     ));
                 }
-                t.delivered.push(payload);
             }
-            while let Some(event) = t.conn.poll_event() {
-                match event {
-                    Event::Connected => {}
-                    Event::Drained => {
-                        if !t.closing {
-                            problem = Some("drained without closing".into());
-                        }
-                        if t.conn.unacked() + t.conn.queued() > 0 {
-                            problem = Some("drained with messages unacknowledged".into());
-                        }
-                        ended = Some(event);
-                    }
-                    Event::Lost => {
-                        if t.silent < limit {
-                            problem = Some(format!("lost after only {} silent epochs", t.silent));
-                        }
-                        ended = Some(event);
-                    }
-                    other => problem = Some(format!("unknown event {other:?}")),
+            Decision::Refuse(_, announce) => {
+                let expected: Vec<SocketAddr> = announce.then_some(from).into_iter().collect();
+                if !admitted.is_empty() || step.refused != expected {
+                    problem = Some(format!("admitted {admitted:?}, refused {:?}", step.refused));
                 }
-            }
-            if t.closing
-                && ended.is_none()
-                && t.ended.is_none()
-                && t.conn.is_idle()
-                && t.conn.phase() != Phase::Drained
-            {
-                problem = Some("closing, everything acknowledged, but not drained".into());
+                if step.transmits.iter().any(|(to, _)| *to == from) {
+                    problem = Some("a refused Connect was answered".into());
+                }
             }
         }
         if let Some(p) = problem {
-            let name = self.tracked(node, c).name.clone();
-            self.fail(&name, p);
+            self.fail(
+                "server table",
+                format!("Connect {isn} from {from}: expected {decision:?}, but {p}"),
+            );
         }
-        if let Some(event) = ended {
-            let t = self.tracked(node, c);
-            t.ended = Some(event);
-            if !t.conn.is_idle() || t.conn.buffered() != 0 {
-                let name = t.name.clone();
-                self.fail(&name, "state left behind after the connection ended".into());
+    }
+
+    /// Drains the server's outputs and datagrams after an input, checking
+    /// each, and puts the datagrams on the wire. `touched` are connections
+    /// whose limits to check besides those that sent.
+    fn server_pump(&mut self, input: Input, touched: &[u32]) -> ServerStep {
+        let mut step = ServerStep::default();
+        let mut reads: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
+        self.server_input = input;
+        while let Some(output) = self.server.poll_output() {
+            self.server_output(output, &mut step, &mut reads);
+        }
+        while let Some((to, msg)) = self.server.poll_transmit() {
+            step.transmits.push((to, msg.into_owned()));
+        }
+        let epoch = self.epochs_done;
+        let w = u64::from(self.p.window_size);
+        let m = self.p.max_unacked_messages as usize;
+        let mut violations = Vec::new();
+        for (to, msg) in &step.transmits {
+            let id = msg.conn_id;
+            let Some(s) = self.sconns.get_mut(&id) else {
+                self.fail("server", format!("sent {msg:?} for an unknown connection"));
+            };
+            if s.addr != *to {
+                violations.push((id, format!("sent {msg:?} to {to}, not its peer")));
             }
-            if let Node::Server = node {
-                let t = self.server.remove(&c).expect("server connection");
-                self.server_ended.push((c, t));
+            let sent = step.sent.entry(id).or_default();
+            if msg.kind == MsgType::Ack && msg.seq_num == s.isn {
+                sent.isn_ack = true;
             }
+            match msg.kind {
+                MsgType::Data => {
+                    let Some(conn) = self.server.conn(ConnId::from(id)) else {
+                        violations.push((id, "Data after the connection ended".into()));
+                        continue;
+                    };
+                    let oldest = conn.oldest_unacked();
+                    if msg.seq_num > oldest + w - 1 {
+                        violations.push((
+                            id,
+                            format!(
+                                "sent {} beyond the window (oldest unacked {oldest})",
+                                msg.seq_num
+                            ),
+                        ));
+                    }
+                    sent.data.push(msg.seq_num);
+                    s.data_since_tick = true;
+                    if input == Input::Other && s.sends.insert(msg.seq_num, (epoch, 0)).is_some() {
+                        violations.push((
+                            id,
+                            format!("{} sent again outside an epoch tick", msg.seq_num),
+                        ));
+                    }
+                }
+                MsgType::Ack if msg.seq_num == 0 => sent.heartbeat = true,
+                _ => {}
+            }
+        }
+        let mut check: BTreeSet<u32> = step.sent.keys().copied().collect();
+        check.extend(touched.iter().copied());
+        for id in check {
+            let Some(conn) = self.server.conn(ConnId::from(id)) else {
+                continue;
+            };
+            if conn.unacked() > m {
+                violations.push((id, format!("{} unacknowledged, max {m}", conn.unacked())));
+            }
+            // At most W - 1 can wait: the next expected one is delivered, not buffered.
+            if conn.buffered() > (w as usize).saturating_sub(1) {
+                violations.push((id, format!("{} buffered, window {w}", conn.buffered())));
+            }
+            if conn.phase() == Phase::Closing && conn.is_idle() {
+                violations.push((
+                    id,
+                    "closing, everything acknowledged, but not drained".into(),
+                ));
+            }
+            let received = conn.next_expected() - conn.isn() - 1;
+            if let Some(s) = self.sconns.get_mut(&id) {
+                s.received = received;
+            }
+        }
+        if let Some((id, v)) = violations.into_iter().next() {
+            let name = self.sconns[&id].name.clone();
+            self.fail(&name, v);
+        }
+        let active = self.server.totals().active;
+        if active != self.live.len() || self.live.len() > self.server.config().max_connections {
+            self.fail(
+                "server table",
+                format!(
+                    "{active} connections in the table, {} live by its outputs, max {}",
+                    self.live.len(),
+                    self.server.config().max_connections
+                ),
+            );
+        }
+        if self.server_closing && self.live.is_empty() && !self.server_drained {
+            self.fail(
+                "server",
+                "closing, every connection ended, but no Drained".into(),
+            );
+        }
+        for (to, msg) in &step.transmits {
+            // What goes to a storm address goes nowhere.
+            if let Node::Client(c) = node_of(*to) {
+                self.transmit(Node::Server, Node::Client(c), msg);
+            }
+        }
+        let now = self.now();
+        for (id, (n, bytes)) in reads {
+            if self.server.conn(ConnId::from(id)).is_some() {
+                self.server.read_done(now, ConnId::from(id), n, bytes);
+                self.server_pump(Input::Other, &[id]);
+            }
+        }
+        step
+    }
+
+    fn server_output(
+        &mut self,
+        output: ServerOutput,
+        step: &mut ServerStep,
+        reads: &mut BTreeMap<u32, (usize, usize)>,
+    ) {
+        let now = self.now();
+        let fail = |sim: &Sim, what: String| -> ! {
+            sim.fail("server output", format!("{output:?}: {what}"))
+        };
+        match &output {
+            ServerOutput::State {
+                conn_id: None,
+                peer,
+                state,
+                at,
+            } => {
+                if *state != ConnState::Refused || *at != now {
+                    fail(self, "only a refusal names no connection".into());
+                }
+                self.outcome.refused += 1;
+                step.refused.push(*peer);
+            }
+            ServerOutput::State {
+                conn_id: Some(cid),
+                peer,
+                state,
+                at,
+            } => {
+                let id = u32::from(*cid);
+                if *at != now {
+                    fail(self, "stamped with another time".into());
+                }
+                if *state == ConnState::Connected {
+                    if self.sconns.contains_key(&id) {
+                        fail(self, "an id used twice".into());
+                    }
+                    if self.live.contains_key(peer) {
+                        fail(self, "a second live connection at one address".into());
+                    }
+                    let Some(conn) = self.server.conn(*cid) else {
+                        fail(self, "announced but not in the table".into());
+                    };
+                    let isn = conn.isn();
+                    if let Some(&at) = self.ended_at.get(&(*peer, isn)) {
+                        if self.epochs_done - at < u64::from(self.p.epoch_limit) {
+                            fail(self, "a late duplicate Connect created a connection".into());
+                        }
+                    }
+                    let shadow = Shadow::new(
+                        format!("server conn {id} ({peer}, isn {isn})"),
+                        *peer,
+                        isn,
+                        id,
+                        false,
+                    );
+                    self.sconns.insert(id, shadow);
+                    self.live.insert(*peer, id);
+                    self.outcome.admitted += 1;
+                    step.changes.push((id, ConnState::Connected));
+                    return;
+                }
+                let Some(s) = self.sconns.get(&id) else {
+                    fail(self, "for an unknown connection".into());
+                };
+                if s.end.is_some() {
+                    fail(self, "after the connection's terminal state".into());
+                }
+                if !s.app_connected || s.addr != *peer {
+                    fail(
+                        self,
+                        "before its Connected event, or with another peer".into(),
+                    );
+                }
+                match state {
+                    ConnState::Closing => {
+                        if !s.closing {
+                            fail(self, "closing without a close".into());
+                        }
+                    }
+                    ConnState::Closed | ConnState::Lost => {
+                        self.server_conn_ended(id, *state, &output);
+                        step.changes.push((id, *state));
+                    }
+                    _ => fail(self, "not a server connection's state".into()),
+                }
+            }
+            ServerOutput::App(event) => {
+                let id = match event {
+                    ServerEvent::Connected { id, .. }
+                    | ServerEvent::Message { id, .. }
+                    | ServerEvent::Closed { id }
+                    | ServerEvent::Lost { id } => u32::from(*id),
+                    _ => fail(self, "an unknown event".into()),
+                };
+                let Some(s) = self.sconns.get(&id) else {
+                    fail(self, "for an unknown connection".into());
+                };
+                if s.end.is_some() || s.app_ended {
+                    fail(self, "after the connection's last event".into());
+                }
+                if !s.app_connected && !matches!(event, ServerEvent::Connected { .. }) {
+                    fail(self, "before its Connected event".into());
+                }
+                match event {
+                    ServerEvent::Connected { peer, .. } => {
+                        if s.app_connected || s.addr != *peer {
+                            fail(self, "twice, or with another peer".into());
+                        }
+                        self.sconns.get_mut(&id).expect("known").app_connected = true;
+                    }
+                    ServerEvent::Message { payload, .. } => {
+                        if s.closing {
+                            fail(self, "delivered after close".into());
+                        }
+                        let i = s.delivered;
+                        let expected = self
+                            .cconn_by_key
+                            .get(&(s.addr, s.isn))
+                            .and_then(|&c| self.cconns[c].written.get(i));
+                        if expected != Some(payload) && !s.misadopted {
+                            let name = s.name.clone();
+                            self.fail(
+                                &name,
+                                format!("delivery {i} is not the peer's message {i} (gap, duplicate or reorder)"),
+                            );
+                        }
+                        self.sconns.get_mut(&id).expect("known").delivered += 1;
+                        let r = reads.entry(id).or_default();
+                        r.0 += 1;
+                        r.1 += payload.len();
+                    }
+                    ServerEvent::Closed { .. } => {
+                        if self.closing_conn != Some(id) {
+                            fail(self, "without close_conn".into());
+                        }
+                        self.sconns.get_mut(&id).expect("known").app_ended = true;
+                    }
+                    ServerEvent::Lost { .. } => {
+                        if s.closing {
+                            fail(self, "reported lost after the application closed it".into());
+                        }
+                        let s = self.sconns.get_mut(&id).expect("known");
+                        s.app_ended = true;
+                        s.app_lost = true;
+                    }
+                    _ => unreachable!(),
+                }
+            }
+            ServerOutput::Drained => {
+                if !self.server_closing || self.server_drained || !self.live.is_empty() {
+                    fail(
+                        self,
+                        "without close, twice, or before every connection ended".into(),
+                    );
+                }
+                self.server_drained = true;
+            }
+            _ => fail(self, "an unknown output".into()),
+        }
+    }
+
+    /// Connection `id` reported its terminal state.
+    fn server_conn_ended(&mut self, id: u32, state: ConnState, output: &ServerOutput) {
+        let limit = self.p.epoch_limit;
+        let s = &self.sconns[&id];
+        let mut problem = None;
+        if state == ConnState::Closed {
+            if !s.closing {
+                problem = Some("closed without closing".to_string());
+            }
+            // Drained: its peer acknowledged, so received, every message.
+            let peer = self
+                .cconn_by_key
+                .get(&(s.addr, s.isn))
+                .map(|&c| &self.cconns[c]);
+            if let Some(peer) = peer {
+                if !s.misadopted && !peer.misadopted && peer.received < s.written.len() as u64 {
+                    problem = Some(format!(
+                        "drained with messages unacknowledged: wrote {}, the peer received {}",
+                        s.written.len(),
+                        peer.received
+                    ));
+                }
+            } else if !s.written.is_empty() {
+                problem = Some("drained, but nobody could acknowledge its messages".into());
+            }
+        } else {
+            // Lost: replaced by a new incarnation (the decision check
+            // confirms it), or by silence in an epoch.
+            let by_silence = self.server_input == Input::Epoch && s.silent >= limit;
+            if self.replacing != Some(id) && !by_silence {
+                problem = Some(format!("lost after only {} silent epochs", s.silent));
+            }
+            if !s.closing && !s.app_lost {
+                problem = Some("lost with no Lost event first".into());
+            }
+        }
+        if self.server.conn(ConnId::from(id)).is_some()
+            || self.server.conn_at(s.addr) == Some(ConnId::from(id))
+        {
+            problem = Some("ended but still in the table".into());
+        }
+        if let Some(p) = problem {
+            self.fail(&s.name.clone(), format!("{output:?}: {p}"));
+        }
+        let s = self.sconns.get_mut(&id).expect("known");
+        s.end = Some(if state == ConnState::Closed {
+            End::Drained
+        } else {
+            End::Lost
+        });
+        let (addr, isn) = (s.addr, s.isn);
+        if self.live.remove(&addr) != Some(id) {
+            self.fail(
+                "server table",
+                format!("connection {id} was not live at {addr}"),
+            );
+        }
+        self.ended_at.insert((addr, isn), self.epochs_done);
+    }
+
+    /// The server application: writes its messages to every connection,
+    /// reads what arrives (in `server_output`), closes a connection once it
+    /// has written everything and read everything (or early), and closes
+    /// the server once every client is done.
+    fn server_app(&mut self) {
+        let now = self.now();
+        let n = self.sc.messages;
+        let mut ids: Vec<u32> = self.live.values().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let s = &self.sconns[&id];
+            if s.end.is_some() || s.closing {
+                continue;
+            }
+            if s.written.len() < n && self.rng.gen_bool(0.5) {
+                let payload = self.next_payload();
+                if let Err(e) = self.server.write(now, ConnId::from(id), &payload) {
+                    self.fail(&self.sconns[&id].name.clone(), format!("write failed: {e}"));
+                }
+                self.sconns
+                    .get_mut(&id)
+                    .expect("live")
+                    .written
+                    .push(payload);
+                self.server_pump(Input::Other, &[id]);
+            }
+            let s = &self.sconns[&id];
+            if s.end.is_none() && s.written.len() == n {
+                let read_all = s.delivered == n;
+                let early = !read_all && self.chance(self.sc.early_close);
+                if read_all || early {
+                    let s = self.sconns.get_mut(&id).expect("live");
+                    s.closing = true;
+                    s.closed_before_reading_all = !read_all;
+                    self.closing_conn = Some(id);
+                    if let Err(e) = self.server.close_conn(now, ConnId::from(id)) {
+                        self.fail("server", format!("close_conn({id}) failed: {e}"));
+                    }
+                    self.server_pump(Input::Other, &[id]);
+                    self.closing_conn = None;
+                    if !self.sconns[&id].app_ended {
+                        self.fail("server", format!("close_conn({id}) gave no Closed event"));
+                    }
+                }
+            }
+        }
+        if !self.server_closing && self.clients.iter().all(|c| c.done) {
+            self.server_closing = true;
+            for s in self.sconns.values_mut() {
+                if s.end.is_none() {
+                    s.closing = true;
+                }
+            }
+            self.server.close(now);
+            self.server_pump(Input::Other, &[]);
+        }
+    }
+
+    /// The table as the core reports it agrees with its outputs.
+    fn check_table(&mut self) {
+        // As many as its outputs say (checked after every input), and each
+        // of them where they say.
+        for (&addr, &id) in &self.live {
+            if self.server.conn_at(addr) != Some(ConnId::from(id))
+                || self.server.peer_addr(ConnId::from(id)) != Some(addr)
+            {
+                self.fail("server table", format!("{addr} does not map to {id}"));
+            }
+        }
+    }
+
+    // ----- the client side -----
+
+    fn client_receive(&mut self, c: usize, msg: Message<'_>) {
+        let now = self.now();
+        let before = self.clients[c].core.stats(now).rejected;
+        self.clients[c].core.handle_message(now, SERVER_ADDR, msg);
+        let after = self.clients[c].core.stats(now).rejected;
+        let conn = self.clients[c].conn;
+        if after == before && self.cconns[conn].end.is_none() {
+            self.cconns[conn].silent = 0;
+        }
+        self.client_pump(c, Input::Other);
+    }
+
+    fn client_timeouts(&mut self) {
+        let now = self.now();
+        for c in 0..self.clients.len() {
+            if self.clients[c]
+                .core
+                .poll_timeout()
+                .is_some_and(|at| at <= now)
+            {
+                self.clients[c].core.handle_timeout(now);
+                let step = self.client_pump(c, Input::Other);
+                if !step.sent.connect {
+                    self.fail(&format!("client {c}"), "redialled without a Connect".into());
+                }
+            }
+        }
+    }
+
+    /// Drains a client's outputs and datagrams after an input, checking each,
+    /// and puts the datagrams on the wire.
+    fn client_pump(&mut self, c: usize, input: Input) -> ClientStep {
+        let mut step = ClientStep::default();
+        let before = self.clients[c].conn;
+        let mut reads = (0, 0);
+        // Outputs of one input come together: the end (`Closed`, `Refused`)
+        // may be followed by `Drained` or `ConnectResult` in the same batch.
+        let was_done = self.clients[c].done;
+        while let Some(output) = self.clients[c].core.poll_output() {
+            step.outputs += 1;
+            if was_done {
+                self.fail(&format!("client {c}"), format!("{output:?} after its end"));
+            }
+            self.client_output(c, output, input, &mut reads);
+        }
+        step.lost = self.cconns[before].end == Some(End::Lost);
+        let mut out = Vec::new();
+        while let Some((to, msg)) = self.clients[c].core.poll_transmit() {
+            if to != SERVER_ADDR {
+                self.fail(&format!("client {c}"), format!("sent to {to}"));
+            }
+            out.push(msg.into_owned());
+        }
+        let epoch = self.epochs_done;
+        let w = u64::from(self.p.window_size);
+        let m = self.p.max_unacked_messages as usize;
+        let index = self.clients[c].conn;
+        let conn = self.clients[c].core.conn();
+        let oldest = conn.oldest_unacked();
+        let mut violations = Vec::new();
+        let t = &mut self.cconns[index];
+        for msg in &out {
+            match msg.kind {
+                MsgType::Data => {
+                    if msg.seq_num > oldest + w - 1 {
+                        violations.push(format!(
+                            "sent {} beyond the window (oldest unacked {oldest})",
+                            msg.seq_num
+                        ));
+                    }
+                    step.sent.data.push(msg.seq_num);
+                    t.data_since_tick = true;
+                    if input == Input::Other && t.sends.insert(msg.seq_num, (epoch, 0)).is_some() {
+                        violations
+                            .push(format!("{} sent again outside an epoch tick", msg.seq_num));
+                    }
+                }
+                MsgType::Ack if msg.seq_num == 0 => step.sent.heartbeat = true,
+                MsgType::Connect => {
+                    step.sent.connect = true;
+                    if msg.seq_num != t.isn {
+                        violations.push(format!("Connect with isn {}", msg.seq_num));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if conn.unacked() > m {
+            violations.push(format!("{} unacknowledged, max {m}", conn.unacked()));
+        }
+        if conn.buffered() > (w as usize).saturating_sub(1) {
+            violations.push(format!("{} buffered, window {w}", conn.buffered()));
+        }
+        if conn.phase() == Phase::Closing && conn.is_idle() {
+            violations.push("closing, everything acknowledged, but not drained".into());
+        }
+        if t.end.is_some_and(|e| e != End::Vanished) && (!conn.is_idle() || conn.buffered() != 0) {
+            violations.push("state left behind after the connection ended".into());
+        }
+        if conn.isn() == t.isn {
+            t.received = conn.next_expected() - conn.isn() - 1;
+        }
+        if let Some(v) = violations.into_iter().next() {
+            let name = t.name.clone();
+            self.fail(&name, v);
+        }
+        for msg in &out {
+            self.transmit(Node::Client(c), Node::Server, msg);
+        }
+        if reads.0 > 0 {
+            let now = self.now();
+            self.clients[c].core.read_done(now, reads.0, reads.1);
+            self.client_pump(c, Input::Other);
+        }
+        step
+    }
+
+    fn client_output(
+        &mut self,
+        c: usize,
+        output: ClientOutput,
+        input: Input,
+        reads: &mut (usize, usize),
+    ) {
+        let now = self.now();
+        let limit = self.p.epoch_limit;
+        let who = format!("client {c} (generation {})", self.clients[c].generation);
+        let fail = |sim: &Sim, what: String| -> ! { sim.fail(&who, format!("{output:?}: {what}")) };
+        let cl = &self.clients[c];
+        let index = cl.conn;
+        if cl.reconnected_new.is_some()
+            && !matches!(
+                output,
+                ClientOutput::State {
+                    state: ConnState::Connected,
+                    ..
+                }
+            )
+        {
+            fail(self, "Reconnected not followed by Connected".into());
+        }
+        let prev_state = self.clients[c].prev_state.take();
+        match &output {
+            ClientOutput::State { conn_id, state, at } => {
+                if *at != now {
+                    fail(self, "stamped with another time".into());
+                }
+                let from = self.clients[c].state;
+                let allowed = match (from, state) {
+                    (
+                        ConnState::Connecting,
+                        ConnState::Connected | ConnState::Refused | ConnState::Closed,
+                    ) => true,
+                    (ConnState::Connected, ConnState::Closing | ConnState::Lost) => true,
+                    // Only an abort skips Closing.
+                    (ConnState::Connected, ConnState::Closed) => self.aborting,
+                    (ConnState::Closing, ConnState::Closed | ConnState::Lost) => true,
+                    (ConnState::Lost, ConnState::Reconnecting { .. } | ConnState::Refused) => {
+                        self.policy.is_some()
+                    }
+                    (
+                        ConnState::Reconnecting { .. },
+                        ConnState::Connected
+                        | ConnState::Reconnecting { .. }
+                        | ConnState::Refused
+                        | ConnState::Closed,
+                    ) => true,
+                    _ => false,
+                };
+                if !allowed {
+                    fail(self, format!("{from:?} cannot become {state:?}"));
+                }
+                let mut ended_by_silence = false;
+                match state {
+                    ConnState::Connected => {
+                        let Some(cid) = conn_id else {
+                            fail(self, "connected without an id".into());
+                        };
+                        let id = u32::from(*cid);
+                        if let Some(old) = self.clients[c].reconnect_old {
+                            if self.clients[c].reconnected_new != Some(id) {
+                                fail(self, format!("after a loss of {old}, no Reconnected first"));
+                            }
+                        }
+                        let cl = &mut self.clients[c];
+                        cl.reconnect_old = None;
+                        cl.reconnected_new = None;
+                        let t = &mut self.cconns[index];
+                        t.id = id;
+                        t.silent = 0;
+                        let (addr, isn) = (t.addr, t.isn);
+                        let owner = self.sconns.get_mut(&id);
+                        let Some(owner) = owner else {
+                            fail(self, "an id the server never gave".into());
+                        };
+                        if owner.addr != addr {
+                            let other = owner.addr;
+                            fail(self, format!("the id of a connection of {other}"));
+                        }
+                        if owner.isn != isn {
+                            // A previous process's connection at this address
+                            // answered first: the known hazard.
+                            owner.misadopted = true;
+                            let t = &mut self.cconns[index];
+                            t.misadopted = true;
+                            t.misadopted_at = self.tick;
+                            self.outcome.misadopted += 1;
+                        }
+                    }
+                    ConnState::Closing => {
+                        if !self.clients[c].closing {
+                            fail(self, "closing without a close".into());
+                        }
+                    }
+                    ConnState::Closed => {
+                        let t = &self.cconns[index];
+                        if from == ConnState::Closing && !self.aborting {
+                            // Drained: the server received everything.
+                            let peer = self.sconns.get(&t.id).filter(|s| s.isn == t.isn);
+                            let received = peer.map_or(0, |s| s.received);
+                            if !t.misadopted && received < t.written.len() as u64 {
+                                fail(self, format!("drained with messages unacknowledged: wrote {}, the server received {received}", t.written.len()));
+                            }
+                            self.cconns[index].end = Some(End::Drained);
+                            if self.clients[c].core.close_result().is_err() {
+                                fail(self, "drained, but the close reports a loss".into());
+                            }
+                        } else {
+                            if !self.clients[c].closing && !self.aborting {
+                                fail(self, "closed without a close".into());
+                            }
+                            self.cconns[index].end = Some(End::Aborted);
+                        }
+                    }
+                    ConnState::Lost | ConnState::Refused | ConnState::Reconnecting { .. } => {
+                        if self.cconns[index].end.is_none() {
+                            ended_by_silence = true;
+                        }
+                    }
+                    _ => fail(self, "not a client state".into()),
+                }
+                if ended_by_silence {
+                    let t = &mut self.cconns[index];
+                    if input != Input::Epoch || t.silent < limit {
+                        let silent = t.silent;
+                        fail(self, format!("lost after only {silent} silent epochs"));
+                    }
+                    t.end = Some(End::Lost);
+                    if *state == ConnState::Lost {
+                        if *conn_id != Some(ConnId::from(t.id)) {
+                            fail(self, "names another connection".into());
+                        }
+                        if self.policy.is_some() && !self.clients[c].closing {
+                            self.clients[c].reconnect_old = Some(t.id);
+                        }
+                    }
+                }
+                if let ConnState::Reconnecting { attempt } = *state {
+                    self.reconnecting(c, attempt, from, &output);
+                }
+                if *state == ConnState::Refused {
+                    if let ConnState::Reconnecting { attempt } = from {
+                        let max = self.policy.as_ref().and_then(|p| p.max_attempts);
+                        if max != Some(attempt) {
+                            fail(self, "gave up before max_attempts".into());
+                        }
+                    }
+                }
+                let cl = &mut self.clients[c];
+                cl.state = *state;
+                cl.prev_state = Some(*state);
+                if matches!(state, ConnState::Closed | ConnState::Refused) {
+                    cl.done = true;
+                }
+            }
+            ClientOutput::ConnectResult(result) => {
+                let cl = &self.clients[c];
+                let ok = match result {
+                    Ok(id) => {
+                        prev_state == Some(ConnState::Connected)
+                            && u32::from(*id) == self.cconns[index].id
+                    }
+                    Err(()) => prev_state == Some(ConnState::Refused),
+                };
+                if cl.connect_result || !ok {
+                    fail(
+                        self,
+                        "twice, or not right after Connected or Refused".into(),
+                    );
+                }
+                self.clients[c].connect_result = true;
+            }
+            ClientOutput::Data(payload) => {
+                let t = &self.cconns[index];
+                if self.clients[c].closing || t.end.is_some() || t.id == 0 {
+                    fail(self, "delivered while not connected, or after close".into());
+                }
+                let i = t.delivered;
+                let expected = self
+                    .sconns
+                    .get(&t.id)
+                    .filter(|s| s.isn == t.isn && s.addr == t.addr)
+                    .and_then(|s| s.written.get(i));
+                if expected != Some(payload) {
+                    let name = t.name.clone();
+                    self.fail(
+                        &name,
+                        format!("delivery {i} is not the peer's message {i} (gap, duplicate or reorder)"),
+                    );
+                }
+                self.cconns[index].delivered += 1;
+                reads.0 += 1;
+                reads.1 += payload.len();
+            }
+            ClientOutput::Lost(id) => {
+                let cl = &self.clients[c];
+                let expected = cl.reconnect_old.unwrap_or(self.cconns[index].id);
+                let gave_up = matches!(cl.state, ConnState::Reconnecting { .. });
+                if cl.lost_reported
+                    || u32::from(*id) != expected
+                    || !(cl.state == ConnState::Lost || gave_up)
+                {
+                    fail(self, format!("expected one Lost({expected}) after a loss"));
+                }
+                // Without a policy it is the end; with one, `Refused` follows
+                // (gave up), and `Drained` if closing.
+                let policy = self.policy.is_some();
+                let cl = &mut self.clients[c];
+                cl.lost_reported = true;
+                cl.reconnect_old = None;
+                if !cl.closing && !policy {
+                    cl.done = true;
+                }
+            }
+            ClientOutput::Reconnected { old, new } => {
+                let cl = &self.clients[c];
+                if cl.reconnect_old != Some(u32::from(*old)) {
+                    fail(
+                        self,
+                        format!("the lost connection was {:?}", cl.reconnect_old),
+                    );
+                }
+                self.clients[c].reconnected_new = Some(u32::from(*new));
+                self.outcome.reconnected += 1;
+            }
+            ClientOutput::Drained => {
+                let cl = &mut self.clients[c];
+                if !cl.closing || cl.drained {
+                    fail(self, "without close, or twice".into());
+                }
+                cl.drained = true;
+                cl.done = true;
+            }
+            _ => fail(self, "an unknown output".into()),
+        }
+    }
+
+    /// A `Reconnecting` state: the lost connection's unacknowledged
+    /// messages go to a new one, dialled after a delay from the policy.
+    fn reconnecting(&mut self, c: usize, attempt: u32, from: ConnState, output: &ClientOutput) {
+        let now = self.now();
+        let who = format!("client {c}");
+        let Some(policy) = &self.policy else {
+            self.fail(&who, "reconnecting without a policy".into());
+        };
+        let cl = &self.clients[c];
+        let counted = match from {
+            ConnState::Lost => attempt == 1 || attempt == cl.attempt + 1,
+            ConnState::Reconnecting { attempt: a } => attempt == a + 1,
+            _ => false,
+        };
+        if !counted || policy.max_attempts.is_some_and(|max| attempt > max) {
+            self.fail(&who, format!("{output:?} after {from:?}"));
+        }
+        let Some(at) = cl.core.poll_timeout() else {
+            self.fail(&who, format!("{output:?} with no redial scheduled"));
+        };
+        let (lo, hi) = policy.delays[(attempt as usize - 1).min(policy.delays.len() - 1)];
+        let delay = at - now;
+        if delay < lo || delay > hi {
+            self.fail(
+                &who,
+                format!("redial in {delay:?}, outside {lo:?}..={hi:?}"),
+            );
+        }
+        // What the lost connection never had acknowledged, in order.
+        let old = &self.cconns[cl.conn];
+        let Some((base, next_unsent, in_flight)) = self.pre_epoch.take() else {
+            self.fail(&who, "reconnecting outside an epoch".into());
+        };
+        let carried: Vec<Vec<u8>> = old
+            .written
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| {
+                let sn = old.isn + 1 + i as u64;
+                let acked = sn < base || (sn < next_unsent && !in_flight.contains(&sn));
+                !acked
+            })
+            .map(|(_, p)| p.clone())
+            .collect();
+        let generation = cl.generation;
+        let isn = cl.core.conn().isn();
+        let index = self.new_cconn(c, generation, isn, carried);
+        let cl = &mut self.clients[c];
+        cl.conn = index;
+        cl.attempt = attempt;
+        cl.reconnects += 1;
+        self.outcome.reconnects += 1;
+    }
+
+    /// Clients that restart: the process goes away (its datagrams in flight
+    /// still arrive), a fresh core with a new ISN takes its address.
+    fn restarts(&mut self) {
+        for c in 0..self.clients.len() {
+            if self.clients[c].restart_at != Some(self.tick) || self.clients[c].done {
+                continue;
+            }
+            let old = self.clients[c].conn;
+            if self.cconns[old].end.is_none() {
+                self.cconns[old].end = Some(End::Vanished);
+            }
+            let generation = self.clients[c].generation + 1;
+            self.clients[c] = self.new_client_core(c, generation);
+            self.outcome.restarts += 1;
+            self.first_outputs(c);
         }
     }
 
     /// The applications: write the workload, close when done.
     fn application_steps(&mut self) {
+        let n = self.sc.messages;
+        let now = self.now();
         for c in 0..self.clients.len() {
-            // Client c writes its next message now and then.
-            let t = &self.clients[c];
-            let client_writes = t.ended.is_none()
-                && !t.closing
-                && t.conn.phase() == Phase::Open
-                && t.written.len() < self.sc.messages;
-            if client_writes && self.rng.gen_bool(0.5) {
+            if self.clients[c].done {
+                continue;
+            }
+            // Client c writes its next message now and then, also while
+            // reconnecting (it waits for the new connection).
+            let cl = &self.clients[c];
+            let writable = matches!(
+                cl.state,
+                ConnState::Connected | ConnState::Reconnecting { .. }
+            );
+            if writable && !cl.closing && cl.written < n && self.rng.gen_bool(0.5) {
                 let payload = self.next_payload();
-                self.clients[c].written.push(payload.clone());
-                self.clients[c].conn.write(payload);
-                self.pump_for(Node::Client(c), c, Input::Other);
-            }
-            // The server writes to client c.
-            let server_writes = self.server.get(&c).is_some_and(|t| {
-                t.ended.is_none() && !t.closing && t.written.len() < self.sc.messages
-            });
-            if server_writes && self.rng.gen_bool(0.5) {
-                let payload = self.next_payload();
-                let t = self.server.get_mut(&c).expect("server connection");
-                t.written.push(payload.clone());
-                t.conn.write(payload);
-                self.pump_for(Node::Server, c, Input::Other);
-            }
-            // Closes: once everything is written (and, unless closing early, read).
-            let n = self.sc.messages;
-            let client_ready = {
-                let t = &self.clients[c];
-                t.ended.is_none()
-                    && !t.closing
-                    && t.conn.phase() == Phase::Open
-                    && t.written.len() == n
-            };
-            if client_ready {
-                let read_all = self.clients[c].delivered.len() == n;
-                let early = !read_all && self.chance(self.sc.early_close);
-                if read_all || early {
-                    let t = &mut self.clients[c];
-                    t.closing = true;
-                    t.closed_before_reading_all = !read_all;
-                    t.conn.close();
-                    self.pump_for(Node::Client(c), c, Input::Other);
+                if let Err(e) = self.clients[c].core.write(now, &payload) {
+                    self.fail(&format!("client {c}"), format!("write failed: {e}"));
                 }
+                let index = self.clients[c].conn;
+                self.cconns[index].written.push(payload);
+                self.clients[c].written += 1;
+                self.client_pump(c, Input::Other);
             }
-            let server_ready = self
-                .server
-                .get(&c)
-                .is_some_and(|t| t.ended.is_none() && !t.closing && t.written.len() == n);
-            if server_ready {
-                let read_all = self.server[&c].delivered.len() == n;
-                let early = !read_all && self.chance(self.sc.early_close);
-                if read_all || early {
-                    let t = self.server.get_mut(&c).expect("server connection");
-                    t.closing = true;
-                    t.closed_before_reading_all = !read_all;
-                    t.conn.close();
-                    self.pump_for(Node::Server, c, Input::Other);
+            // Closes: once everything is written (and, unless closing early,
+            // read on this connection; after three reconnects it stops
+            // waiting for that); while reconnecting now and then; a
+            // connection that took another's id after a while (it may never
+            // finish).
+            let cl = &self.clients[c];
+            if cl.closing || cl.done {
+                if cl.closing
+                    && !cl.done
+                    && self.tick - cl.close_tick
+                        > 8 * u64::from(self.p.epoch_limit) * TICKS_PER_EPOCH
+                    && self.cconns[cl.conn].misadopted
+                {
+                    self.aborting = true;
+                    self.clients[c].core.abort(now);
+                    self.client_pump(c, Input::Other);
+                    self.aborting = false;
+                    self.clients[c].done = true;
                 }
+                continue;
+            }
+            let t = &self.cconns[cl.conn];
+            let mut close = false;
+            let mut early = false;
+            if cl.state == ConnState::Connected && cl.written == n {
+                let read_all = t.delivered == n;
+                let tired = cl.reconnects >= 3;
+                early = !read_all && (tired || self.chance(self.sc.early_close));
+                close = read_all || early;
+            }
+            let reconnecting = matches!(self.clients[c].state, ConnState::Reconnecting { .. });
+            if reconnecting && self.chance(self.sc.reconnect_close) {
+                close = true;
+                self.outcome.closes_while_reconnecting += 1;
+            }
+            let cl = &self.clients[c];
+            let t = &self.cconns[cl.conn];
+            let patience = 2 * u64::from(self.p.epoch_limit) * TICKS_PER_EPOCH;
+            if t.misadopted
+                && self.tick - t.misadopted_at > patience
+                && cl.state == ConnState::Connected
+            {
+                close = true;
+            }
+            if close {
+                let index = cl.conn;
+                let cl = &mut self.clients[c];
+                cl.closing = true;
+                cl.close_tick = self.tick;
+                let t = &mut self.cconns[index];
+                t.closing = true;
+                t.closed_before_reading_all = early;
+                self.clients[c].core.close(now);
+                self.client_pump(c, Input::Other);
             }
         }
+        self.server_app();
     }
 
     fn next_payload(&mut self) -> Vec<u8> {
@@ -707,62 +1860,164 @@ impl Sim {
         p
     }
 
-    /// One epoch for every live connection, checking back-off, heartbeats,
-    /// Connect resends and the exact epoch of loss.
+    /// Expected resends of a connection at this epoch, by its back-off schedule.
+    fn due_resends(t: &mut Shadow, in_flight: &BTreeSet<u64>, epoch: u64) -> BTreeSet<u64> {
+        t.sends.retain(|sn, _| in_flight.contains(sn));
+        t.sends
+            .iter()
+            .filter(|(_, &(last, backoff))| epoch - last > u64::from(backoff))
+            .map(|(&sn, _)| sn)
+            .collect()
+    }
+
+    /// Checks one connection's epoch: back-off, heartbeats, re-acks.
+    fn check_epoch_sends(
+        &mut self,
+        t_is_server: bool,
+        key: usize,
+        heard: bool,
+        data_before: bool,
+        expected: &BTreeSet<u64>,
+        sent: &Sent,
+    ) {
+        let epoch = self.epochs_done;
+        let cap = self.p.max_backoff_interval;
+        let t = if t_is_server {
+            self.sconns.get_mut(&(key as u32)).expect("known")
+        } else {
+            &mut self.cconns[key]
+        };
+        let mut problem = None;
+        if !heard && t_is_server {
+            let due = t.reacks < CONNECT_REACKS;
+            t.reacks += 1;
+            if sent.isn_ack != due {
+                problem = Some(format!(
+                    "re-sent the Connect's Ack = {}, expected {due}",
+                    sent.isn_ack
+                ));
+            }
+        }
+        let resent: BTreeSet<u64> = sent.data.iter().copied().collect();
+        if resent != *expected {
+            problem = Some(format!(
+                "resent {resent:?}, back-off schedule says {expected:?}"
+            ));
+        }
+        t.retransmissions += resent.len() as u64;
+        for sn in &resent {
+            if let Some((last, backoff)) = t.sends.get_mut(sn) {
+                *last = epoch;
+                *backoff = if *backoff == 0 { 1 } else { *backoff * 2 }.min(cap);
+            }
+        }
+        let data_this_epoch = data_before || !resent.is_empty();
+        t.data_since_tick = false;
+        if heard && sent.heartbeat == data_this_epoch {
+            problem = Some(if sent.heartbeat {
+                "heartbeat in an epoch with data".into()
+            } else {
+                "no heartbeat in an idle epoch".into()
+            });
+        }
+        if !heard && sent.heartbeat {
+            problem = Some("heartbeat before the peer said anything".into());
+        }
+        if let Some(p) = problem {
+            let name = t.name.clone();
+            self.fail(&name, p);
+        }
+    }
+
+    /// One epoch for the server and every client, checking back-off,
+    /// heartbeats, Connect resends and the exact epoch of loss.
     fn epoch_tick(&mut self) {
         self.epochs_done += 1;
         let epoch = self.epochs_done;
-        let mut nodes: Vec<(Node, usize)> = (0..self.clients.len())
-            .map(|c| (Node::Client(c), c))
-            .collect();
-        nodes.extend(self.server.keys().map(|&c| (Node::Server, c)));
-        nodes.sort();
-        for (node, c) in nodes {
-            if !self.is_live(node, c) {
-                continue;
-            }
-            let limit = self.p.epoch_limit;
-            let cap = self.p.max_backoff_interval;
-            let (expect_lost, expected_resends, connecting, heard, data_before) = {
-                let t = self.tracked(node, c);
-                t.silent += 1;
-                if t.conn.phase() == Phase::Connecting {
-                    t.connecting_epochs += 1;
-                }
-                let in_flight: BTreeSet<u64> = t.conn.in_flight().collect();
-                t.sends.retain(|sn, _| in_flight.contains(sn));
-                let expected: BTreeSet<u64> = t
-                    .sends
-                    .iter()
-                    .filter(|(_, &(last, backoff))| epoch - last > u64::from(backoff))
-                    .map(|(&sn, _)| sn)
-                    .collect();
-                (
-                    t.silent >= limit,
-                    expected,
-                    t.conn.phase() == Phase::Connecting,
-                    t.heard,
-                    t.data_since_tick,
-                )
-            };
-            self.tracked(node, c).conn.on_epoch();
-            let sent = self.pump_for(node, c, Input::Epoch);
-            let t = self.tracked(node, c);
-            let lost_now = t.ended == Some(Event::Lost) || t.conn.phase() == Phase::Lost;
-            let name = t.name.clone();
+        let limit = self.p.epoch_limit;
+        let now = self.now();
+        self.refused_now.clear();
+
+        // The server: every connection ticks in one call.
+        let mut ids: Vec<u32> = self.live.values().copied().collect();
+        ids.sort_unstable();
+        let mut expectations = Vec::new();
+        for id in ids {
+            let conn = self.server.conn(ConnId::from(id)).expect("live");
+            let in_flight: BTreeSet<u64> = conn.in_flight().collect();
+            let t = self.sconns.get_mut(&id).expect("live");
+            t.silent += 1;
+            let expected = Self::due_resends(t, &in_flight, epoch);
+            expectations.push((id, t.silent >= limit, expected, t.heard, t.data_since_tick));
+        }
+        self.server.handle_epoch(now);
+        let touched: Vec<u32> = expectations.iter().map(|e| e.0).collect();
+        let step = self.server_pump(Input::Epoch, &touched);
+        for (id, expect_lost, expected, heard, data_before) in expectations {
+            let lost_now = step.changes.contains(&(id, ConnState::Lost));
             if expect_lost != lost_now {
-                let silent = self.tracked_silent(node, c);
+                let t = &self.sconns[&id];
                 self.fail(
-                    &name,
-                    format!("silent for {silent} epochs (limit {limit}) but lost = {lost_now}"),
+                    &t.name.clone(),
+                    format!(
+                        "silent for {} epochs (limit {limit}) but lost = {lost_now}",
+                        t.silent
+                    ),
                 );
             }
             if lost_now {
                 continue;
             }
+            let sent = step.sent.get(&id).cloned().unwrap_or_default();
+            self.check_epoch_sends(true, id as usize, heard, data_before, &expected, &sent);
+        }
+
+        // The clients.
+        for c in 0..self.clients.len() {
+            let index = self.clients[c].conn;
+            let waiting = self.clients[c].core.poll_timeout().is_some();
+            let conn = self.clients[c].core.conn();
+            let ticking = !waiting && self.cconns[index].end.is_none() && !self.clients[c].done;
+            let mut pre = None;
+            if ticking {
+                let in_flight: BTreeSet<u64> = conn.in_flight().collect();
+                let connecting = conn.phase() == Phase::Connecting;
+                self.pre_epoch =
+                    Some((conn.oldest_unacked(), conn.next_unsent(), in_flight.clone()));
+                let t = &mut self.cconns[index];
+                t.silent += 1;
+                if connecting {
+                    t.connecting_epochs += 1;
+                }
+                let expected = Self::due_resends(t, &in_flight, epoch);
+                pre = Some((t.silent >= limit, expected, connecting, t.data_since_tick));
+            }
+            self.clients[c].core.handle_epoch(now);
+            let step = self.client_pump(c, Input::Epoch);
+            self.pre_epoch = None;
+            let Some((expect_lost, expected, connecting, data_before)) = pre else {
+                if step.outputs > 0 || step.sent != Sent::default() {
+                    self.fail(&format!("client {c}"), "active while not connected".into());
+                }
+                continue;
+            };
+            let name = self.cconns[index].name.clone();
+            if expect_lost != step.lost {
+                let silent = self.cconns[index].silent;
+                self.fail(
+                    &name,
+                    format!(
+                        "silent for {silent} epochs (limit {limit}) but lost = {}",
+                        step.lost
+                    ),
+                );
+            }
+            if step.lost {
+                continue;
+            }
             if connecting {
-                let due = self.tracked(node, c).connecting_epochs % 2 == 1;
-                if sent.connect != due || !sent.data.is_empty() {
+                let due = self.cconns[index].connecting_epochs % 2 == 1;
+                if step.sent.connect != due || !step.sent.data.is_empty() {
                     self.fail(
                         &name,
                         "a connecting client resends its Connect, only, in epoch 1, 3, 5...".into(),
@@ -770,99 +2025,74 @@ impl Sim {
                 }
                 continue;
             }
-            if !heard && node == Node::Server {
-                let t = self.tracked(node, c);
-                let due = t.reacks < CONNECT_REACKS;
-                t.reacks += 1;
-                if sent.isn_ack != due {
-                    self.fail(
-                        &name,
-                        format!(
-                            "re-sent the Connect's Ack = {}, expected {due}",
-                            sent.isn_ack
-                        ),
-                    );
-                }
-            }
-            let resent: BTreeSet<u64> = sent.data.iter().copied().collect();
-            if resent != expected_resends {
-                self.fail(
-                    &name,
-                    format!("resent {resent:?}, back-off schedule says {expected_resends:?}"),
-                );
-            }
-            let t = self.tracked(node, c);
-            t.retransmissions += resent.len() as u64;
-            for sn in &resent {
-                if let Some((last, backoff)) = t.sends.get_mut(sn) {
-                    *last = epoch;
-                    *backoff = if *backoff == 0 { 1 } else { *backoff * 2 }.min(cap);
-                }
-            }
-            let data_this_epoch = data_before || !resent.is_empty();
-            t.data_since_tick = false;
-            if heard && sent.heartbeat == data_this_epoch {
-                let what = if sent.heartbeat {
-                    "heartbeat in an epoch with data"
-                } else {
-                    "no heartbeat in an idle epoch"
-                };
-                self.fail(&name, what.into());
-            }
+            self.check_epoch_sends(false, index, true, data_before, &expected, &step.sent);
         }
     }
 
-    fn tracked_silent(&mut self, node: Node, c: usize) -> u32 {
-        self.tracked(node, c).silent
-    }
-
     /// Exactly-once in order at both ends, or the connection reported lost.
-    fn final_checks(self) -> Outcome {
-        let mut out = Outcome {
-            ticks: self.tick,
-            ..Outcome::default()
-        };
-        for (c, s) in &self.server_ended {
-            let client = &self.clients[*c];
+    fn final_checks(mut self) -> Outcome {
+        if !self.server.connections().is_empty() || self.server.totals().active != 0 {
+            self.fail("server", "connections left in the table".into());
+        }
+        for s in self.sconns.values() {
+            if s.end.is_none() {
+                self.fail(&s.name, "no terminal state".into());
+            }
+        }
+        let mut out = std::mem::take(&mut self.outcome);
+        out.ticks = self.tick;
+        for s in self.sconns.values() {
+            out.delivered += s.delivered;
+            let Some(&ci) = self.cconn_by_key.get(&(s.addr, s.isn)) else {
+                continue;
+            };
+            let client = &self.cconns[ci];
+            if client.misadopted || s.misadopted {
+                continue;
+            }
             for (sender, receiver) in [(client, s), (s, client)] {
-                out.delivered += receiver.delivered.len();
                 let complete =
-                    sender.ended == Some(Event::Drained) && !receiver.closed_before_reading_all;
+                    sender.end == Some(End::Drained) && !receiver.closed_before_reading_all;
                 if complete
-                    && receiver.delivered.len() != sender.written.len()
-                    && receiver.ended != Some(Event::Lost)
+                    && receiver.delivered != sender.written.len()
+                    && receiver.end != Some(End::Lost)
                 {
                     panic!(
                         "{} drained {} messages but {} read {}\nscenario: {}",
                         sender.name,
                         sender.written.len(),
                         receiver.name,
-                        receiver.delivered.len(),
+                        receiver.delivered,
                         self.sc
                     );
                 }
             }
         }
-        let all: Vec<&Tracked> = self
-            .clients
-            .iter()
-            .chain(self.server_ended.iter().map(|(_, t)| t))
-            .collect();
-        out.lost = all.iter().filter(|t| t.ended == Some(Event::Lost)).count();
-        out.drained = all
-            .iter()
-            .filter(|t| t.ended == Some(Event::Drained))
-            .count();
-        out.retransmissions = all.iter().map(|t| t.retransmissions).sum();
+        for t in &self.cconns {
+            out.delivered += t.delivered;
+            if t.misadopted && t.end == Some(End::Drained) {
+                let delivered = self
+                    .sconns
+                    .values()
+                    .find(|s| s.addr == t.addr && s.isn == t.isn)
+                    .map_or(0, |s| s.delivered);
+                out.silently_lost += t.written.len().saturating_sub(delivered);
+            }
+        }
+        let all = || self.cconns.iter().chain(self.sconns.values());
+        out.lost = all().filter(|t| t.end == Some(End::Lost)).count();
+        out.drained = all().filter(|t| t.end == Some(End::Drained)).count();
+        out.retransmissions = all().map(|t| t.retransmissions).sum();
         // A perfect network loses nothing: every client drains, every
-        // message arrives. (Server connections end Lost: LSP has no close
-        // message, so they learn of the client's close by its silence.)
+        // message arrives. (Server connections may end Lost: LSP has no
+        // close message, so they learn of the client's close by its silence.)
         if !self.sc.faulty() {
-            for t in &self.clients {
-                if t.ended != Some(Event::Drained) {
+            for (c, cl) in self.clients.iter().enumerate() {
+                let t = &self.cconns[cl.conn];
+                if !cl.drained || t.end != Some(End::Drained) {
                     panic!(
-                        "{} ended {:?} on a perfect network\nscenario: {}",
-                        t.name, t.ended, self.sc
+                        "client {c} ended {:?} on a perfect network\nscenario: {}",
+                        t.end, self.sc
                     );
                 }
             }
@@ -871,7 +2101,7 @@ impl Sim {
     }
 }
 
-#[derive(Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Sent {
     data: Vec<u64>,
     heartbeat: bool,

@@ -1,0 +1,783 @@
+//! Deterministic tests of the decisions of `ServerCore` (the connection
+//! table) and `ClientCore` (connect, timeout, reconnection): no sockets, no
+//! clock. Time is an `Instant` the test moves by hand; an epoch is whatever
+//! the test says it is (`handle_epoch`).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use liveseq::proto::{
+    ClientConfig, ClientCore, ClientOutput, Limit, Message, ServerConfig, ServerCore, ServerOutput,
+    CONNECT_REACKS,
+};
+use liveseq::{ConnId, ConnState, Error, Params, ReconnectPolicy, ServerEvent};
+
+const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 9000);
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), port)
+}
+
+fn params(epoch_limit: u32) -> Params {
+    Params {
+        epoch_limit,
+        epoch_millis: 100,
+        window_size: 4,
+        max_unacked_messages: 4,
+        max_backoff_interval: 0,
+    }
+}
+
+fn id(n: u32) -> ConnId {
+    ConnId::from(n)
+}
+
+fn sent(core: &mut ServerCore) -> Vec<(SocketAddr, Message<'static>)> {
+    std::iter::from_fn(|| core.poll_transmit().map(|(to, m)| (to, m.into_owned()))).collect()
+}
+
+fn outputs(core: &mut ServerCore) -> Vec<ServerOutput> {
+    std::iter::from_fn(|| core.poll_output()).collect()
+}
+
+fn client_sent(core: &mut ClientCore) -> Vec<Message<'static>> {
+    std::iter::from_fn(|| {
+        core.poll_transmit().map(|(to, m)| {
+            assert_eq!(to, SERVER);
+            m.into_owned()
+        })
+    })
+    .collect()
+}
+
+fn client_outputs(core: &mut ClientCore) -> Vec<ClientOutput> {
+    std::iter::from_fn(|| core.poll_output()).collect()
+}
+
+fn state(id: Option<u32>, peer: SocketAddr, state: ConnState, at: Instant) -> ServerOutput {
+    ServerOutput::State {
+        conn_id: id.map(ConnId::from),
+        peer,
+        state,
+        at,
+    }
+}
+
+fn connected(n: u32, peer: SocketAddr, at: Instant) -> Vec<ServerOutput> {
+    vec![
+        state(Some(n), peer, ConnState::Connected, at),
+        ServerOutput::App(ServerEvent::Connected { id: id(n), peer }),
+    ]
+}
+
+fn lost(n: u32, peer: SocketAddr, at: Instant) -> Vec<ServerOutput> {
+    vec![
+        ServerOutput::App(ServerEvent::Lost { id: id(n) }),
+        state(Some(n), peer, ConnState::Lost, at),
+    ]
+}
+
+/// A server with `config`, and `isn` connected from `from` as its next id.
+fn server_with(config: ServerConfig, now: Instant, from: SocketAddr, isn: u64) -> ServerCore {
+    let mut s = ServerCore::new(config);
+    s.handle_message(now, from, Message::connect(isn));
+    let ack = sent(&mut s);
+    assert_eq!(ack.len(), 1);
+    assert_eq!(ack[0].1.seq_num, isn);
+    outputs(&mut s);
+    s
+}
+
+// ----- ServerCore -----
+
+#[test]
+fn duplicate_connect_gets_the_same_ack_and_no_new_connection() {
+    let now = Instant::now();
+    let a = addr(1);
+    let mut s = ServerCore::new(ServerConfig::new(params(5)));
+    s.handle_message(now, a, Message::connect(7));
+    assert_eq!(sent(&mut s), [(a, Message::ack(1, 7))]);
+    assert_eq!(outputs(&mut s), connected(1, a, now));
+    for _ in 0..3 {
+        s.handle_message(now, a, Message::connect(7));
+        assert_eq!(sent(&mut s), [(a, Message::ack(1, 7))]);
+        assert_eq!(outputs(&mut s), []);
+    }
+    assert_eq!(s.connections(), [id(1)]);
+    let t = s.totals();
+    assert_eq!((t.accepted, t.duplicate_connects, t.active), (1, 3, 1));
+}
+
+#[test]
+fn a_new_isn_from_the_same_address_replaces_the_connection() {
+    let now = Instant::now();
+    let a = addr(1);
+    let mut s = server_with(ServerConfig::new(params(5)), now, a, 7);
+    s.handle_message(now, a, Message::connect(8));
+    // The old one ends Lost before the new one is announced.
+    let mut expected = lost(1, a, now);
+    expected.extend(connected(2, a, now));
+    assert_eq!(outputs(&mut s), expected);
+    assert_eq!(sent(&mut s), [(a, Message::ack(2, 8))]);
+    assert_eq!(s.connections(), [id(2)]);
+    assert_eq!(s.conn_at(a), Some(id(2)));
+    assert!(s.conn(id(1)).is_none() && s.state(id(1)).is_none());
+    assert_eq!((s.totals().lost, s.totals().accepted), (1, 2));
+}
+
+/// A connection the application closed ends without an application event
+/// when it is replaced: its `Closed` was its last one.
+#[test]
+fn replacing_a_closed_connection_reports_no_second_app_event() {
+    let now = Instant::now();
+    let a = addr(1);
+    let mut s = server_with(ServerConfig::new(params(5)), now, a, 7);
+    s.write(now, id(1), b"unacked").unwrap();
+    s.close_conn(now, id(1)).unwrap();
+    assert_eq!(
+        outputs(&mut s),
+        [
+            state(Some(1), a, ConnState::Closing, now),
+            ServerOutput::App(ServerEvent::Closed { id: id(1) }),
+        ]
+    );
+    s.handle_message(now, a, Message::connect(8));
+    let mut expected = vec![state(Some(1), a, ConnState::Lost, now)];
+    expected.extend(connected(2, a, now));
+    assert_eq!(outputs(&mut s), expected);
+}
+
+/// Ends connection `n` (isn `isn`, from `a`) by silence; returns the time.
+fn lose_by_silence(s: &mut ServerCore, mut now: Instant, n: u32, a: SocketAddr) -> Instant {
+    let limit = s.config().params.epoch_limit;
+    for _ in 1..limit {
+        now += Duration::from_millis(100);
+        s.handle_epoch(now);
+        assert_eq!(outputs(s), []);
+        sent(s);
+    }
+    now += Duration::from_millis(100);
+    s.handle_epoch(now);
+    assert_eq!(outputs(s), lost(n, a, now));
+    now
+}
+
+#[test]
+fn late_duplicate_connect_of_an_ended_connection_is_ignored_for_epoch_limit_epochs() {
+    let limit = 3;
+    let mut now = Instant::now();
+    let (a, b) = (addr(1), addr(2));
+    let mut s = server_with(ServerConfig::new(params(limit)), now, a, 7);
+    now = lose_by_silence(&mut s, now, 1, a);
+    for _ in 0..limit {
+        s.handle_message(now, a, Message::connect(7));
+        assert_eq!((outputs(&mut s), sent(&mut s)), (vec![], vec![]));
+        now += Duration::from_millis(100);
+        s.handle_epoch(now);
+    }
+    // Forgotten now: the same ISN is a new client.
+    s.handle_message(now, a, Message::connect(7));
+    assert_eq!(outputs(&mut s), connected(2, a, now));
+    // A different ISN is never taken for a late duplicate.
+    let mut s = server_with(ServerConfig::new(params(limit)), now, b, 7);
+    now = lose_by_silence(&mut s, now, 1, b);
+    s.handle_message(now, b, Message::connect(9));
+    assert_eq!(outputs(&mut s), connected(2, b, now));
+}
+
+/// Found writing the simulator's model of the table (the simulator catches
+/// it too, through storm senders that change ISN): a late duplicate of the
+/// Connect that opened an ended connection arrives after the client at that
+/// address connected again (a reconnect or a restart, with a new ISN). It
+/// must not replace the live connection with a ghost.
+#[test]
+fn late_duplicate_connect_never_replaces_a_newer_connection() {
+    let mut now = Instant::now();
+    let a = addr(1);
+    // Ended by silence, then a new incarnation connects.
+    let mut s = server_with(ServerConfig::new(params(3)), now, a, 7);
+    now = lose_by_silence(&mut s, now, 1, a);
+    s.handle_message(now, a, Message::connect(8));
+    assert_eq!(outputs(&mut s), connected(2, a, now));
+    sent(&mut s);
+    s.handle_message(now, a, Message::connect(7));
+    assert_eq!((outputs(&mut s), sent(&mut s)), (vec![], vec![]));
+    assert_eq!(s.connections(), [id(2)]);
+
+    // Ended by replacement: its own late Connect must not come back.
+    let mut s = server_with(ServerConfig::new(params(3)), now, a, 7);
+    s.handle_message(now, a, Message::connect(8));
+    outputs(&mut s);
+    sent(&mut s);
+    s.handle_message(now, a, Message::connect(7));
+    assert_eq!((outputs(&mut s), sent(&mut s)), (vec![], vec![]));
+    assert_eq!(s.connections(), [id(2)]);
+    assert_eq!(s.totals().duplicate_connects, 1);
+}
+
+#[test]
+fn the_limit_admits_exactly_n_of_a_storm_and_refuses_once_per_address_per_epoch() {
+    let mut now = Instant::now();
+    let mut config = ServerConfig::new(params(3));
+    config.max_connections = 3;
+    let mut s = ServerCore::new(config);
+    let storm: Vec<SocketAddr> = (1..=10).map(addr).collect();
+    for round in 0..3 {
+        // The admitted ones say nothing more (repeating their Connect would
+        // keep them alive), the others keep trying.
+        let skip = if round == 0 { 0 } else { 3 };
+        for (i, &a) in storm.iter().enumerate().skip(skip) {
+            s.handle_message(now, a, Message::connect(100 + i as u64));
+        }
+        let outs = outputs(&mut s);
+        let admitted: Vec<SocketAddr> = outs
+            .iter()
+            .filter_map(|o| match o {
+                ServerOutput::App(ServerEvent::Connected { peer, .. }) => Some(*peer),
+                _ => None,
+            })
+            .collect();
+        let refused: Vec<SocketAddr> = outs
+            .iter()
+            .filter_map(|o| match o {
+                ServerOutput::State {
+                    conn_id: None,
+                    peer,
+                    state: ConnState::Refused,
+                    ..
+                } => Some(*peer),
+                _ => None,
+            })
+            .collect();
+        // Round 0: the first three in; every round: one Refused per other
+        // address (the second pass of a round adds none).
+        assert_eq!(admitted, if round == 0 { &storm[..3] } else { &[] });
+        assert_eq!(refused, &storm[3..], "round {round}");
+        for (i, &a) in storm.iter().enumerate().skip(3) {
+            s.handle_message(now, a, Message::connect(100 + i as u64));
+        }
+        assert_eq!(outputs(&mut s), []);
+        assert_eq!(s.connections().len(), 3);
+        // Refused Connects earn nothing on the wire.
+        assert!(sent(&mut s).iter().all(|(to, _)| storm[..3].contains(to)));
+        now += Duration::from_millis(100);
+        s.handle_epoch(now);
+        outputs(&mut s);
+    }
+    assert_eq!(s.totals().refused, 3 * 2 * 7);
+    // The three were reaped (they never spoke): a refused address gets in.
+    assert_eq!(s.connections(), []);
+    s.handle_message(now, storm[9], Message::connect(109));
+    assert_eq!(outputs(&mut s), connected(4, storm[9], now));
+}
+
+#[test]
+fn data_naming_a_connection_of_another_address_is_rejected_and_counted() {
+    let mut now = Instant::now();
+    let (a, b, stranger) = (addr(1), addr(2), addr(3));
+    let mut s = server_with(ServerConfig::new(params(3)), now, a, 7);
+    s.handle_message(now, b, Message::connect(70));
+    outputs(&mut s);
+    sent(&mut s);
+    let before = s.totals().rejected;
+    s.handle_message(now, b, Message::data(1, 8, b"hijack"));
+    s.handle_message(now, b, Message::ack(1, 0));
+    s.handle_message(now, stranger, Message::data(1, 8, b"hijack"));
+    s.end_batch(now);
+    assert_eq!(s.totals().rejected, before + 3);
+    assert_eq!(outputs(&mut s), []);
+    assert_eq!(sent(&mut s), []);
+    // Heartbeats from the wrong address do not keep connection 1 alive;
+    // its own do.
+    for e in 1..=3 {
+        now += Duration::from_millis(100);
+        s.handle_message(now, b, Message::ack(1, 0));
+        s.handle_message(now, a, Message::ack(1, 0));
+        s.handle_message(now, b, Message::ack(2, 0));
+        s.handle_epoch(now);
+        assert_eq!(outputs(&mut s), [], "epoch {e}");
+        sent(&mut s);
+    }
+    // Silent for one epoch since the last one it heard: two more to go.
+    now += Duration::from_millis(100);
+    s.handle_message(now, b, Message::ack(1, 0));
+    s.handle_message(now, b, Message::ack(2, 0));
+    s.handle_epoch(now);
+    assert_eq!(outputs(&mut s), []);
+    now += Duration::from_millis(100);
+    s.handle_message(now, b, Message::ack(2, 0));
+    s.handle_epoch(now);
+    assert_eq!(outputs(&mut s), lost(1, a, now));
+    assert_eq!(s.connections(), [id(2)]);
+}
+
+#[test]
+fn close_drains_then_reports_drained_exactly_once() {
+    let mut now = Instant::now();
+    let (a, b) = (addr(1), addr(2));
+    let mut s = server_with(ServerConfig::new(params(5)), now, a, 7);
+    s.handle_message(now, a, Message::ack(1, 0));
+    s.write(now, id(1), b"last words").unwrap();
+    sent(&mut s);
+    s.close(now);
+    assert_eq!(
+        outputs(&mut s),
+        [state(Some(1), a, ConnState::Closing, now)]
+    );
+    assert!(matches!(s.write(now, id(1), b"more"), Err(Error::ConnectionClosed(c)) if c == id(1)));
+    // No new connections while closing.
+    s.handle_message(now, b, Message::connect(70));
+    assert_eq!(outputs(&mut s), [state(None, b, ConnState::Refused, now)]);
+    // Unacknowledged: no Drained, however many epochs (short of the limit).
+    for _ in 0..3 {
+        now += Duration::from_millis(100);
+        s.handle_message(now, a, Message::ack(1, 0));
+        s.handle_epoch(now);
+        assert_eq!(outputs(&mut s), []);
+    }
+    s.handle_message(now, a, Message::ack(1, 8));
+    assert_eq!(
+        outputs(&mut s),
+        [
+            state(Some(1), a, ConnState::Closed, now),
+            ServerOutput::Drained
+        ]
+    );
+    s.close(now);
+    s.handle_message(now, a, Message::ack(1, 8));
+    now += Duration::from_millis(100);
+    s.handle_epoch(now);
+    assert_eq!(outputs(&mut s), []);
+    assert_eq!(s.connections(), []);
+}
+
+#[test]
+fn flow_control_inbox_and_send_buffer() {
+    let now = Instant::now();
+    let a = addr(1);
+    let mut config = ServerConfig::new(params(5));
+    config.coalesce_acks = false;
+    config.inbox = Limit {
+        messages: 2,
+        bytes: usize::MAX,
+    };
+    config.send_buffer = Limit {
+        messages: 2,
+        bytes: usize::MAX,
+    };
+    let mut s = server_with(config, now, a, 100);
+    for sn in 101..=103 {
+        s.handle_message(now, a, Message::data(1, sn, b"m"));
+    }
+    // The third is neither delivered nor acknowledged: the inbox is full.
+    assert_eq!(
+        sent(&mut s),
+        [(a, Message::ack(1, 101)), (a, Message::ack(1, 102))]
+    );
+    let delivered = outputs(&mut s)
+        .into_iter()
+        .filter(|o| matches!(o, ServerOutput::App(ServerEvent::Message { .. })))
+        .count();
+    assert_eq!(delivered, 2);
+    s.read_done(now, id(1), 1, 1);
+    s.handle_message(now, a, Message::data(1, 103, b"m"));
+    assert_eq!(sent(&mut s), [(a, Message::ack(1, 103))]);
+    assert_eq!(
+        outputs(&mut s),
+        [ServerOutput::App(ServerEvent::Message {
+            id: id(1),
+            payload: b"m".to_vec()
+        })]
+    );
+
+    // The send buffer: two unacknowledged fill it.
+    assert!(!s.is_full(id(1)));
+    s.write(now, id(1), b"x").unwrap();
+    s.write(now, id(1), b"y").unwrap();
+    assert!(s.is_full(id(1)));
+    assert!(matches!(s.write(now, id(1), b"z"), Err(Error::BufferFull)));
+    s.handle_message(now, a, Message::ack(1, 101));
+    assert!(!s.is_full(id(1)));
+    s.write(now, id(1), b"z").unwrap();
+
+    // The client's send buffer too.
+    let mut config = ClientConfig::new(params(5));
+    config.send_buffer = Limit {
+        messages: 1,
+        bytes: usize::MAX,
+    };
+    let mut c = ClientCore::new(now, SERVER, 5, config);
+    c.write(now, b"queued while connecting").unwrap();
+    assert!(c.is_full());
+    assert!(matches!(c.write(now, b"no room"), Err(Error::BufferFull)));
+}
+
+// ----- ClientCore -----
+
+fn connected_client(config: ClientConfig, now: Instant, isn: u64, conn: u32) -> ClientCore {
+    let mut c = ClientCore::new(now, SERVER, isn, config);
+    assert_eq!(client_sent(&mut c), [Message::connect(isn)]);
+    c.handle_message(now, SERVER, Message::ack(conn, isn));
+    let outs = client_outputs(&mut c);
+    assert!(outs.contains(&ClientOutput::ConnectResult(Ok(id(conn)))));
+    c
+}
+
+#[test]
+fn connect_timeout_after_epoch_limit_epochs() {
+    let limit = 4;
+    let mut now = Instant::now();
+    let mut c = ClientCore::new(now, SERVER, 5, ClientConfig::new(params(limit)));
+    assert_eq!(
+        client_outputs(&mut c),
+        [ClientOutput::State {
+            conn_id: None,
+            state: ConnState::Connecting,
+            at: now
+        }]
+    );
+    assert_eq!(client_sent(&mut c), [Message::connect(5)]);
+    for epoch in 1..limit {
+        now += Duration::from_millis(100);
+        c.handle_epoch(now);
+        assert_eq!(client_outputs(&mut c), [], "epoch {epoch}");
+        let resent = client_sent(&mut c);
+        assert_eq!(resent.len(), usize::from(epoch % 2 == 1), "epoch {epoch}");
+    }
+    now += Duration::from_millis(100);
+    c.handle_epoch(now);
+    assert_eq!(
+        client_outputs(&mut c),
+        [
+            ClientOutput::State {
+                conn_id: None,
+                state: ConnState::Refused,
+                at: now
+            },
+            ClientOutput::ConnectResult(Err(())),
+        ]
+    );
+    assert_eq!(c.state(), ConnState::Refused);
+    assert_eq!(client_sent(&mut c), []);
+    // Nothing more, ever.
+    c.handle_message(now, SERVER, Message::ack(1, 5));
+    c.handle_epoch(now);
+    assert_eq!(client_outputs(&mut c), []);
+}
+
+fn policy() -> ReconnectPolicy {
+    let ms = Duration::from_millis;
+    ReconnectPolicy {
+        delays: vec![(ms(10), ms(20)), (ms(30), ms(40))],
+        max_attempts: Some(3),
+    }
+}
+
+/// Silence for `epoch_limit` epochs from `now`; returns the time after.
+fn silence(c: &mut ClientCore, mut now: Instant, limit: u32) -> (Instant, Vec<ClientOutput>) {
+    let mut outs = Vec::new();
+    for _ in 0..limit {
+        now += Duration::from_millis(100);
+        c.handle_epoch(now);
+        outs.extend(client_outputs(c));
+        client_sent(c);
+    }
+    (now, outs)
+}
+
+/// Waits out the redial delay, checking it is within `range`; returns the
+/// new Connect's ISN.
+fn redial(c: &mut ClientCore, now: Instant, range: (u64, u64)) -> (Instant, u64) {
+    let at = c.poll_timeout().expect("a redial is scheduled");
+    let delay = at - now;
+    assert!(
+        delay >= Duration::from_millis(range.0) && delay <= Duration::from_millis(range.1),
+        "{delay:?} outside {range:?}"
+    );
+    // Silent until then, even on an epoch.
+    c.handle_timeout(at - Duration::from_nanos(1));
+    c.handle_epoch(at - Duration::from_nanos(1));
+    assert_eq!(client_sent(c), []);
+    c.handle_timeout(at);
+    let connect = client_sent(c);
+    assert_eq!(connect.len(), 1);
+    assert_eq!(connect[0], Message::connect(connect[0].seq_num));
+    assert_eq!(c.poll_timeout(), None);
+    (at, connect[0].seq_num)
+}
+
+#[test]
+fn reconnect_schedule_counts_attempts_within_the_policy_then_gives_up() {
+    let limit = 3;
+    let now = Instant::now();
+    let mut config = ClientConfig::new(params(limit));
+    config.reconnect = Some(policy());
+    config.seed = 42;
+    let mut c = connected_client(config.clone(), now, 5, 1);
+    let (mut now, outs) = silence(&mut c, now, limit);
+    assert_eq!(
+        outs,
+        [
+            ClientOutput::State {
+                conn_id: Some(id(1)),
+                state: ConnState::Lost,
+                at: now
+            },
+            ClientOutput::State {
+                conn_id: None,
+                state: ConnState::Reconnecting { attempt: 1 },
+                at: now
+            },
+        ]
+    );
+    let mut isns = vec![5];
+    let ranges = [(10, 20), (30, 40), (30, 40)];
+    for (attempt, range) in (1..=3).zip(ranges) {
+        let (at, isn) = redial(&mut c, now, range);
+        assert!(!isns.contains(&isn), "a new ISN for every attempt");
+        isns.push(isn);
+        let (after, outs) = silence(&mut c, at, limit);
+        now = after;
+        let next = if attempt < 3 {
+            vec![ClientOutput::State {
+                conn_id: None,
+                state: ConnState::Reconnecting {
+                    attempt: attempt + 1,
+                },
+                at: now,
+            }]
+        } else {
+            // Gave up: the lost connection is reported, then Refused.
+            vec![
+                ClientOutput::Lost(id(1)),
+                ClientOutput::State {
+                    conn_id: None,
+                    state: ConnState::Refused,
+                    at: now,
+                },
+            ]
+        };
+        assert_eq!(outs, next, "attempt {attempt}");
+    }
+    assert_eq!(c.state(), ConnState::Refused);
+    assert_eq!(c.poll_timeout(), None);
+    assert!(matches!(c.write(now, b"x"), Err(Error::ConnectionLost(l)) if l == id(1)));
+
+    // The same seed replays the same schedule.
+    let mut again = connected_client(config, Instant::now(), 5, 1);
+    let (t, _) = silence(&mut again, Instant::now(), limit);
+    let (_, isn) = redial(&mut again, t, (10, 20));
+    assert_eq!(isn, isns[1]);
+}
+
+#[test]
+fn reconnect_resends_unacknowledged_messages_first_and_reports_the_gap() {
+    let limit = 3;
+    let now = Instant::now();
+    let mut config = ClientConfig::new(params(limit));
+    config.reconnect = Some(policy());
+    let mut c = connected_client(config, now, 5, 1);
+    c.write(now, b"acked").unwrap();
+    c.write(now, b"unacked").unwrap();
+    client_sent(&mut c);
+    c.handle_message(now, SERVER, Message::ack(1, 6));
+    let (now, _) = silence(&mut c, now, limit);
+    let (now, isn) = redial(&mut c, now, (10, 20));
+    c.write(now, b"during the gap").unwrap();
+    c.handle_message(now, SERVER, Message::ack(2, isn));
+    assert_eq!(
+        client_outputs(&mut c),
+        [
+            ClientOutput::Reconnected {
+                old: id(1),
+                new: id(2)
+            },
+            ClientOutput::State {
+                conn_id: Some(id(2)),
+                state: ConnState::Connected,
+                at: now
+            },
+        ]
+    );
+    assert_eq!(
+        client_sent(&mut c),
+        [
+            Message::data(2, isn + 1, b"unacked"),
+            Message::data(2, isn + 2, b"during the gap"),
+        ]
+    );
+}
+
+#[test]
+fn close_while_reconnecting_cancels_the_redial_and_drains_at_once() {
+    let limit = 3;
+    let now = Instant::now();
+    let mut config = ClientConfig::new(params(limit));
+    config.reconnect = Some(policy());
+    let mut c = connected_client(config, now, 5, 1);
+    c.write(now, b"never acked").unwrap();
+    let (now, _) = silence(&mut c, now, limit);
+    assert!(c.poll_timeout().is_some());
+    c.close(now);
+    assert_eq!(
+        client_outputs(&mut c),
+        [
+            ClientOutput::State {
+                conn_id: None,
+                state: ConnState::Closed,
+                at: now
+            },
+            ClientOutput::Drained,
+        ]
+    );
+    assert_eq!(c.poll_timeout(), None);
+    assert!(matches!(c.close_result(), Err(Error::ConnectionLost(l)) if l == id(1)));
+    c.handle_timeout(now + Duration::from_secs(1));
+    c.handle_epoch(now + Duration::from_secs(1));
+    c.close(now);
+    assert_eq!(
+        (client_outputs(&mut c), client_sent(&mut c)),
+        (vec![], vec![])
+    );
+}
+
+#[test]
+fn reconnecting_client_does_not_take_its_old_connection_for_the_new_one() {
+    let limit = 3;
+    let now = Instant::now();
+    let mut config = ClientConfig::new(params(limit));
+    config.reconnect = Some(policy());
+    let mut c = connected_client(config, now, 5, 1);
+    let (now, _) = silence(&mut c, now, limit);
+    // While waiting to dial, nothing is taken at all.
+    c.handle_message(now, SERVER, Message::ack(3, 0));
+    assert_eq!(client_outputs(&mut c), []);
+    let (now, isn) = redial(&mut c, now, (10, 20));
+    // Heartbeats and Data of the old connection 1 do not connect it...
+    c.handle_message(now, SERVER, Message::ack(1, 0));
+    c.handle_message(now, SERVER, Message::data(1, 6, b"old"));
+    assert_eq!(client_outputs(&mut c), []);
+    assert_eq!(c.state(), ConnState::Reconnecting { attempt: 1 });
+    // ...but the Ack of its own Connect does, even naming id 1 again.
+    c.handle_message(now, SERVER, Message::ack(1, isn));
+    assert_eq!(c.state(), ConnState::Connected);
+    assert_eq!(c.conn_id(), id(1));
+}
+
+/// Found by the simulator: when the server's first Data is what tells the
+/// client its connection id (the Ack was lost or overtaken), the Data is
+/// handed out after the connection is announced, and after a reconnect
+/// after the `Reconnected` marker: it belongs to the new connection.
+#[test]
+fn data_that_connects_the_client_comes_after_the_connect_and_the_gap_marker() {
+    let limit = 3;
+    let now = Instant::now();
+    let mut c = ClientCore::new(now, SERVER, 5, ClientConfig::new(params(limit)));
+    client_outputs(&mut c);
+    c.handle_message(now, SERVER, Message::data(1, 6, b"first"));
+    assert_eq!(
+        client_outputs(&mut c),
+        [
+            ClientOutput::State {
+                conn_id: Some(id(1)),
+                state: ConnState::Connected,
+                at: now
+            },
+            ClientOutput::ConnectResult(Ok(id(1))),
+            ClientOutput::Data(b"first".to_vec()),
+        ]
+    );
+
+    let mut config = ClientConfig::new(params(limit));
+    config.reconnect = Some(policy());
+    let mut c = connected_client(config, now, 5, 1);
+    c.handle_message(now, SERVER, Message::data(1, 6, b"old"));
+    assert_eq!(
+        client_outputs(&mut c),
+        [ClientOutput::Data(b"old".to_vec())]
+    );
+    let (now, _) = silence(&mut c, now, limit);
+    let (now, isn) = redial(&mut c, now, (10, 20));
+    c.handle_message(now, SERVER, Message::data(2, isn + 1, b"new"));
+    assert_eq!(
+        client_outputs(&mut c),
+        [
+            ClientOutput::Reconnected {
+                old: id(1),
+                new: id(2)
+            },
+            ClientOutput::State {
+                conn_id: Some(id(2)),
+                state: ConnState::Connected,
+                at: now
+            },
+            ClientOutput::Data(b"new".to_vec()),
+        ]
+    );
+}
+
+#[test]
+fn server_reacks_a_silent_new_connection_then_reaps_it() {
+    let mut now = Instant::now();
+    let a = addr(1);
+    let limit = CONNECT_REACKS + 2;
+    let mut s = server_with(ServerConfig::new(params(limit)), now, a, 7);
+    for epoch in 1..limit {
+        now += Duration::from_millis(100);
+        s.handle_epoch(now);
+        let expected = if epoch <= CONNECT_REACKS {
+            vec![(a, Message::ack(1, 7))]
+        } else {
+            vec![]
+        };
+        assert_eq!(sent(&mut s), expected, "epoch {epoch}");
+    }
+    now += Duration::from_millis(100);
+    s.handle_epoch(now);
+    assert_eq!(outputs(&mut s), lost(1, a, now));
+}
+
+/// Known hazard, found by the simulator (restarted clients): a client that
+/// restarts from the same address while the server still has its previous
+/// connection takes that connection's heartbeat for the answer to its
+/// Connect (as it must with the Go reference server, which acknowledges a
+/// Connect once), and the old connection acknowledges the new client's Data
+/// as duplicates of what it already received when the new ISN is lower.
+/// The message is acknowledged, never delivered, and the client's close
+/// reports success.
+#[test]
+#[ignore = "known hazard: a client restarted on the same address can lose acknowledged messages"]
+fn a_restarted_client_on_the_same_address_loses_nothing_silently() {
+    let now = Instant::now();
+    let a = addr(1);
+    let mut s = server_with(ServerConfig::new(params(5)), now, a, 1000);
+    for sn in 1001..=1005 {
+        s.handle_message(now, a, Message::data(1, sn, b"old"));
+    }
+    s.end_batch(now);
+    sent(&mut s);
+    outputs(&mut s);
+    // The client restarts: a fresh core on the same address, a new ISN. Its
+    // Connect is lost; the old connection's heartbeat reaches it.
+    let mut c = ClientCore::new(now, SERVER, 10, ClientConfig::new(params(5)));
+    client_sent(&mut c);
+    c.handle_message(now, SERVER, Message::ack(1, 0));
+    c.write(now, b"new").unwrap();
+    for m in client_sent(&mut c) {
+        s.handle_message(now, a, m);
+    }
+    s.end_batch(now);
+    for (_, m) in sent(&mut s) {
+        c.handle_message(now, SERVER, m);
+    }
+    c.close(now);
+    let delivered = outputs(&mut s).into_iter().any(|o| {
+        matches!(o, ServerOutput::App(ServerEvent::Message { ref payload, .. }) if payload == b"new")
+    });
+    let drained_ok =
+        client_outputs(&mut c).contains(&ClientOutput::Drained) && c.close_result().is_ok();
+    assert!(
+        delivered || !drained_ok,
+        "\"new\" was acknowledged and the close succeeded, but it was never delivered"
+    );
+}
