@@ -12,7 +12,7 @@
 mod simulator;
 
 use proptest::prelude::*;
-use simulator::{Scenario, Sim};
+use simulator::{undetectable_damage, Scenario, Sim};
 
 fn scenarios() -> impl Strategy<Value = Scenario> {
     (1u32..=64, 0u32..=8, 2u32..=10)
@@ -195,4 +195,47 @@ fn a_long_partition_is_reported_as_a_loss() {
     let out = Sim::new(&sc).run();
     assert!(out.lost >= 2, "client 0 and its server connection: {out:?}");
     assert!(out.drained >= 2, "the other clients drain: {out:?}");
+}
+
+/// The simulator's model of LSP's integrity rules: which damage the receiver
+/// catches, which it undoes, and which slips through the checksum.
+#[test]
+fn damage_model_follows_the_integrity_rules() {
+    use liveseq::proto::Message;
+    let payload = [0x01, 0x02, 0x00, 0x00, 0x03, 0x04, 0x05, 0x06];
+    let sent = Message::data(3, 77, &payload);
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut p = payload.to_vec();
+        f(&mut p);
+        undetectable_damage(&sent, &p)
+    };
+    // Shorter than Size: dropped. Longer: cut back to what was sent.
+    assert_eq!(with(&|p| p.truncate(7)), None);
+    assert_eq!(with(&|p| p.extend_from_slice(b"extra")), None);
+    // A flipped bit is always caught, before or after a cut.
+    assert_eq!(with(&|p| p[3] ^= 0x10), None);
+    assert_eq!(with(&|p| p.push(0xFF)), None);
+    // Swapped words, 0x0000 -> 0xFFFF, -1 and +1 in two words: the sum
+    // cannot see them, and the receiver gets the damaged bytes.
+    let swapped = [0x03, 0x04, 0x00, 0x00, 0x01, 0x02, 0x05, 0x06];
+    assert_eq!(
+        with(&|p| p.copy_from_slice(&swapped)),
+        Some(swapped.to_vec())
+    );
+    assert!(with(&|p| p[2..4].copy_from_slice(&[0xFF, 0xFF])).is_some());
+    assert!(with(&|p| {
+        p[0] -= 1;
+        p[6] += 1;
+    })
+    .is_some());
+    // Shortened, then lengthened back past Size with the bytes that cancel
+    // out: what the failing scenario of issue 9 hit.
+    let cut_and_refilled = with(&|p| {
+        p.truncate(4);
+        p.extend_from_slice(&[0x05, 0x06, 0x03, 0x04, 0xAA]);
+    });
+    assert_eq!(
+        cut_and_refilled,
+        Some(vec![0x01, 0x02, 0x00, 0x00, 0x05, 0x06, 0x03, 0x04])
+    );
 }

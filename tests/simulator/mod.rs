@@ -928,7 +928,7 @@ impl Sim {
 /// through those rules (the checksum is a 16-bit one's-complement sum, so
 /// some changes cancel out), `None` if the damage is caught or undone by the
 /// truncation.
-fn undetectable_damage(sent: &Message<'_>, damaged: &[u8]) -> Option<Vec<u8>> {
+pub fn undetectable_damage(sent: &Message<'_>, damaged: &[u8]) -> Option<Vec<u8>> {
     let size = usize::try_from(sent.size).ok()?;
     let seen = damaged.get(..size)?;
     let changed = seen != &sent.payload[..];
