@@ -1194,8 +1194,7 @@ impl Sim {
                             .and_then(|&c| self.cconns[c].written.get(i));
                         // Both ends number from the client's isn + 1.
                         let sn = s.isn + 1 + i as u64;
-                        let damaged = expected.is_some()
-                            && self.damage_seen(true, u32::from(id), sn, payload);
+                        let damaged = expected.is_some() && self.damage_seen(true, id, sn, payload);
                         if damaged {
                             self.outcome.damaged_deliveries += 1;
                         } else if expected != Some(payload) && !s.misadopted {
