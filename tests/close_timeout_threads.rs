@@ -2,29 +2,15 @@
 //! leaves no thread behind. One test only: it counts the threads of the
 //! whole process, so nothing else may run in this binary.
 
+mod common;
+
+use common::{threads, threads_settled_at};
+
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use liveseq::proto::{Message, MsgType};
 use liveseq::{Client, ConnId, Error, Params, Server};
-
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
-
-/// The thread count, polled until it is `expected` (for at most five
-/// seconds): a joined thread may still be listed for a moment after `join`
-/// returns, since the kernel wakes the joiner before it removes the task.
-fn threads_settled_at(expected: usize) -> usize {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let n = threads();
-        if n == expected || std::time::Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-}
 
 #[test]
 fn close_timeout_with_unacknowledging_peers_leaves_no_thread() {

@@ -3,29 +3,15 @@
 //! every iteration), no panic, no leaked thread. One test only: it counts the
 //! process's threads.
 
+mod common;
+
+use common::{threads, threads_settled_at};
+
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use liveseq::{Client, ConnId, Error, Faults, Params, Server};
-
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
-
-/// The thread count, polled until it is `expected` (for at most five
-/// seconds): a joined thread may still be listed for a moment after `join`
-/// returns, since the kernel wakes the joiner before it removes the task.
-fn threads_settled_at(expected: usize) -> usize {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let n = threads();
-        if n == expected || std::time::Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-}
 
 fn one_iteration(seed: u64) {
     let p = Params {

@@ -231,6 +231,18 @@ pub fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
 }
 
+/// The thread count, polled until it is `expected` (for at most five
+/// seconds): a joined thread may still be listed for a moment after `join`
+/// returns, since the kernel wakes the joiner before it removes the task.
+pub fn threads_settled_at(expected: usize) -> usize {
+    let mut n = threads();
+    poll_until(Duration::from_secs(5), || {
+        n = threads();
+        n == expected
+    });
+    n
+}
+
 /// Polls `cond` every few milliseconds until it holds or `limit` passes;
 /// returns how long it took, or `None`. Only for conditions no event reports
 /// (a thread count, a port becoming free, a counter in a stats snapshot).
