@@ -56,6 +56,9 @@ pub struct ConnStats {
     pub malformed_received: u64,
     /// Valid messages dropped: outside the window, acks of unsent messages.
     pub rejected: u64,
+    /// Data left unacknowledged because the application's inbox was full
+    /// (flow control: the peer sends it again once there is room).
+    pub paused_drops: u64,
     /// Messages sent and not yet acknowledged.
     pub unacked: usize,
     /// Messages written but not yet sent (waiting for the window).
@@ -193,6 +196,7 @@ impl Timing {
             corrupt_received: c.corrupt_received,
             malformed_received: self.malformed,
             rejected: self.rejected,
+            paused_drops: c.paused_drops,
             unacked: conn.unacked(),
             queued: conn.queued(),
             rtt: self.rtt,
