@@ -5,6 +5,7 @@
 //! [`driver`](crate::driver) feed it.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -68,6 +69,10 @@ pub(crate) struct ClientRole {
     events: Subscribers,
     /// Told once whether the first connect succeeded.
     connected: Mutex<Option<Sender<Result<ConnId, Error>>>>,
+    /// The connection holds Data for lack of room ([`ClientOutput::Holding`]):
+    /// a read then tells the core at once, since the server waits for the
+    /// acknowledgements that follow.
+    holding: AtomicBool,
 }
 
 impl Role for ClientRole {
@@ -92,6 +97,7 @@ impl Role for ClientRole {
             ClientOutput::Reconnected { old, new } => {
                 let _ = self.inbox.tx.send(Item::Reconnected { old, new });
             }
+            ClientOutput::Holding(holding) => self.holding.store(holding, Ordering::Relaxed),
             ClientOutput::Drained => return true,
         }
         false
@@ -227,6 +233,11 @@ impl ClientBuilder {
     /// Also sends this client's lifecycle events to `tx`, from before the
     /// connect starts (so `Connecting`, then `Connected` or `Refused`, are seen).
     ///
+    /// The channel must be unbounded (`connect` fails with
+    /// [`Error::InvalidParams`] otherwise): events are never dropped, since
+    /// each connection has exactly one terminal event, and a full channel
+    /// must not stall the client.
+    ///
     /// # Examples
     ///
     /// ```
@@ -275,6 +286,15 @@ impl ClientBuilder {
         let inbox = self.inbox.unwrap_or(DEFAULT_INBOX);
         endpoint::check_limit("send_buffer", send_buffer)?;
         endpoint::check_limit("inbox", inbox)?;
+        if self.events.iter().any(|tx| tx.capacity().is_some()) {
+            // Events are sent while the client's state is locked: a full
+            // channel would stall the client, and dropping an event would
+            // break "exactly one terminal event".
+            return Err(Error::InvalidParams {
+                field: "events",
+                reason: "the channel must be unbounded",
+            });
+        }
         if let Some(policy) = &self.reconnect {
             if policy.delays.iter().any(|(lo, hi)| lo > hi) {
                 return Err(Error::InvalidParams {
@@ -314,6 +334,7 @@ impl ClientBuilder {
             inbox: Inbox::new(),
             events,
             connected: Mutex::new(Some(connected_tx)),
+            holding: AtomicBool::new(false),
         };
         let config = endpoint::Config {
             params: self.params,
@@ -454,6 +475,9 @@ impl Client {
                 // Room in the inbox again (flow control).
                 let len = payload.len();
                 shared.read_done((), len);
+                if shared.role.holding.load(Ordering::Relaxed) {
+                    shared.with_core(|_, _| ());
+                }
                 Ok(payload)
             }
             Ok(Item::Lost(id)) => {

@@ -88,6 +88,16 @@ pub enum Error {
     /// not acknowledged enough of what was written yet.
     #[error("send buffer full")]
     BufferFull,
+    /// A server write found no room in the server's memory budget (see
+    /// [`ServerBuilder::memory_budget`](crate::ServerBuilder::memory_budget)):
+    /// the message was not queued. Retry once connections have drained.
+    #[error("server memory budget exhausted")]
+    BudgetExhausted,
+    /// The connection was ended because its peer acknowledged nothing for
+    /// its stall limit while its send buffer was over its limit (a slow
+    /// consumer). Reported to writes for `epoch_limit` epochs after it ended.
+    #[error("connection {0} ended as a slow consumer")]
+    SlowConsumer(ConnId),
     /// One of the instance's threads failed (a bug in liveseq); the client or
     /// server is closed. The string is the panic message.
     #[error("client or server failed: {0}")]

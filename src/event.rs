@@ -45,6 +45,16 @@ pub enum ServerEvent {
         /// The lost connection.
         id: ConnId,
     },
+    /// Connection `id`'s send buffer, which had passed its limit, drained to
+    /// half of it: its writes flow again, and the messages it sent meanwhile
+    /// (held back, so that the peer causing the backlog is the one slowed
+    /// down) came just before this event. A broadcaster that skipped `id`
+    /// while [`Server::is_writable`](crate::Server::is_writable) was false
+    /// may resume. Connections that never fill their buffer never see it.
+    Writable {
+        /// The connection that is writable again.
+        id: ConnId,
+    },
 }
 
 impl ServerEvent {
@@ -54,7 +64,8 @@ impl ServerEvent {
             ServerEvent::Connected { id, .. }
             | ServerEvent::Message { id, .. }
             | ServerEvent::Closed { id }
-            | ServerEvent::Lost { id } => *id,
+            | ServerEvent::Lost { id }
+            | ServerEvent::Writable { id } => *id,
         }
     }
 }

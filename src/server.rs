@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -14,8 +15,8 @@ use parking_lot::Mutex;
 use crate::driver::endpoint::{self, Core, Empty, Endpoint, Inbox, Role};
 use crate::lifecycle::{ConnEvent, ConnState, Subscribers};
 use crate::proto::{
-    max_payload, Limit, Message, ServerConfig, ServerCore, ServerOutput, DEFAULT_INBOX,
-    DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
+    max_payload, Limit, Message, ServerConfig, ServerCore, ServerOutput, DEFAULT_BUDGET,
+    DEFAULT_INBOX, DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
 };
 use crate::stats::{ConnStats, ServerStats};
 use crate::{Error, Faults, Params, ServerEvent};
@@ -54,9 +55,13 @@ impl fmt::Display for ConnId {
 
 impl Core for ServerCore {
     type Output = ServerOutput;
-    type Inbox = ConnId;
-    fn read_done(&mut self, now: Instant, id: ConnId, messages: usize, bytes: usize) {
-        ServerCore::read_done(self, now, id, messages, bytes);
+    /// The connection a message was read from, or `None` for another event.
+    type Inbox = Option<ConnId>;
+    fn read_done(&mut self, now: Instant, id: Option<ConnId>, messages: usize, bytes: usize) {
+        match id {
+            Some(id) => ServerCore::read_done(self, now, id, messages, bytes),
+            None => ServerCore::event_read(self),
+        }
     }
     fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         ServerCore::handle(self, now, from, datagram);
@@ -92,6 +97,12 @@ pub(crate) struct ServerRole {
     /// Ids passed to `close_conn` whose `Closed` event has not been read
     /// yet: their messages still in the inbox are skipped.
     user_closed: Mutex<HashSet<ConnId>>,
+    /// Connections holding Data for lack of room ([`ServerOutput::Holding`]):
+    /// a read from one of them tells the core at once, since its peer
+    /// waits for the acknowledgements that follow. Counted apart so that
+    /// the common case (none) costs a read one atomic load.
+    holding: Mutex<HashSet<ConnId>>,
+    holding_count: AtomicUsize,
 }
 
 impl Role for ServerRole {
@@ -107,6 +118,15 @@ impl Role for ServerRole {
             } => self.events.emit(conn_id, peer, state, at),
             ServerOutput::App(event) => {
                 let _ = self.inbox.tx.send(event);
+            }
+            ServerOutput::Holding { id, holding } => {
+                let mut set = self.holding.lock();
+                if holding {
+                    set.insert(id);
+                } else {
+                    set.remove(&id);
+                }
+                self.holding_count.store(set.len(), Ordering::Relaxed);
             }
             ServerOutput::Drained => return true,
         }
@@ -193,6 +213,7 @@ pub struct ServerBuilder {
     ack_coalescing: Option<bool>,
     send_buffer: Option<Limit>,
     inbox: Option<Limit>,
+    memory_budget: Option<usize>,
 }
 
 impl ServerBuilder {
@@ -245,9 +266,14 @@ impl ServerBuilder {
     }
 
     /// The most each connection may hold written and not yet acknowledged
-    /// (default: 1,024 messages or 1 MiB). [`Server::write`] blocks while a
-    /// connection's buffer is full, like a bounded channel, so a fast writer
-    /// holds bounded memory; [`Server::try_write`] fails at once instead.
+    /// before it stops being writable (default: 1,024 messages or 1 MiB).
+    /// [`Server::write`] never waits: past the limit it still queues, the
+    /// connection's incoming messages wait in its inbox until it drains to
+    /// half the limit (so the peer that causes the backlog is the one
+    /// slowed down), and a peer that acknowledges nothing meanwhile for
+    /// `epoch_limit` epochs (plus the back-off cap) is ended as a slow
+    /// consumer. [`Server::try_write`] fails with [`Error::BufferFull`] past
+    /// the limit instead, and [`Server::write_timeout`] waits for room.
     ///
     /// # Examples
     ///
@@ -281,6 +307,34 @@ impl ServerBuilder {
         self
     }
 
+    /// The server-wide memory budget in bytes (default
+    /// [`DEFAULT_BUDGET`](crate::proto::DEFAULT_BUDGET), 128 MiB).
+    ///
+    /// Everything the server holds for its connections is charged by what
+    /// it really holds (payload plus a fixed overhead per message): send
+    /// buffers, inboxes, out-of-order and held Data, and queued events.
+    /// Each connection has a small floor of its own (a window's worth of
+    /// the largest messages each way) and draws the rest from this budget;
+    /// connections over their own limits draw only from its first half. When
+    /// it is spent the server stops taking more: Data goes unacknowledged
+    /// (the peers back off), [`Server::write`] fails with
+    /// [`Error::BudgetExhausted`], and Connects from new addresses are
+    /// refused. [`ServerStats::budget_in_use`] shows where it stands.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::Server;
+    ///
+    /// let server = Server::builder().memory_budget(16 << 20).bind("127.0.0.1:0").unwrap();
+    /// assert_eq!(server.totals().budget, 16 << 20);
+    /// server.close().unwrap();
+    /// ```
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
     /// Binds the server's socket to `addr` and starts serving. Does not block.
     pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Server, Error> {
         self.params.validate()?;
@@ -294,17 +348,20 @@ impl ServerBuilder {
         for addr in addr.to_socket_addrs()? {
             match endpoint::bind_socket(addr) {
                 Ok(socket) => {
-                    let core = ServerCore::new(ServerConfig {
-                        params: self.params,
-                        max_connections: self.max_connections.unwrap_or(usize::MAX),
-                        coalesce_acks: self.ack_coalescing.unwrap_or(true),
-                        send_buffer,
-                        inbox,
-                    });
+                    let mut config = ServerConfig::new(self.params);
+                    config.max_connections = self.max_connections.unwrap_or(usize::MAX);
+                    config.coalesce_acks = self.ack_coalescing.unwrap_or(true);
+                    config.send_buffer = send_buffer;
+                    config.inbox = inbox;
+                    config.budget = self.memory_budget.unwrap_or(DEFAULT_BUDGET);
+                    config.floor = ServerConfig::floor_for(self.params, max_payload(max_datagram));
+                    let core = ServerCore::new(config);
                     let role = ServerRole {
                         inbox: Inbox::new(),
                         events: Subscribers::default(),
                         user_closed: Mutex::new(HashSet::new()),
+                        holding: Mutex::new(HashSet::new()),
+                        holding_count: AtomicUsize::new(0),
                     };
                     let config = endpoint::Config {
                         params: self.params,
@@ -390,6 +447,8 @@ impl Server {
                 ServerEvent::Message { id, payload } => Ok((id, payload)),
                 ServerEvent::Lost { id } => Err(Error::ConnectionLost(id)),
                 ServerEvent::Closed { id } => Err(Error::ConnectionClosed(id)),
+                // `read` mirrors the Go API, which has no such events.
+                _ => continue,
             };
         }
     }
@@ -506,12 +565,19 @@ impl Server {
                     }
                     // Room in the connection's inbox again (flow control).
                     let (id, len) = (*id, payload.len());
-                    shared.read_done(id, len);
+                    shared.read_done(Some(id), len);
+                    if role.holding_count.load(Ordering::Relaxed) > 0
+                        && role.holding.lock().contains(&id)
+                    {
+                        // Its peer waits for what this read lets us acknowledge.
+                        shared.with_core(|_, _| ());
+                    }
                 }
                 ServerEvent::Closed { id } => {
                     role.user_closed.lock().remove(id);
+                    shared.read_done(None, 0);
                 }
-                _ => {}
+                _ => shared.read_done(None, 0),
             }
             return Ok(event);
         }
@@ -534,24 +600,62 @@ impl Server {
         self.endpoint.shared.peek(|core| core.peer_addr(id))
     }
 
-    /// Queues `payload` for connection `id`: it is sent at once, from this
-    /// thread, if the window allows, else as soon as acknowledgements make
-    /// room. Returns at once unless the connection's send buffer is full
-    /// (see [`ServerBuilder::send_buffer`]); then it blocks until there is
-    /// room, as a bounded channel does. Only writers to that connection wait.
+    /// Queues `payload` for connection `id` and returns at once: it is sent
+    /// from this thread if the window allows, else as soon as
+    /// acknowledgements make room. **Never blocks**, so a server loop that
+    /// serves every client from one thread cannot be stalled by any of them.
     ///
-    /// Fails with [`Error::UnknownConnection`] if there is no such connection
-    /// (it never existed, was lost, or finished closing; a writer blocked on
-    /// a connection that ends gets this too), [`Error::ConnectionClosed`]
-    /// after [`close_conn`](Server::close_conn) (a writer blocked on that
-    /// connection gets this at once), [`Error::PayloadTooLarge`], or
-    /// [`Error::Closed`].
+    /// A connection whose peer does not keep up passes its send buffer limit
+    /// (see [`ServerBuilder::send_buffer`]): the message is still queued,
+    /// the connection is then not [writable](Server::is_writable), and its
+    /// incoming messages wait in its inbox until it drains, so the peer
+    /// that causes the backlog is the one slowed down. A peer that
+    /// acknowledges nothing meanwhile is ended as a slow consumer
+    /// ([`Error::SlowConsumer`]). Nothing is ever dropped silently: a write
+    /// that is not queued returns an error.
+    ///
+    /// Errors are about connection `id` alone, so a loop serving many
+    /// clients handles them and carries on (never `?`):
+    /// [`Error::ConnectionClosed`] after [`close_conn`](Server::close_conn),
+    /// [`Error::ConnectionLost`] or [`Error::SlowConsumer`] once it ended so
+    /// (for `epoch_limit` epochs, then [`Error::UnknownConnection`], also
+    /// returned for ids that never existed), [`Error::BudgetExhausted`] when
+    /// the server's memory budget is spent, [`Error::PayloadTooLarge`];
+    /// and [`Error::Closed`] after [`close`](Server::close).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Client, Params, Server, ServerEvent};
+    ///
+    /// # fn main() -> Result<(), liveseq::Error> {
+    /// let params = Params { epoch_millis: 50, ..Params::default() };
+    /// let server = Server::bind("127.0.0.1:0", params)?;
+    /// let client = Client::connect(server.local_addr()?, params)?;
+    /// client.write(b"ping")?;
+    /// loop {
+    ///     if let ServerEvent::Message { id, payload } = server.next_event()? {
+    ///         if let Err(err) = server.write(id, &payload) {
+    ///             eprintln!("connection {id}: {err}"); // only this one is affected
+    ///         }
+    ///         break;
+    ///     }
+    /// }
+    /// assert_eq!(client.read()?, b"ping");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn write(&self, id: ConnId, payload: &[u8]) -> Result<(), Error> {
-        self.write_inner(id, payload, None)
+        endpoint::check_payload(payload.len(), self.max_payload)?;
+        self.endpoint.check_open()?;
+        self.endpoint
+            .shared
+            .with_core(|core, now| core.write(now, id, payload))
     }
 
     /// Like [`write`](Server::write), but fails with [`Error::BufferFull`]
-    /// at once instead of waiting for room.
+    /// at once, queuing nothing, while the connection's send buffer is at
+    /// its limit.
     ///
     /// # Examples
     ///
@@ -574,28 +678,21 @@ impl Server {
         self.endpoint.check_open()?;
         self.endpoint
             .shared
-            .with_core(|core, now| core.write(now, id, payload))
+            .with_core(|core, now| core.try_write(now, id, payload))
     }
 
-    /// Like [`write`](Server::write), but gives up with [`Error::Timeout`]
-    /// if the send buffer has no room within `timeout`.
+    /// Like [`try_write`](Server::try_write), but waits up to `timeout` for
+    /// room in the connection's send buffer, then fails with
+    /// [`Error::Timeout`]. Only the calling thread waits.
     pub fn write_timeout(
         &self,
         id: ConnId,
         payload: &[u8],
         timeout: Duration,
     ) -> Result<(), Error> {
-        self.write_inner(id, payload, Some(Instant::now() + timeout))
-    }
-
-    fn write_inner(
-        &self,
-        id: ConnId,
-        payload: &[u8],
-        deadline: Option<Instant>,
-    ) -> Result<(), Error> {
         endpoint::check_payload(payload.len(), self.max_payload)?;
         self.endpoint.check_open()?;
+        let deadline = Instant::now().checked_add(timeout);
         let shared = &self.endpoint.shared;
         // Only a write that could succeed once there is room waits: one to a
         // connection closing (close_conn) or gone fails at once.
@@ -606,10 +703,31 @@ impl Server {
                     && core.state(id) == Some(ConnState::Connected)
             },
             deadline,
-            |core, now| core.write(now, id, payload),
+            |core, now| core.try_write(now, id, payload),
         );
         self.endpoint.check_open()?;
         written.unwrap_or(Err(Error::Timeout))
+    }
+
+    /// Whether connection `id` is open and below its send buffer limit:
+    /// what is written to it is on its way, and its messages reach
+    /// [`read`](Server::read). A broadcaster may skip connections that are
+    /// not writable and resume at their [`ServerEvent::Writable`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Client, Params, Server};
+    ///
+    /// let params = Params { epoch_millis: 50, ..Params::default() };
+    /// let server = Server::bind("127.0.0.1:0", params).unwrap();
+    /// let client = Client::connect(server.local_addr().unwrap(), params).unwrap();
+    /// assert!(server.is_writable(client.conn_id()));
+    /// server.close_conn(client.conn_id()).unwrap();
+    /// assert!(!server.is_writable(client.conn_id()));
+    /// ```
+    pub fn is_writable(&self, id: ConnId) -> bool {
+        self.endpoint.shared.peek(|core| core.is_writable(id))
     }
 
     /// Closes connection `id` without blocking: messages already written are

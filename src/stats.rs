@@ -91,7 +91,8 @@ pub struct ServerStats {
     pub accepted: u64,
     /// Connects ignored because of `max_connections` (or while closing).
     pub refused: u64,
-    /// Connections lost to the epoch limit or replaced by a new incarnation.
+    /// Connections lost: to the epoch limit, an unanswered challenge, as
+    /// slow consumers, or evicted before they were validated.
     pub lost: u64,
     /// Connections closed after draining.
     pub closed: u64,
@@ -102,6 +103,29 @@ pub struct ServerStats {
     /// Valid messages dropped: from an address with no connection, naming
     /// another address's connection, corrupt, outside the window, and so on.
     pub rejected: u64,
+    /// The server-wide memory budget (see [`ServerBuilder::memory_budget`](crate::ServerBuilder::memory_budget)).
+    pub budget: usize,
+    /// Of it, in use now: connections beyond their floors, and unread events.
+    pub budget_in_use: usize,
+    /// Everything charged now, floors included.
+    pub memory_in_use: usize,
+    /// Connections not writable now: their send buffer passed its limit,
+    /// and their incoming messages wait until it drains.
+    pub not_writable: usize,
+    /// Connections ended because they acknowledged nothing while not writable.
+    pub slow_consumers: u64,
+    /// Connections that have not yet proven they receive the server's datagrams.
+    pub unvalidated: usize,
+    /// Unvalidated connections ended to make way for new ones.
+    pub evicted_unvalidated: u64,
+    /// Connects with a new ISN from the address of a live connection, which
+    /// challenged it instead of replacing it.
+    pub challenged_connects: u64,
+    /// Bytes not sent to unvalidated addresses, to stay within three times
+    /// what they sent.
+    pub amplification_held_bytes: u64,
+    /// Writes and Connects refused because the memory budget was spent.
+    pub budget_refusals: u64,
 }
 
 /// Bookkeeping for RTT samples and ages. It reads no clock: every method

@@ -559,17 +559,28 @@ impl<R: Role> Endpoint<R> {
 }
 
 impl<R: Role> Drop for Endpoint<R> {
-    /// Dropping without `close` closes in the background with a deadline:
-    /// what was written is still delivered for up to `epoch_limit` epochs,
-    /// then the threads stop and the port is released.
+    /// Dropping without `close` flushes, as `BufWriter` does: it closes and
+    /// waits until everything written is acknowledged or `epoch_limit`
+    /// epochs pass, so a program that returns from `main` without `close`
+    /// loses nothing a live peer could receive. While the thread panics it
+    /// does not wait: the close finishes in the background.
     fn drop(&mut self) {
-        if !self.closed.swap(true, Ordering::SeqCst) {
+        if self.is_closed() {
+            return;
+        }
+        let params = self.shared.io.params;
+        let deadline = Instant::now().checked_add(params.epoch() * params.epoch_limit);
+        if thread::panicking() {
+            self.closed.store(true, Ordering::SeqCst);
             self.shared.role.shut();
-            let params = self.shared.io.params;
             let _ = self.close_tx.send(CloseRequest {
                 reply: None,
-                deadline: Some(Instant::now() + params.epoch() * params.epoch_limit),
+                deadline: Some(Instant::now()),
             });
+            return;
+        }
+        if let Err(err) = self.close(deadline) {
+            log::debug!("close on drop: {err}");
         }
     }
 }

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::conn::{Conn, Event, Phase, Rejected};
+use super::conn::{Conn, Event, Phase, Rejected, Room};
 use super::message::{Message, MsgType};
 use super::server::{Limit, DEFAULT_INBOX, DEFAULT_SEND_BUFFER};
 use crate::stats::{ConnStats, Timing};
@@ -101,6 +101,11 @@ pub enum ClientOutput {
         /// The new one.
         new: ConnId,
     },
+    /// The connection started (`true`) or stopped holding Data it could
+    /// not take for lack of room in the inbox: while it holds, a read
+    /// should reach the core at once (see [`ClientCore::read_done`]), since
+    /// the server waits for the acknowledgements it then sends.
+    Holding(bool),
     /// A close asked for with [`ClientCore::close`] has finished.
     Drained,
 }
@@ -110,6 +115,8 @@ pub enum ClientOutput {
 pub struct ClientCore {
     config: ClientConfig,
     server: SocketAddr,
+    /// The connection holds Data it could not take ([`ClientOutput::Holding`]).
+    holding: bool,
     conn: Conn,
     timing: Timing,
     /// The one source of truth for the client's lifecycle state.
@@ -140,6 +147,7 @@ impl ClientCore {
         conn.set_coalesce_acks(config.coalesce_acks);
         let mut core = ClientCore {
             server,
+            holding: false,
             timing: Timing::new(now, conn.next_unsent()),
             conn,
             state: ConnState::Connecting,
@@ -385,13 +393,35 @@ impl ClientCore {
             std::iter::from_fn(|| conn.poll_first_acked()),
         );
         let mut delivered = Vec::new();
-        while let Some(payload) = self.conn.poll_delivered() {
-            self.unread.0 += 1;
-            self.unread.1 += payload.len();
-            delivered.push(payload);
+        loop {
+            while let Some(payload) = self.conn.poll_delivered() {
+                self.unread.0 += 1;
+                self.unread.1 += payload.len();
+                delivered.push(payload);
+            }
+            // The inbox counts what is delivered and unread and what waits
+            // out of order; past it, a window's worth is held unacknowledged
+            // so that the next read takes it at once.
+            let (buffered, buffered_bytes) = self.conn.reorder_buffered();
+            let room = self
+                .config
+                .inbox
+                .room(self.unread.0 + buffered, self.unread.1 + buffered_bytes);
+            let hold = Room {
+                messages: (self.config.params.window_size as usize)
+                    .saturating_sub(self.conn.held().0),
+                ..Room::UNLIMITED
+            };
+            self.conn.set_receive_room(room, hold);
+            if !self.conn.has_delivered() {
+                break;
+            }
         }
-        let full = self.config.inbox.reached(self.unread.0, self.unread.1);
-        self.conn.set_receive_paused(full);
+        let holding = self.conn.held().0 > 0;
+        if holding != self.holding {
+            self.holding = holding;
+            self.outputs.push_back(ClientOutput::Holding(holding));
+        }
         while let Some(event) = self.conn.poll_event() {
             let id = self.conn.conn_id();
             if event != Event::Connected {

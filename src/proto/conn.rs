@@ -36,6 +36,70 @@ pub const MAX_ISN: u64 = (1 << 62) - 1;
 /// its claimed source at most `1 + CONNECT_REACKS` small datagrams.
 pub const CONNECT_REACKS: u32 = 3;
 
+/// What the receive and send buffers charge for each message beyond its
+/// payload: the `Vec`, its place in a queue or map, and allocator rounding.
+/// A 1-byte message is not free, so a flood of tiny ones is bounded too.
+pub const MESSAGE_OVERHEAD: usize = 64;
+
+/// How much more a connection may take in: messages, payload bytes, and
+/// memory (payload plus [`MESSAGE_OVERHEAD`] per message, for a server's
+/// memory budget). See [`Conn::set_receive_room`].
+///
+/// # Examples
+///
+/// ```
+/// use liveseq::proto::{Room, MESSAGE_OVERHEAD};
+///
+/// let room = Room { messages: 2, bytes: 100, memory: 1000 };
+/// assert!(room.fits(100));
+/// assert!(room.fits(500)); // the byte limit may be passed by one message
+/// assert!(!room.fits(1000)); // memory may not: a message is not free
+/// assert!(room.fits(1000 - MESSAGE_OVERHEAD));
+/// assert!(!Room::NONE.fits(0));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Room {
+    /// Messages that may still be taken.
+    pub messages: usize,
+    /// Payload bytes that may still be taken.
+    pub bytes: usize,
+    /// Memory that may still be taken, each message charged its payload
+    /// plus [`MESSAGE_OVERHEAD`].
+    pub memory: usize,
+}
+
+impl Room {
+    /// No limit.
+    pub const UNLIMITED: Room = Room {
+        messages: usize::MAX,
+        bytes: usize::MAX,
+        memory: usize::MAX,
+    };
+
+    /// No room at all.
+    pub const NONE: Room = Room {
+        messages: 0,
+        bytes: 0,
+        memory: 0,
+    };
+
+    /// Whether one message of `len` payload bytes fits: a message may pass
+    /// the byte limit (as a connection's inbox limit is "reached", not
+    /// "exceeded", so a message larger than the limit is never stuck), but
+    /// never the memory.
+    pub fn fits(&self, len: usize) -> bool {
+        self.messages > 0 && self.bytes > 0 && len.saturating_add(MESSAGE_OVERHEAD) <= self.memory
+    }
+
+    fn take(&mut self, len: usize) {
+        self.messages = self.messages.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(len);
+        self.memory = self
+            .memory
+            .saturating_sub(len.saturating_add(MESSAGE_OVERHEAD));
+    }
+}
+
 /// While connecting, a client resends its Connect in epoch 1 and then in
 /// every second epoch: the Go reference server heartbeats only in epochs in
 /// which it heard nothing from the client, and never re-acks a repeated
@@ -82,8 +146,9 @@ pub enum Rejected {
     Corrupt,
     /// Data at or beyond the end of the receive window: dropped without an Ack.
     OutsideWindow,
-    /// New Data while receiving is paused (the application's inbox is full):
-    /// dropped without an Ack, as if lost, so the sender backs off.
+    /// New Data with no room to take or hold it (the application's inbox is
+    /// full and nothing more may be held): dropped without an Ack, as if
+    /// lost, so the sender backs off.
     Paused,
     /// An Ack or CAck for a sequence number that was never sent.
     UnsentAck,
@@ -124,6 +189,13 @@ pub struct Counters {
     /// In-order Data left unacknowledged because the application's inbox
     /// was full (flow control; the sender will retransmit it).
     pub paused_drops: u64,
+    /// In-window Data kept unacknowledged because the inbox was full, and
+    /// acknowledged as soon as the application read (no wait for the
+    /// sender's next retransmission).
+    pub held_back: u64,
+    /// Draining connections given up because the peer acknowledged
+    /// nothing for the stall limit (see [`Conn::stall_limit`]).
+    pub stalled_closes: u64,
 }
 
 /// One written message, from `write` until it is acknowledged.
@@ -208,8 +280,18 @@ pub struct Conn {
     delivered: VecDeque<Vec<u8>>,
 
     epochs_silent: u32,
-    /// New Data is not taken (flow control: see [`Conn::set_receive_paused`]).
-    paused: bool,
+    /// Payload bytes in `window`.
+    window_bytes: usize,
+    /// How much more Data may be taken and acknowledged, and how much more
+    /// may be held unacknowledged (flow control: see [`Conn::set_receive_room`]).
+    room: Room,
+    hold_room: Room,
+    /// In-window Data received while there was no room, not acknowledged:
+    /// taken (and acknowledged) as soon as there is room again.
+    held: BTreeMap<u64, Vec<u8>>,
+    held_bytes: usize,
+    /// Epochs in a row with messages in flight and none newly acknowledged.
+    epochs_stalled: u32,
     /// The application closed the connection (it reads nothing more).
     closed_by_app: bool,
     /// Epochs since a client started connecting (paces its Connects).
@@ -294,7 +376,12 @@ impl Conn {
             window: BTreeMap::new(),
             delivered: VecDeque::new(),
             epochs_silent: 0,
-            paused: false,
+            window_bytes: 0,
+            room: Room::UNLIMITED,
+            hold_room: Room::NONE,
+            held: BTreeMap::new(),
+            held_bytes: 0,
+            epochs_stalled: 0,
             closed_by_app: false,
             epochs_connecting: 0,
             stale_conn_id: None,
@@ -375,6 +462,42 @@ impl Conn {
         self.window.len()
     }
 
+    /// Out-of-order messages buffered for delivery and their payload bytes
+    /// (acknowledged, so they count against the inbox).
+    pub fn reorder_buffered(&self) -> (usize, usize) {
+        (self.window.len(), self.window_bytes)
+    }
+
+    /// Messages received while there was no room, held unacknowledged, and
+    /// their payload bytes.
+    pub fn held(&self) -> (usize, usize) {
+        (self.held.len(), self.held_bytes)
+    }
+
+    /// Written messages not yet acknowledged (sent or waiting), and their
+    /// payload bytes.
+    pub fn send_buffered(&self) -> (usize, usize) {
+        (self.out.len(), self.out_bytes)
+    }
+
+    /// Epochs in a row in which messages were in flight and none was newly
+    /// acknowledged.
+    pub fn epochs_stalled(&self) -> u32 {
+        self.epochs_stalled
+    }
+
+    /// Epochs without acknowledgement progress after which a draining
+    /// connection is given up as lost: `epoch_limit` epochs, plus the
+    /// back-off cap, so that a message waiting out its back-off is
+    /// retransmitted at least once more before the connection is judged.
+    /// A peer that keeps heartbeating but never acknowledges cannot make a
+    /// close hang.
+    pub fn stall_limit(&self) -> u32 {
+        self.params
+            .epoch_limit
+            .saturating_add(self.params.max_backoff_interval)
+    }
+
     /// Epochs since anything was heard from the peer.
     pub fn epochs_silent(&self) -> u32 {
         self.epochs_silent
@@ -426,6 +549,10 @@ impl Conn {
                 self.flush_acks();
                 self.phase = Phase::Closing;
                 self.delivered.clear();
+                // Never acknowledged: the peer sends them again, and a
+                // closing connection then consumes them.
+                self.held.clear();
+                self.held_bytes = 0;
                 // The receive window stays: the peer may be closing too, and
                 // only a window that keeps moving lets its last messages in.
                 self.check_drained();
@@ -516,32 +643,35 @@ impl Conn {
                     return Err(Rejected::OutsideWindow);
                 }
                 self.epochs_silent = 0;
-                if self.paused && sn >= self.expected {
-                    // The application is not reading: take nothing new, as
-                    // if it was lost; the sender's window and back-off slow
-                    // it down, and heartbeats keep the connection alive.
+                if sn < self.expected || self.window.contains_key(&sn) {
+                    self.ack_received(sn, sn < self.expected);
+                    self.counters.duplicates_received += 1;
+                    return Ok(());
+                }
+                if self.held.contains_key(&sn) {
+                    // Still held: it is acknowledged once it is taken.
+                    self.counters.duplicates_received += 1;
+                    return Ok(());
+                }
+                let len = msg.payload.len();
+                // A closing connection consumes without delivering: it needs no room.
+                if self.phase == Phase::Open && !self.room.fits(len) {
+                    if self.hold_room.fits(len) {
+                        // Kept, unacknowledged, so that the application's
+                        // next read can take it at once.
+                        self.hold_room.take(len);
+                        self.held_bytes += len;
+                        self.held.insert(sn, msg.payload.into_owned());
+                        self.counters.held_back += 1;
+                        return Ok(());
+                    }
+                    // No room: take nothing new, as if it was lost; the
+                    // sender's window and back-off slow it down, and
+                    // heartbeats keep the connection alive.
                     self.counters.paused_drops += 1;
                     return Err(Rejected::Paused);
                 }
-                let Some(offset) = sn.checked_sub(self.expected) else {
-                    self.ack_received(sn, true);
-                    self.counters.duplicates_received += 1;
-                    return Ok(());
-                };
-                self.ack_received(sn, offset == 0);
-                if self.window.contains_key(&sn) {
-                    self.counters.duplicates_received += 1;
-                    return Ok(());
-                }
-                let payload = msg.payload.into_owned();
-                if offset > 0 {
-                    self.window.insert(sn, payload);
-                    return Ok(());
-                }
-                self.deliver_next(payload);
-                while let Some(payload) = self.window.remove(&self.expected) {
-                    self.deliver_next(payload);
-                }
+                self.take(sn, msg.payload.into_owned());
                 Ok(())
             }
             MsgType::Ack if msg.seq_num == 0 => {
@@ -581,6 +711,18 @@ impl Conn {
         }
         self.epochs_silent = self.epochs_silent.saturating_add(1);
         if self.epochs_silent >= self.params.epoch_limit {
+            self.lose();
+            return;
+        }
+        if self.unacked > 0 {
+            self.epochs_stalled = self.epochs_stalled.saturating_add(1);
+        } else {
+            self.epochs_stalled = 0;
+        }
+        if self.phase == Phase::Closing && self.epochs_stalled >= self.stall_limit() {
+            // A peer that heartbeats but never acknowledges: a close must
+            // not wait for it forever.
+            self.counters.stalled_closes += 1;
             self.lose();
             return;
         }
@@ -626,12 +768,56 @@ impl Conn {
         self.data_sent_this_epoch = false;
     }
 
-    /// Pauses or resumes receiving: while paused, Data not yet received is
-    /// dropped unacknowledged (duplicates are still acknowledged). A driver
-    /// pauses a connection whose application has too much unread; a
-    /// closing connection never pauses (it discards what it receives).
-    pub fn set_receive_paused(&mut self, paused: bool) {
-        self.paused = paused && self.phase == Phase::Open;
+    /// Sets how much more Data the connection may take (acknowledge and
+    /// buffer for the application, in order or not) and how much more it
+    /// may hold unacknowledged when that runs out, both counted from what
+    /// it holds now. A driver sets both after every input, from the
+    /// application's inbox limit and its memory budget.
+    ///
+    /// New Data that does not fit `room` is held, unacknowledged, if it fits
+    /// `hold`, and otherwise dropped as if lost (duplicates are still
+    /// acknowledged). Held Data is taken, in order, and acknowledged here as
+    /// soon as `room` allows: a reader that makes room is not paced by the
+    /// sender's retransmissions. A closing connection needs no room (it
+    /// discards what it receives).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::proto::{Conn, Message, Room};
+    /// use liveseq::Params;
+    ///
+    /// let params = Params { window_size: 4, max_unacked_messages: 4, ..Params::default() };
+    /// let mut conn = Conn::server(params, 1, 100);
+    /// conn.poll_transmit(); // the Connect's Ack
+    /// conn.set_receive_room(Room::NONE, Room::UNLIMITED);
+    /// conn.handle(Message::data(1, 101, b"held")).unwrap();
+    /// assert_eq!((conn.poll_transmit(), conn.poll_delivered()), (None, None));
+    /// // The application read: room again, taken and acknowledged at once.
+    /// conn.set_receive_room(Room::UNLIMITED, Room::NONE);
+    /// assert_eq!(conn.poll_delivered().unwrap(), b"held");
+    /// assert_eq!(conn.poll_transmit().unwrap(), Message::ack(1, 101));
+    /// ```
+    pub fn set_receive_room(&mut self, room: Room, hold: Room) {
+        self.room = room;
+        self.hold_room = hold;
+        if self.held.is_empty() || self.phase != Phase::Open {
+            return;
+        }
+        let mut taken = false;
+        while let Some(entry) = self.held.first_entry() {
+            let len = entry.get().len();
+            if !self.room.fits(len) {
+                break;
+            }
+            let (sn, payload) = entry.remove_entry();
+            self.held_bytes -= len;
+            self.take(sn, payload);
+            taken = true;
+        }
+        if taken {
+            self.flush_acks();
+        }
     }
 
     /// Sets whether in-order Data is acknowledged once per
@@ -709,6 +895,11 @@ impl Conn {
         }
     }
 
+    /// Whether [`poll_delivered`](Conn::poll_delivered) has a payload.
+    pub fn has_delivered(&self) -> bool {
+        !self.delivered.is_empty()
+    }
+
     /// The next payload to hand to the application, in order.
     pub fn poll_delivered(&mut self) -> Option<Vec<u8>> {
         self.delivered.pop_front()
@@ -745,7 +936,7 @@ impl Conn {
         self.out_bytes = 0;
         self.sent = 0;
         self.unacked = 0;
-        self.window.clear();
+        self.clear_received();
         self.transmits.clear();
         self.first_acked.clear();
         self.acks_pending = 0;
@@ -795,6 +986,33 @@ impl Conn {
         }
     }
 
+    /// Takes new in-window Data `sn`: acknowledges it, then delivers it
+    /// (and what it unblocks) or buffers it out of order.
+    fn take(&mut self, sn: u64, payload: Vec<u8>) {
+        if self.phase == Phase::Open {
+            self.room.take(payload.len());
+        }
+        self.ack_received(sn, sn == self.expected);
+        if sn != self.expected {
+            self.window_bytes += payload.len();
+            self.window.insert(sn, payload);
+            return;
+        }
+        self.deliver_next(payload);
+        while let Some(payload) = self.window.remove(&self.expected) {
+            self.window_bytes -= payload.len();
+            self.deliver_next(payload);
+        }
+    }
+
+    /// Forgets everything received and not delivered.
+    fn clear_received(&mut self) {
+        self.window.clear();
+        self.window_bytes = 0;
+        self.held.clear();
+        self.held_bytes = 0;
+    }
+
     /// Takes the message numbered `expected`.
     fn deliver_next(&mut self, payload: Vec<u8>) {
         // Closing: acknowledged and consumed, but no longer delivered.
@@ -809,6 +1027,7 @@ impl Conn {
     fn ack_one(&mut self, index: usize) {
         let m = &mut self.out[index];
         if !m.acked {
+            self.epochs_stalled = 0;
             m.acked = true;
             self.out_bytes -= m.payload.len();
             m.payload = Vec::new();
@@ -833,7 +1052,7 @@ impl Conn {
     fn check_drained(&mut self) {
         if self.phase == Phase::Closing && self.out.is_empty() {
             self.phase = Phase::Drained;
-            self.window.clear();
+            self.clear_received();
             self.events.push_back(Event::Drained);
         }
     }
@@ -851,7 +1070,7 @@ impl Conn {
         self.out_bytes = 0;
         self.sent = 0;
         self.unacked = 0;
-        self.window.clear();
+        self.clear_received();
         self.transmits.clear();
         self.events.push_back(Event::Lost);
     }

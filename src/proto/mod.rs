@@ -33,10 +33,15 @@ mod server;
 
 pub use checksum::checksum;
 pub use client::{ClientConfig, ClientCore, ClientOutput};
-pub use conn::{Conn, Counters, Event, Phase, Rejected, CONNECT_REACKS, MAX_ISN, MAX_SEQ_NUM};
+pub use conn::{
+    Conn, Counters, Event, Phase, Rejected, Room, CONNECT_REACKS, MAX_ISN, MAX_SEQ_NUM,
+    MESSAGE_OVERHEAD,
+};
 pub use message::{max_payload, DecodeError, Message, MsgType, DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM};
 pub use server::{
-    Limit, ServerConfig, ServerCore, ServerOutput, DEFAULT_INBOX, DEFAULT_SEND_BUFFER,
+    Limit, ServerConfig, ServerCore, ServerOutput, AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS,
+    DEFAULT_BUDGET, DEFAULT_INBOX, DEFAULT_MAX_UNVALIDATED, DEFAULT_SEND_BUFFER, EVENT_COST,
+    MAX_CONN_ID,
 };
 
 #[cfg(test)]

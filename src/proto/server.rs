@@ -33,12 +33,15 @@
 //! }
 //! ```
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::conn::{Conn, Event, Phase, Rejected, MAX_ISN};
-use super::message::{DecodeError, Message, MsgType};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::conn::{Conn, Event, Phase, Rejected, Room, MAX_ISN, MESSAGE_OVERHEAD};
+use super::message::{max_payload, DecodeError, Message, MsgType, DEFAULT_MAX_DATAGRAM};
 use crate::stats::{ConnStats, ServerStats, Timing};
 use crate::{ConnId, ConnState, Error, Params, ServerEvent};
 
@@ -72,6 +75,26 @@ impl Limit {
     pub fn reached(&self, messages: usize, bytes: usize) -> bool {
         messages >= self.messages || bytes >= self.bytes
     }
+
+    /// What is left of it once `messages` messages of `bytes` bytes are
+    /// held (no memory limit).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::proto::Limit;
+    ///
+    /// let room = Limit { messages: 4, bytes: 100 }.room(1, 60);
+    /// assert_eq!((room.messages, room.bytes), (3, 40));
+    /// assert!(!Limit { messages: 4, bytes: 100 }.room(1, 100).fits(1));
+    /// ```
+    pub fn room(&self, messages: usize, bytes: usize) -> Room {
+        Room {
+            messages: self.messages.saturating_sub(messages),
+            bytes: self.bytes.saturating_sub(bytes),
+            memory: usize::MAX,
+        }
+    }
 }
 
 /// Default send buffer of a connection: 1,024 messages or 1 MiB, whichever
@@ -90,6 +113,38 @@ pub const DEFAULT_INBOX: Limit = Limit {
     bytes: 4 << 20,
 };
 
+/// Default server-wide memory budget: 128 MiB.
+///
+/// What the server holds for its connections beyond each one's floor (send
+/// buffers, inboxes, reorder and held messages, queued events) shares this
+/// pool. 128 MiB keeps 32 connections' full default inboxes, or 128 full
+/// default send buffers, and bounds a server attacked by hundreds of peers
+/// that fill everything it buffers for them to about this much plus
+/// their floors (see [`ServerConfig::floor`]).
+pub const DEFAULT_BUDGET: usize = 128 << 20;
+
+/// Default cap on connections that have not yet proven that they receive
+/// the server's datagrams (see [`ServerCore`]'s "Decisions written down").
+pub const DEFAULT_MAX_UNVALIDATED: usize = 1024;
+
+/// What a queued event for the application is charged against the budget
+/// (the event itself, its place in the channel, a margin).
+pub const EVENT_COST: usize = 128;
+
+/// Epochs a live connection has to answer after a Connect with another
+/// ISN arrives from its address (RFC 5961's stance on a SYN for an
+/// established connection): anything carrying its id within them keeps it.
+pub const CHALLENGE_EPOCHS: u32 = 2;
+
+/// The most bytes a server sends to an address that has not proven it
+/// receives the server's datagrams, per byte received from it (RFC 9000,
+/// section 8.1).
+pub const AMPLIFICATION_FACTOR: u64 = 3;
+
+/// The largest connection id handed out: Go peers decode `ConnID` into an
+/// `int`, and courses' code often into 32-bit ones.
+pub const MAX_CONN_ID: u32 = i32::MAX as u32;
+
 /// What a [`ServerCore`] is set up with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -100,15 +155,29 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Acknowledge bursts of in-order Data once per batch.
     pub coalesce_acks: bool,
-    /// Per-connection limit on written, unacknowledged messages.
+    /// Per-connection limit on written, unacknowledged messages. Past it the
+    /// connection is not writable (see [`ServerCore::is_writable`]).
     pub send_buffer: Limit,
     /// Per-connection limit on delivered, unread messages.
     pub inbox: Limit,
+    /// Server-wide memory budget in bytes, beyond each connection's floor.
+    pub budget: usize,
+    /// Memory each connection may use outside the shared budget: a window's
+    /// worth of the largest messages each way, so that no crowd of other
+    /// connections can starve it.
+    pub floor: usize,
+    /// Most connections not yet validated at once; at the cap, the oldest
+    /// of them makes way for a new one.
+    pub max_unvalidated: usize,
+    /// Seed of the random connection ids, or `None` for ids 1, 2, 3, ...
+    /// (predictable: for tests and tools only; a server on a network must
+    /// use random ids, or anyone can guess them).
+    pub id_seed: Option<u64>,
 }
 
 impl ServerConfig {
-    /// `params` with no connection limit, CAck coalescing and the default
-    /// buffer limits.
+    /// `params` with no connection limit, CAck coalescing, the default
+    /// buffer limits and budget, and random connection ids.
     pub fn new(params: Params) -> ServerConfig {
         ServerConfig {
             params,
@@ -116,7 +185,29 @@ impl ServerConfig {
             coalesce_acks: true,
             send_buffer: DEFAULT_SEND_BUFFER,
             inbox: DEFAULT_INBOX,
+            budget: DEFAULT_BUDGET,
+            floor: ServerConfig::floor_for(params, max_payload(DEFAULT_MAX_DATAGRAM)),
+            max_unvalidated: DEFAULT_MAX_UNVALIDATED,
+            id_seed: Some(rand::random()),
         }
+    }
+
+    /// The floor that guarantees a connection a window's worth of messages
+    /// of up to `max_payload` bytes each way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::proto::{ServerConfig, MESSAGE_OVERHEAD};
+    /// use liveseq::Params;
+    ///
+    /// let floor = ServerConfig::floor_for(Params::default(), 1000);
+    /// assert_eq!(floor, 2 * (1000 + MESSAGE_OVERHEAD));
+    /// ```
+    pub fn floor_for(params: Params, max_payload: usize) -> usize {
+        (params.window_size as usize)
+            .saturating_mul(2)
+            .saturating_mul(max_payload.saturating_add(MESSAGE_OVERHEAD))
     }
 }
 
@@ -138,9 +229,28 @@ pub enum ServerOutput {
     },
     /// The next thing for the application's read loop.
     App(ServerEvent),
+    /// Connection `id` started (`true`) or stopped holding Data it could not
+    /// take for lack of room: while it holds, a read that makes room should
+    /// reach the core at once (see [`ServerCore::read_done`]), since the
+    /// peer waits for the acknowledgements it then sends.
+    Holding {
+        /// The connection.
+        id: ConnId,
+        /// Whether it holds Data now.
+        holding: bool,
+    },
     /// A close asked for with [`ServerCore::close`] has finished: every
     /// connection has ended.
     Drained,
+}
+
+/// How a connection ended, remembered for `epoch_limit` epochs so that a
+/// write to it says why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    Lost,
+    SlowConsumer,
+    Closed,
 }
 
 /// One connection in the table.
@@ -149,8 +259,27 @@ struct Slot {
     addr: SocketAddr,
     conn: Conn,
     timing: Timing,
-    /// Delivered to the application and not yet read (flow control).
+    /// Delivered and not yet read (flow control), the messages in `held` included.
     unread: (usize, usize),
+    /// Delivered while the connection was not writable: handed to the
+    /// application once it is (Netty's auto-read, off).
+    held: VecDeque<Vec<u8>>,
+    /// Its send buffer passed its limit and has not yet drained to half.
+    unwritable: bool,
+    /// The peer sent a message carrying the connection's id: it receives
+    /// what the server sends to its address.
+    validated: bool,
+    /// Bytes received from and sent to the address while not validated.
+    bytes_in: u64,
+    bytes_out: u64,
+    /// Epochs left to answer a challenge (a Connect with another ISN).
+    challenge: Option<u32>,
+    /// Memory charged to the connection now.
+    charged: usize,
+    /// The connection holds Data it could not take ([`ServerOutput::Holding`]).
+    holding: bool,
+    /// Admission order, for evicting the oldest unvalidated connection.
+    admitted: u64,
 }
 
 /// Totals kept by the core.
@@ -163,6 +292,11 @@ struct Totals {
     duplicate_connects: u64,
     malformed: u64,
     rejected: u64,
+    slow_consumers: u64,
+    challenged_connects: u64,
+    amplification_held_bytes: u64,
+    budget_refusals: u64,
+    evicted_unvalidated: u64,
 }
 
 /// The I/O-free server: the connection table, routing, admission,
@@ -172,19 +306,51 @@ struct Totals {
 ///
 /// * A connection belongs to the address its Connect came from; anything
 ///   naming it from elsewhere is rejected.
+/// * Connection ids are random, from 1 to [`MAX_CONN_ID`] (as RFC 6528 made
+///   TCP's initial sequence numbers unpredictable), and not reused while a
+///   connection with that id, or the memory of its end, lives.
 /// * A repeated Connect with the same ISN from an address with a live
 ///   connection is answered with the same Ack (`duplicate_connects`).
-/// * A Connect with another ISN from that address is a restarted client: the
-///   old connection ends `Lost` and a new one is admitted in the same step.
+/// * A Connect with another ISN from that address is not trusted (RFC 5961):
+///   it may be forged by anyone who knows the address. It never counts as
+///   hearing from the connection; the server sends nothing for that
+///   connection for [`CHALLENGE_EPOCHS`] epochs (so a restarted client cannot
+///   adopt its id from a heartbeat), and keeps it if anything carrying its
+///   id arrives from the address meanwhile. Otherwise the connection ends
+///   `Lost`, and the client's next Connect is admitted: a client restarted
+///   on the same address and port gets a new connection within its connect
+///   deadline, and a forged Connect changes nothing a live client can see.
 /// * A Connect carrying the ISN of a connection from that address that has
 ///   **ended** (lost, closed or replaced) in the last `epoch_limit` epochs is
 ///   a late duplicate of the Connect that opened it, delayed in the network,
-///   and is ignored, even when a newer connection from that address is live:
-///   admitting it would open a ghost connection that is never used (and
-///   would replace the live one). A different ISN is a new client.
+///   and is ignored.
+/// * Until a connection is validated (its peer sent a message carrying its
+///   id, which an off-path attacker cannot know), the server sends its
+///   address at most [`AMPLIFICATION_FACTOR`] times the bytes it received
+///   from it; what does not fit is held back (and counted). At most
+///   `max_unvalidated` connections are unvalidated at once, and they are the
+///   first to go: the oldest makes way for a new Connect at that cap, at the
+///   connection limit, or when the memory budget is spent.
 /// * At `max_connections`, a Connect from a new address is ignored (LSP has
 ///   no rejection message); a `Refused` output is produced once per address
 ///   per epoch.
+/// * `write` never waits. A connection whose send buffer passes its limit
+///   is *not writable* until it drains to half of it; meanwhile its
+///   incoming messages wait in its inbox instead of reaching the
+///   application (which keeps acknowledging until the inbox is full), so the
+///   peer that causes the backlog is the one slowed down. When it is
+///   writable again, a [`ServerEvent::Writable`] follows its held messages.
+///   One that acknowledges nothing for its stall limit
+///   ([`Conn::stall_limit`]: `epoch_limit` epochs plus the back-off cap)
+///   while not writable is ended `Lost` as a slow consumer.
+/// * Memory: every connection is charged what it holds (payloads plus
+///   [`MESSAGE_OVERHEAD`] per message: send buffer, inbox, reorder buffer,
+///   held Data), and queued application events cost [`EVENT_COST`] each.
+///   Beyond its floor a connection draws from the shared budget, and one
+///   over its own limits only from the first half of it, so that peers that
+///   never read cannot starve the others. When the budget is spent, Data is
+///   left unacknowledged, writes fail with [`Error::BudgetExhausted`] and
+///   Connects are refused.
 #[derive(Debug)]
 pub struct ServerCore {
     config: ServerConfig,
@@ -193,9 +359,20 @@ pub struct ServerCore {
     /// Recently ended connections by address and ISN: epochs left to
     /// remember them.
     ended: HashMap<(SocketAddr, u64), u32>,
+    /// Recently ended connection ids: how they ended and epochs left.
+    retired: HashMap<u32, (Ending, u32)>,
+    ids: Option<StdRng>,
     next_id: u32,
     closing: bool,
     refused_this_epoch: HashSet<SocketAddr>,
+    /// Unvalidated connections by admission order.
+    unvalidated: BTreeMap<u64, u32>,
+    admissions: u64,
+    /// Memory charged beyond the connections' floors.
+    pool_used: usize,
+    /// Application events handed out and not yet read (messages aside).
+    events_unread: usize,
+    unwritable: usize,
     /// Connections that may have datagrams to send.
     ready: VecDeque<u32>,
     /// Connections that received Data in this batch and may owe an ack.
@@ -207,6 +384,8 @@ pub struct ServerCore {
     /// [`ServerOutput::Drained`] was produced.
     drained: bool,
     totals: Totals,
+    /// Reused to measure datagrams to unvalidated addresses.
+    scratch: Vec<u8>,
 }
 
 /// At most this many refused addresses are remembered per epoch (each gets
@@ -227,9 +406,16 @@ impl ServerCore {
             conns: HashMap::new(),
             by_addr: HashMap::new(),
             ended: HashMap::new(),
+            retired: HashMap::new(),
+            ids: config.id_seed.map(StdRng::seed_from_u64),
             next_id: 0,
             closing: false,
             refused_this_epoch: HashSet::new(),
+            unvalidated: BTreeMap::new(),
+            admissions: 0,
+            pool_used: 0,
+            events_unread: 0,
+            unwritable: 0,
             ready: VecDeque::new(),
             batch: Vec::new(),
             orphaned: VecDeque::new(),
@@ -237,6 +423,7 @@ impl ServerCore {
             lost_during_close: Vec::new(),
             drained: false,
             totals: Totals::default(),
+            scratch: Vec::new(),
         }
     }
 
@@ -276,6 +463,21 @@ impl ServerCore {
         ids
     }
 
+    /// Whether connection `id` is open and its send buffer has room: its
+    /// writes are being sent and its incoming messages reach the
+    /// application. `false` for an unknown or closing connection.
+    pub fn is_writable(&self, id: ConnId) -> bool {
+        self.conns
+            .get(&id.0)
+            .is_some_and(|s| s.conn.phase() == Phase::Open && !s.unwritable)
+    }
+
+    /// Whether connection `id` has proven that it receives what the server
+    /// sends (see the type's docs).
+    pub fn is_validated(&self, id: ConnId) -> bool {
+        self.conns.get(&id.0).is_some_and(|s| s.validated)
+    }
+
     /// Connection `id`'s state machine, for tests and tools.
     pub fn conn(&self, id: ConnId) -> Option<&Conn> {
         self.conns.get(&id.0).map(|s| &s.conn)
@@ -304,10 +506,22 @@ impl ServerCore {
             duplicate_connects: t.duplicate_connects,
             malformed: t.malformed,
             rejected: t.rejected,
+            budget: self.config.budget,
+            budget_in_use: self.pool_in_use(),
+            memory_in_use: self.conns.values().map(|s| s.charged).sum::<usize>()
+                + self.events_unread * EVENT_COST,
+            not_writable: self.unwritable,
+            slow_consumers: t.slow_consumers,
+            unvalidated: self.unvalidated.len(),
+            evicted_unvalidated: t.evicted_unvalidated,
+            challenged_connects: t.challenged_connects,
+            amplification_held_bytes: t.amplification_held_bytes,
+            budget_refusals: t.budget_refusals,
         }
     }
 
-    /// Whether `write(id, ..)` of `len` bytes would have to wait for room.
+    /// Whether connection `id`'s send buffer is at its limit (a
+    /// [`try_write`](Self::try_write) would fail with [`Error::BufferFull`]).
     pub fn is_full(&self, id: ConnId) -> bool {
         self.conns.get(&id.0).is_some_and(|s| {
             self.config
@@ -331,7 +545,7 @@ impl ServerCore {
     /// A datagram arrived from `from`. Malformed ones are counted and dropped.
     pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         match Message::decode(datagram) {
-            Ok(msg) => self.handle_message(now, from, msg),
+            Ok(msg) => self.handle_sized(now, from, msg, datagram.len()),
             Err(err) => {
                 log_malformed(from, err, datagram);
                 self.totals.malformed += 1;
@@ -341,13 +555,22 @@ impl ServerCore {
                     .and_then(|id| self.conns.get_mut(id))
                 {
                     slot.timing.malformed += 1;
+                    slot.bytes_in = slot.bytes_in.saturating_add(datagram.len() as u64);
                 }
             }
         }
     }
 
-    /// A decoded message arrived from `from`.
+    /// A decoded message arrived from `from` (as if in a datagram of its
+    /// encoded size).
     pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message<'_>) {
+        self.scratch.clear();
+        msg.encode(&mut self.scratch);
+        let len = self.scratch.len();
+        self.handle_sized(now, from, msg, len);
+    }
+
+    fn handle_sized(&mut self, now: Instant, from: SocketAddr, msg: Message<'_>, len: usize) {
         if msg.kind == MsgType::Connect {
             if msg.seq_num > MAX_ISN {
                 log::debug!(
@@ -357,7 +580,7 @@ impl ServerCore {
                 self.totals.rejected += 1;
                 return;
             }
-            self.on_connect(now, from, msg.seq_num);
+            self.on_connect(now, from, msg.seq_num, len);
             return;
         }
         let Some(&id) = self.by_addr.get(&from) else {
@@ -365,26 +588,36 @@ impl ServerCore {
             self.totals.rejected += 1;
             return;
         };
+        let Some(slot) = self.conns.get_mut(&id) else {
+            return;
+        };
+        slot.bytes_in = slot.bytes_in.saturating_add(len as u64);
         if msg.conn_id != id {
             log::debug!("dropped {msg:?} from {from}: connection {id} is this address's");
             self.totals.rejected += 1;
             return;
         }
+        // Only a peer that receives our datagrams knows the (random) id.
+        if slot.challenge.take().is_some() {
+            log::debug!("connection {id} at {from} answered the challenge");
+        }
+        if !slot.validated {
+            slot.validated = true;
+            self.unvalidated.remove(&slot.admitted);
+        }
         if msg.kind == MsgType::Data && self.config.coalesce_acks && !self.batch.contains(&id) {
             self.batch.push(id);
         }
-        if let Some(slot) = self.conns.get_mut(&id) {
-            // What to log if it is rejected (the message itself is consumed).
-            let what = (msg.kind, msg.conn_id, msg.seq_num);
-            match slot.conn.handle(msg) {
-                Ok(()) => {}
-                // Flow control, not a fault of the peer's.
-                Err(Rejected::Paused) => {}
-                Err(why) => {
-                    log::debug!("dropped {what:?} from {from}: {why}");
-                    slot.timing.rejected += 1;
-                    self.totals.rejected += 1;
-                }
+        // What to log if it is rejected (the message itself is consumed).
+        let what = (msg.kind, msg.conn_id, msg.seq_num);
+        match slot.conn.handle(msg) {
+            Ok(()) => {}
+            // Flow control, not a fault of the peer's.
+            Err(Rejected::Paused) => {}
+            Err(why) => {
+                log::debug!("dropped {what:?} from {from}: {why}");
+                slot.timing.rejected += 1;
+                self.totals.rejected += 1;
             }
         }
         self.after(now, id);
@@ -400,41 +633,99 @@ impl ServerCore {
         }
     }
 
-    /// An epoch passed: every connection ticks.
+    /// An epoch passed: every connection ticks; unanswered challenges and
+    /// slow consumers end.
     pub fn handle_epoch(&mut self, now: Instant) {
         self.refused_this_epoch.clear();
-        self.ended.retain(|_, left| {
+        fn forget(left: &mut u32) -> bool {
             *left = left.saturating_sub(1);
             *left > 0
-        });
+        }
+        self.ended.retain(|_, left| forget(left));
+        self.retired.retain(|_, (_, left)| forget(left));
         let mut ids: Vec<u32> = self.conns.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
-            if let Some(slot) = self.conns.get_mut(&id) {
-                slot.conn.on_epoch();
-                self.after(now, id);
+            let Some(slot) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            if let Some(left) = slot.challenge {
+                if left <= 1 {
+                    log::debug!(
+                        "connection {id} at {} did not answer a Connect with another isn: ended",
+                        slot.addr
+                    );
+                    self.end(now, id, Ending::Lost);
+                    continue;
+                }
+                slot.challenge = Some(left - 1);
             }
+            slot.conn.on_epoch();
+            if slot.unwritable
+                && slot.conn.phase() == Phase::Open
+                && slot.conn.epochs_stalled() >= slot.conn.stall_limit()
+            {
+                log::debug!(
+                    "connection {id} at {} ended as a slow consumer: nothing acknowledged in {} epochs",
+                    slot.addr,
+                    slot.conn.epochs_stalled()
+                );
+                self.totals.slow_consumers += 1;
+                self.end(now, id, Ending::SlowConsumer);
+                continue;
+            }
+            self.after(now, id);
         }
     }
 
-    /// The application writes `payload` to connection `id`.
+    /// The application writes `payload` to connection `id`. Never waits:
+    /// past the connection's send buffer limit the message is still queued
+    /// (the connection is then not writable, see [`is_writable`](Self::is_writable)).
     ///
-    /// Fails with [`Error::UnknownConnection`] if it is not in the table,
-    /// [`Error::ConnectionClosed`] once it is closing, and
-    /// [`Error::BufferFull`] while its send buffer is full.
+    /// Fails with [`Error::ConnectionClosed`] once the connection is closing
+    /// or closed, [`Error::ConnectionLost`] or [`Error::SlowConsumer`] once
+    /// it ended so (while the server remembers it: `epoch_limit` epochs),
+    /// [`Error::UnknownConnection`] for an id it does not know, and
+    /// [`Error::BudgetExhausted`] when the server's memory budget has no
+    /// room for the message.
     pub fn write(&mut self, now: Instant, id: ConnId, payload: &[u8]) -> Result<(), Error> {
+        self.write_checked(now, id, payload, false)
+    }
+
+    /// Like [`write`](Self::write), but fails with [`Error::BufferFull`]
+    /// while the connection's send buffer is at its limit.
+    pub fn try_write(&mut self, now: Instant, id: ConnId, payload: &[u8]) -> Result<(), Error> {
+        self.write_checked(now, id, payload, true)
+    }
+
+    fn write_checked(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        payload: &[u8],
+        fail_if_full: bool,
+    ) -> Result<(), Error> {
         let full = self.is_full(id);
-        let slot = self
-            .conns
-            .get_mut(&id.0)
-            .ok_or(Error::UnknownConnection(id))?;
+        let room = self.conns.get(&id.0).map(|s| self.memory_room(s));
+        let Some(slot) = self.conns.get_mut(&id.0) else {
+            return Err(match self.retired.get(&id.0) {
+                Some((Ending::Lost, _)) => Error::ConnectionLost(id),
+                Some((Ending::SlowConsumer, _)) => Error::SlowConsumer(id),
+                Some((Ending::Closed, _)) => Error::ConnectionClosed(id),
+                None => Error::UnknownConnection(id),
+            });
+        };
         match slot.conn.phase() {
             Phase::Open => {}
             Phase::Closing | Phase::Drained => return Err(Error::ConnectionClosed(id)),
-            Phase::Lost | Phase::Connecting => return Err(Error::UnknownConnection(id)),
+            Phase::Lost | Phase::Connecting => return Err(Error::ConnectionLost(id)),
         }
-        if full {
+        if full && fail_if_full {
             return Err(Error::BufferFull);
+        }
+        if room.is_some_and(|room| payload.len().saturating_add(MESSAGE_OVERHEAD) > room) {
+            self.totals.budget_refusals += 1;
+            return Err(Error::BudgetExhausted);
         }
         slot.conn.write(payload.to_vec());
         self.after(now, id.0);
@@ -442,13 +733,20 @@ impl ServerCore {
     }
 
     /// The application read `messages` messages of `bytes` bytes in all from
-    /// connection `id`: room in its inbox again.
+    /// connection `id`: room in its inbox again. Data the connection held
+    /// for lack of room is taken and acknowledged now.
     pub fn read_done(&mut self, now: Instant, id: ConnId, messages: usize, bytes: usize) {
         if let Some(slot) = self.conns.get_mut(&id.0) {
             slot.unread.0 = slot.unread.0.saturating_sub(messages);
             slot.unread.1 = slot.unread.1.saturating_sub(bytes);
             self.after(now, id.0);
         }
+    }
+
+    /// The application read an event other than a message (they are
+    /// charged to the memory budget until read).
+    pub fn event_read(&mut self) {
+        self.events_unread = self.events_unread.saturating_sub(1);
     }
 
     /// Closes connection `id`: what was written is still delivered, but
@@ -463,10 +761,16 @@ impl ServerCore {
             return Ok(());
         }
         slot.conn.close();
+        // Messages held back while it was not writable are not read now.
+        slot.unread.0 = slot.unread.0.saturating_sub(slot.held.len());
+        slot.unread.1 = slot
+            .unread
+            .1
+            .saturating_sub(slot.held.iter().map(Vec::len).sum());
+        slot.held.clear();
         let peer = slot.addr;
         self.state_change(now, Some(id), peer, ConnState::Closing);
-        self.outputs
-            .push_back(ServerOutput::App(ServerEvent::Closed { id }));
+        self.app(ServerEvent::Closed { id });
         self.after(now, id.0);
         Ok(())
     }
@@ -501,8 +805,7 @@ impl ServerCore {
         ids.sort_unstable();
         let mut discarded = 0;
         for id in ids {
-            if let Some(mut slot) = self.conns.remove(&id) {
-                self.by_addr.remove(&slot.addr);
+            if let Some(mut slot) = self.remove(id) {
                 discarded += slot.conn.abort();
                 self.totals.closed += 1;
                 self.state_change(now, Some(ConnId(id)), slot.addr, ConnState::Closed);
@@ -521,14 +824,39 @@ impl ServerCore {
         }
         let id = loop {
             let &id = self.ready.front()?;
-            if self
-                .conns
-                .get_mut(&id)
-                .is_some_and(|slot| slot.conn.has_transmit())
-            {
+            let Some(slot) = self.conns.get_mut(&id) else {
+                self.ready.pop_front();
+                continue;
+            };
+            if !slot.conn.has_transmit() {
+                self.ready.pop_front();
+                continue;
+            }
+            if slot.challenge.is_some() {
+                // Challenged: nothing for this connection goes to its
+                // address, which may now belong to a restarted client.
+                while slot.conn.poll_transmit().is_some() {}
+                self.ready.pop_front();
+                continue;
+            }
+            if slot.validated {
                 break id;
             }
-            self.ready.pop_front();
+            let Some(msg) = slot.conn.poll_transmit().map(Message::into_owned) else {
+                continue;
+            };
+            self.scratch.clear();
+            msg.encode(&mut self.scratch);
+            let len = self.scratch.len() as u64;
+            if slot.bytes_out.saturating_add(len)
+                <= slot.bytes_in.saturating_mul(AMPLIFICATION_FACTOR)
+            {
+                slot.bytes_out += len;
+                return Some((slot.addr, msg));
+            }
+            // The protocol sends it again; by then the peer may have proven
+            // its address, or sent more.
+            self.totals.amplification_held_bytes += len;
         };
         let slot = self.conns.get_mut(&id)?;
         let to = slot.addr;
@@ -542,45 +870,66 @@ impl ServerCore {
 
     // ----- internals -----
 
-    fn on_connect(&mut self, now: Instant, from: SocketAddr, isn: u64) {
-        let live = self.by_addr.get(&from).copied();
-        if let Some(id) = live {
-            if self.conns.get(&id).is_some_and(|s| s.conn.isn() == isn) {
-                // Our Ack was lost: answer the repeated Connect the same way.
-                self.totals.duplicate_connects += 1;
-                if let Some(slot) = self.conns.get_mut(&id) {
+    fn on_connect(&mut self, now: Instant, from: SocketAddr, isn: u64, len: usize) {
+        if let Some(&id) = self.by_addr.get(&from) {
+            if let Some(slot) = self.conns.get_mut(&id) {
+                slot.bytes_in = slot.bytes_in.saturating_add(len as u64);
+                if slot.conn.isn() == isn {
+                    // Our Ack was lost: answer the repeated Connect the same way.
+                    self.totals.duplicate_connects += 1;
                     let _ = slot.conn.handle(Message::connect(isn));
+                    self.after(now, id);
+                    return;
                 }
-                self.after(now, id);
+                if self.ended.contains_key(&(from, isn)) {
+                    self.totals.duplicate_connects += 1;
+                    return;
+                }
+                if self.closing {
+                    self.refuse(now, from);
+                    return;
+                }
+                if slot.challenge.is_none() {
+                    log::debug!(
+                        "a Connect with isn {isn} from {from}, whose connection {id} is live: challenged"
+                    );
+                    slot.challenge = Some(CHALLENGE_EPOCHS);
+                    self.totals.challenged_connects += 1;
+                }
                 return;
             }
         }
         if self.ended.contains_key(&(from, isn)) {
             // A late duplicate of the Connect that opened a connection now
-            // ended: admitting it would open a ghost connection (and end
-            // the live one, if the client has connected again since).
+            // ended: admitting it would open a ghost connection.
             self.totals.duplicate_connects += 1;
             return;
         }
-        if let Some(id) = live {
-            if !self.closing {
-                // A new incarnation of the client at this address: the old
-                // connection is gone for good.
-                self.replace(now, id);
-            }
-        }
-        if self.closing || self.conns.len() >= self.config.max_connections {
+        if self.closing {
             self.refuse(now, from);
             return;
         }
-        self.next_id = self.next_id.wrapping_add(1).max(1);
-        while self.conns.contains_key(&self.next_id) {
-            self.next_id = self.next_id.wrapping_add(1).max(1);
+        // Unvalidated connections are the first to go.
+        while !self.admits() {
+            let Some((_, oldest)) = self.unvalidated.pop_first() else {
+                break;
+            };
+            log::debug!("connection {oldest} evicted: never validated");
+            self.totals.evicted_unvalidated += 1;
+            self.end(now, oldest, Ending::Lost);
         }
-        let id = self.next_id;
+        if !self.admits() {
+            if self.pool_in_use().saturating_add(2 * EVENT_COST) > self.config.budget {
+                self.totals.budget_refusals += 1;
+            }
+            self.refuse(now, from);
+            return;
+        }
+        let id = self.new_id();
         let mut conn = Conn::server(self.config.params, id, isn);
         conn.set_coalesce_acks(self.config.coalesce_acks);
         let timing = Timing::new(now, conn.next_unsent());
+        self.admissions += 1;
         self.conns.insert(
             id,
             Slot {
@@ -588,42 +937,101 @@ impl ServerCore {
                 conn,
                 timing,
                 unread: (0, 0),
+                held: VecDeque::new(),
+                unwritable: false,
+                validated: false,
+                bytes_in: len as u64,
+                bytes_out: 0,
+                challenge: None,
+                charged: 0,
+                holding: false,
+                admitted: self.admissions,
             },
         );
+        self.unvalidated.insert(self.admissions, id);
         self.by_addr.insert(from, id);
         self.totals.accepted += 1;
         self.state_change(now, Some(ConnId(id)), from, ConnState::Connected);
-        self.outputs
-            .push_back(ServerOutput::App(ServerEvent::Connected {
-                id: ConnId(id),
-                peer: from,
-            }));
+        self.app(ServerEvent::Connected {
+            id: ConnId(id),
+            peer: from,
+        });
         self.after(now, id);
     }
 
-    /// Ends a connection whose client reconnected from the same address.
-    fn replace(&mut self, now: Instant, id: u32) {
-        let Some(mut slot) = self.conns.remove(&id) else {
+    /// Whether a new connection may be admitted now.
+    fn admits(&self) -> bool {
+        self.conns.len() < self.config.max_connections
+            && self.unvalidated.len() < self.config.max_unvalidated
+            && self.pool_in_use().saturating_add(2 * EVENT_COST) <= self.config.budget
+    }
+
+    /// A connection id not in use and not remembered.
+    fn new_id(&mut self) -> u32 {
+        loop {
+            let id = match &mut self.ids {
+                Some(rng) => rng.gen_range(1..=MAX_CONN_ID),
+                None => {
+                    self.next_id = self.next_id.wrapping_add(1).max(1);
+                    self.next_id
+                }
+            };
+            if !self.conns.contains_key(&id) && !self.retired.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Takes connection `id` out of the table and every index.
+    fn remove(&mut self, id: u32) -> Option<Slot> {
+        let slot = self.conns.remove(&id)?;
+        self.by_addr.remove(&slot.addr);
+        self.unvalidated.remove(&slot.admitted);
+        self.pool_used -= self.excess(slot.charged);
+        if slot.unwritable {
+            self.unwritable -= 1;
+        }
+        if slot.holding {
+            self.outputs.push_back(ServerOutput::Holding {
+                id: ConnId(id),
+                holding: false,
+            });
+        }
+        Some(slot)
+    }
+
+    /// Ends a live connection at once (challenge unanswered, slow consumer,
+    /// evicted): what it delivered is handed out, then its end.
+    fn end(&mut self, now: Instant, id: u32, ending: Ending) {
+        let Some(mut slot) = self.remove(id) else {
             return;
         };
-        self.by_addr.remove(&slot.addr);
-        self.remember_ended(slot.addr, slot.conn.isn());
+        self.retire(id, &slot, ending);
         let reading = !slot.conn.closed_by_app();
         slot.conn.abort();
         self.totals.lost += 1;
         if reading {
-            self.outputs
-                .push_back(ServerOutput::App(ServerEvent::Lost { id: ConnId(id) }));
+            for payload in slot.held.drain(..) {
+                self.outputs
+                    .push_back(ServerOutput::App(ServerEvent::Message {
+                        id: ConnId(id),
+                        payload,
+                    }));
+            }
+            self.app(ServerEvent::Lost { id: ConnId(id) });
         }
         self.state_change(now, Some(ConnId(id)), slot.addr, ConnState::Lost);
+        self.check_drained();
     }
 
-    /// Remembers an ended connection for `epoch_limit` epochs, so that late
-    /// duplicates of its Connect are recognised.
-    fn remember_ended(&mut self, addr: SocketAddr, isn: u64) {
+    /// Remembers an ended connection for `epoch_limit` epochs: its Connect,
+    /// so that late duplicates are recognised, and its id, so that it is
+    /// not handed out again and writes to it say how it ended.
+    fn retire(&mut self, id: u32, slot: &Slot, ending: Ending) {
         if self.ended.len() < MAX_ENDED_TRACKED {
-            self.ended
-                .insert((addr, isn), self.config.params.epoch_limit);
+            let epochs = self.config.params.epoch_limit;
+            self.ended.insert((slot.addr, slot.conn.isn()), epochs);
+            self.retired.insert(id, (ending, epochs));
         }
     }
 
@@ -651,8 +1059,43 @@ impl ServerCore {
         });
     }
 
+    /// Queues an application event other than a message.
+    fn app(&mut self, event: ServerEvent) {
+        self.events_unread += 1;
+        self.outputs.push_back(ServerOutput::App(event));
+    }
+
+    /// Memory beyond the floor, drawn from the shared budget.
+    fn excess(&self, charged: usize) -> usize {
+        charged.saturating_sub(self.config.floor)
+    }
+
+    /// The shared budget in use: connections beyond their floors, and
+    /// unread events.
+    fn pool_in_use(&self) -> usize {
+        self.pool_used
+            .saturating_add(self.events_unread.saturating_mul(EVENT_COST))
+    }
+
+    /// How much more memory `slot` may take: the rest of its floor, then
+    /// the shared budget (only its first half for a connection over its
+    /// own limits, so that those cannot starve the others).
+    fn memory_room(&self, slot: &Slot) -> usize {
+        let over = slot.unwritable || self.config.inbox.reached(slot.unread.0, slot.unread.1);
+        let cap = if over {
+            self.config.budget / 2
+        } else {
+            self.config.budget
+        };
+        self.config
+            .floor
+            .saturating_sub(slot.charged)
+            .saturating_add(cap.saturating_sub(self.pool_in_use()))
+    }
+
     /// After any input to connection `id`: note its datagrams, hand its
-    /// deliveries to the application, act on its events, apply flow control.
+    /// deliveries to the application, act on its events, apply flow control
+    /// and the memory budget.
     fn after(&mut self, now: Instant, id: u32) {
         let Some(slot) = self.conns.get_mut(&id) else {
             return;
@@ -666,18 +1109,99 @@ impl ServerCore {
             conn.oldest_unacked(),
             std::iter::from_fn(|| conn.poll_first_acked()),
         );
-        while let Some(payload) = conn.poll_delivered() {
-            slot.unread.0 += 1;
-            slot.unread.1 += payload.len();
-            self.outputs
-                .push_back(ServerOutput::App(ServerEvent::Message {
+        loop {
+            let Some(slot) = self.conns.get_mut(&id) else {
+                return;
+            };
+            while let Some(payload) = slot.conn.poll_delivered() {
+                slot.unread.0 += 1;
+                slot.unread.1 += payload.len();
+                if slot.unwritable || !slot.held.is_empty() {
+                    slot.held.push_back(payload);
+                } else {
+                    self.outputs
+                        .push_back(ServerOutput::App(ServerEvent::Message {
+                            id: ConnId(id),
+                            payload,
+                        }));
+                }
+            }
+            // Writability, with hysteresis: off at the limit, on at half.
+            let (messages, bytes) = slot.conn.send_buffered();
+            let limit = self.config.send_buffer;
+            let mut now_writable = false;
+            if !slot.unwritable && limit.reached(messages, bytes) {
+                slot.unwritable = true;
+                self.unwritable += 1;
+            } else if slot.unwritable && messages <= limit.messages / 2 && bytes <= limit.bytes / 2
+            {
+                slot.unwritable = false;
+                self.unwritable -= 1;
+                now_writable = true;
+            }
+            if now_writable {
+                for payload in slot.held.drain(..) {
+                    self.outputs
+                        .push_back(ServerOutput::App(ServerEvent::Message {
+                            id: ConnId(id),
+                            payload,
+                        }));
+                }
+                if slot.conn.phase() == Phase::Open {
+                    self.events_unread += 1;
+                    self.outputs
+                        .push_back(ServerOutput::App(ServerEvent::Writable { id: ConnId(id) }));
+                }
+            }
+            // Charge what it holds now.
+            let charged = charge(slot);
+            let (old, new) = (
+                charged_excess(slot.charged, self.config.floor),
+                charged_excess(charged, self.config.floor),
+            );
+            slot.charged = charged;
+            self.pool_used = self.pool_used - old + new;
+            // Room to take more: the inbox (the reorder buffer counts
+            // against it) and memory; past it, a window's worth is held
+            // unacknowledged so that the next read takes it at once.
+            let Some(slot) = self.conns.get(&id) else {
+                return;
+            };
+            let memory = self.memory_room(slot);
+            let (buffered, buffered_bytes) = slot.conn.reorder_buffered();
+            let room = Room {
+                memory,
+                ..self
+                    .config
+                    .inbox
+                    .room(slot.unread.0 + buffered, slot.unread.1 + buffered_bytes)
+            };
+            let hold = Room {
+                messages: (self.config.params.window_size as usize)
+                    .saturating_sub(slot.conn.held().0),
+                bytes: usize::MAX,
+                memory,
+            };
+            let Some(slot) = self.conns.get_mut(&id) else {
+                return;
+            };
+            slot.conn.set_receive_room(room, hold);
+            let holding = slot.conn.held().0 > 0;
+            if holding != slot.holding {
+                slot.holding = holding;
+                self.outputs.push_back(ServerOutput::Holding {
                     id: ConnId(id),
-                    payload,
-                }));
+                    holding,
+                });
+            }
+            if !slot.conn.has_delivered() {
+                break;
+            }
         }
-        let inbox_full = self.config.inbox.reached(slot.unread.0, slot.unread.1);
-        conn.set_receive_paused(inbox_full);
-        if conn.has_transmit() && self.ready.back() != Some(&id) {
+        let Some(slot) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if slot.conn.has_transmit() && self.ready.back() != Some(&id) {
             self.ready.push_back(id);
         }
         let mut ending = None;
@@ -701,17 +1225,31 @@ impl ServerCore {
         let Some(state) = ending else { return };
         // The connection leaves the table in the same step that announces
         // its end, so whoever sees the end finds no stale entry.
-        let Some(mut slot) = self.conns.remove(&id) else {
+        let Some(mut slot) = self.remove(id) else {
             return;
         };
-        self.by_addr.remove(&slot.addr);
-        self.remember_ended(slot.addr, slot.conn.isn());
-        while let Some(msg) = slot.conn.poll_transmit() {
-            self.orphaned.push_back((slot.addr, msg.into_owned()));
+        let how = if state == ConnState::Lost {
+            Ending::Lost
+        } else {
+            Ending::Closed
+        };
+        self.retire(id, &slot, how);
+        if slot.validated && slot.challenge.is_none() {
+            while let Some(msg) = slot.conn.poll_transmit() {
+                self.orphaned.push_back((slot.addr, msg.into_owned()));
+            }
         }
-        if state == ConnState::Lost && !slot.conn.closed_by_app() {
-            self.outputs
-                .push_back(ServerOutput::App(ServerEvent::Lost { id: ConnId(id) }));
+        if !slot.conn.closed_by_app() {
+            for payload in slot.held.drain(..) {
+                self.outputs
+                    .push_back(ServerOutput::App(ServerEvent::Message {
+                        id: ConnId(id),
+                        payload,
+                    }));
+            }
+            if state == ConnState::Lost {
+                self.app(ServerEvent::Lost { id: ConnId(id) });
+            }
         }
         self.state_change(now, Some(ConnId(id)), slot.addr, state);
         self.check_drained();
@@ -723,6 +1261,23 @@ impl ServerCore {
             self.outputs.push_back(ServerOutput::Drained);
         }
     }
+}
+
+/// What a connection holds, as charged against the memory budget.
+fn charge(slot: &Slot) -> usize {
+    let cost = |(messages, bytes): (usize, usize)| {
+        messages
+            .saturating_mul(MESSAGE_OVERHEAD)
+            .saturating_add(bytes)
+    };
+    cost(slot.conn.send_buffered())
+        .saturating_add(cost(slot.unread))
+        .saturating_add(cost(slot.conn.reorder_buffered()))
+        .saturating_add(cost(slot.conn.held()))
+}
+
+fn charged_excess(charged: usize, floor: usize) -> usize {
+    charged.saturating_sub(floor)
 }
 
 /// Logs a datagram that was not a message, at debug level, with its start.
