@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use liveseq::proto::{
     ClientConfig, ClientCore, ClientOutput, Limit, Message, ServerConfig, ServerCore, ServerOutput,
-    CONNECT_REACKS,
+    AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS, CONNECT_REACKS, EVENT_COST, MAX_CONN_ID,
+    MESSAGE_OVERHEAD,
 };
 use liveseq::{ConnId, ConnState, Error, Params, ReconnectPolicy, ServerEvent};
 
@@ -26,6 +27,14 @@ fn params(epoch_limit: u32) -> Params {
         max_unacked_messages: 4,
         max_backoff_interval: 0,
     }
+}
+
+/// `ServerConfig::new(p)` with sequential connection ids (1, 2, 3, ...), so
+/// that expected outputs can name them.
+fn seq_config(p: Params) -> ServerConfig {
+    let mut c = ServerConfig::new(p);
+    c.id_seed = None;
+    c
 }
 
 fn id(n: u32) -> ConnId {
@@ -94,7 +103,7 @@ fn server_with(config: ServerConfig, now: Instant, from: SocketAddr, isn: u64) -
 fn duplicate_connect_gets_the_same_ack_and_no_new_connection() {
     let now = Instant::now();
     let a = addr(1);
-    let mut s = ServerCore::new(ServerConfig::new(params(5)));
+    let mut s = ServerCore::new(seq_config(params(5)));
     s.handle_message(now, a, Message::connect(7));
     assert_eq!(sent(&mut s), [(a, Message::ack(1, 7))]);
     assert_eq!(outputs(&mut s), connected(1, a, now));
@@ -108,30 +117,105 @@ fn duplicate_connect_gets_the_same_ack_and_no_new_connection() {
     assert_eq!((t.accepted, t.duplicate_connects, t.active), (1, 3, 1));
 }
 
+/// RFC 5961: a Connect with another ISN from the address of a live
+/// connection may be forged by anyone who knows the address. It challenges
+/// the connection: nothing is sent for it for `CHALLENGE_EPOCHS` epochs, and
+/// anything carrying its id from its address keeps it, unchanged.
 #[test]
-fn a_new_isn_from_the_same_address_replaces_the_connection() {
-    let now = Instant::now();
+fn a_new_isn_from_a_live_connections_address_challenges_it_and_an_answer_keeps_it() {
+    assert_eq!(CHALLENGE_EPOCHS, 2);
+    let mut now = Instant::now();
     let a = addr(1);
-    let mut s = server_with(ServerConfig::new(params(5)), now, a, 7);
+    let mut s = server_with(seq_config(params(5)), now, a, 7);
+    s.handle_message(now, a, Message::ack(1, 0));
+    assert_eq!(sent(&mut s), [(a, Message::ack(1, 0))]);
+    s.write(now, id(1), b"x").unwrap();
+    assert_eq!(sent(&mut s), [(a, Message::data(1, 8, b"x"))]);
     s.handle_message(now, a, Message::connect(8));
-    // The old one ends Lost before the new one is announced.
-    let mut expected = lost(1, a, now);
-    expected.extend(connected(2, a, now));
-    assert_eq!(outputs(&mut s), expected);
-    assert_eq!(sent(&mut s), [(a, Message::ack(2, 8))]);
-    assert_eq!(s.connections(), [id(2)]);
-    assert_eq!(s.conn_at(a), Some(id(2)));
+    // Neither a new connection nor an end, and no answer on the wire.
+    assert_eq!((outputs(&mut s), sent(&mut s)), (vec![], vec![]));
+    assert_eq!(s.totals().challenged_connects, 1);
+    // Repeated, it neither restarts nor counts a second challenge.
+    s.handle_message(now, a, Message::connect(8));
+    assert_eq!((outputs(&mut s), sent(&mut s)), (vec![], vec![]));
+    assert_eq!(s.totals().challenged_connects, 1);
+    // The first epoch of the challenge: the retransmission of "x" is held
+    // back (the address may belong to a restarted client now).
+    now += Duration::from_millis(100);
+    s.handle_epoch(now);
+    assert_eq!((outputs(&mut s), sent(&mut s)), (vec![], vec![]));
+    // The connection's peer answers: a heartbeat carrying its id.
+    s.handle_message(now, a, Message::ack(1, 0));
+    assert_eq!((outputs(&mut s), sent(&mut s)), (vec![], vec![]));
+    // Past the second epoch it lives on and talks again.
+    for epoch in 2..=4 {
+        now += Duration::from_millis(100);
+        s.handle_message(now, a, Message::ack(1, 0));
+        s.handle_epoch(now);
+        assert_eq!(outputs(&mut s), [], "epoch {epoch}");
+        assert_eq!(
+            sent(&mut s),
+            [(a, Message::data(1, 8, b"x"))],
+            "epoch {epoch}"
+        );
+    }
+    s.handle_message(now, a, Message::ack(1, 8));
+    assert_eq!(s.connections(), [id(1)]);
+    assert_eq!(s.conn_at(a), Some(id(1)));
+    assert_eq!(s.state(id(1)), Some(ConnState::Connected));
+    let t = s.totals();
+    assert_eq!(
+        (t.accepted, t.lost, t.challenged_connects, t.active),
+        (1, 0, 1, 1)
+    );
+}
+
+/// An unanswered challenge ends the connection `Lost` at its second epoch;
+/// the Connect that challenged it gets nothing, the client's next one (a
+/// resend) is admitted.
+#[test]
+fn an_unanswered_challenge_ends_the_connection_and_the_next_connect_gets_in() {
+    let mut now = Instant::now();
+    let a = addr(1);
+    let mut s = server_with(seq_config(params(5)), now, a, 7);
+    s.handle_message(now, a, Message::ack(1, 0));
+    assert_eq!(sent(&mut s), [(a, Message::ack(1, 0))]);
+    s.handle_message(now, a, Message::connect(8));
+    assert_eq!((outputs(&mut s), sent(&mut s)), (vec![], vec![]));
+    // First epoch: no heartbeat for connection 1, no end yet.
+    now += Duration::from_millis(100);
+    s.handle_epoch(now);
+    assert_eq!((outputs(&mut s), sent(&mut s)), (vec![], vec![]));
+    // The resent Connect is still not admitted while the challenge runs.
+    s.handle_message(now, a, Message::connect(8));
+    assert_eq!((outputs(&mut s), sent(&mut s)), (vec![], vec![]));
+    assert_eq!(s.connections(), [id(1)]);
+    now += Duration::from_millis(100);
+    s.handle_epoch(now);
+    assert_eq!(outputs(&mut s), lost(1, a, now));
+    assert_eq!(sent(&mut s), []);
+    assert_eq!(s.connections(), []);
     assert!(s.conn(id(1)).is_none() && s.state(id(1)).is_none());
-    assert_eq!((s.totals().lost, s.totals().accepted), (1, 2));
+    assert!(matches!(s.write(now, id(1), b"x"), Err(Error::ConnectionLost(c)) if c == id(1)));
+    // The client's next Connect.
+    s.handle_message(now, a, Message::connect(8));
+    assert_eq!(outputs(&mut s), connected(2, a, now));
+    assert_eq!(sent(&mut s), [(a, Message::ack(2, 8))]);
+    assert_eq!(s.conn_at(a), Some(id(2)));
+    let t = s.totals();
+    assert_eq!(
+        (t.lost, t.accepted, t.challenged_connects, t.active),
+        (1, 2, 1, 1)
+    );
 }
 
 /// A connection the application closed ends without an application event
-/// when it is replaced: its `Closed` was its last one.
+/// when it leaves to an unanswered challenge: its `Closed` was its last one.
 #[test]
-fn replacing_a_closed_connection_reports_no_second_app_event() {
-    let now = Instant::now();
+fn a_closed_connection_ended_by_a_challenge_reports_no_second_app_event() {
+    let mut now = Instant::now();
     let a = addr(1);
-    let mut s = server_with(ServerConfig::new(params(5)), now, a, 7);
+    let mut s = server_with(seq_config(params(5)), now, a, 7);
     s.write(now, id(1), b"unacked").unwrap();
     s.close_conn(now, id(1)).unwrap();
     assert_eq!(
@@ -141,10 +225,18 @@ fn replacing_a_closed_connection_reports_no_second_app_event() {
             ServerOutput::App(ServerEvent::Closed { id: id(1) }),
         ]
     );
+    sent(&mut s);
     s.handle_message(now, a, Message::connect(8));
-    let mut expected = vec![state(Some(1), a, ConnState::Lost, now)];
-    expected.extend(connected(2, a, now));
-    assert_eq!(outputs(&mut s), expected);
+    assert_eq!(outputs(&mut s), []);
+    now += Duration::from_millis(100);
+    s.handle_epoch(now);
+    assert_eq!((outputs(&mut s), sent(&mut s)), (vec![], vec![]));
+    now += Duration::from_millis(100);
+    s.handle_epoch(now);
+    assert_eq!(outputs(&mut s), [state(Some(1), a, ConnState::Lost, now)]);
+    assert_eq!(sent(&mut s), []);
+    s.handle_message(now, a, Message::connect(8));
+    assert_eq!(outputs(&mut s), connected(2, a, now));
 }
 
 /// Ends connection `n` (isn `isn`, from `a`) by silence; returns the time.
@@ -167,7 +259,7 @@ fn late_duplicate_connect_of_an_ended_connection_is_ignored_for_epoch_limit_epoc
     let limit = 3;
     let mut now = Instant::now();
     let (a, b) = (addr(1), addr(2));
-    let mut s = server_with(ServerConfig::new(params(limit)), now, a, 7);
+    let mut s = server_with(seq_config(params(limit)), now, a, 7);
     now = lose_by_silence(&mut s, now, 1, a);
     for _ in 0..limit {
         s.handle_message(now, a, Message::connect(7));
@@ -179,7 +271,7 @@ fn late_duplicate_connect_of_an_ended_connection_is_ignored_for_epoch_limit_epoc
     s.handle_message(now, a, Message::connect(7));
     assert_eq!(outputs(&mut s), connected(2, a, now));
     // A different ISN is never taken for a late duplicate.
-    let mut s = server_with(ServerConfig::new(params(limit)), now, b, 7);
+    let mut s = server_with(seq_config(params(limit)), now, b, 7);
     now = lose_by_silence(&mut s, now, 1, b);
     s.handle_message(now, b, Message::connect(9));
     assert_eq!(outputs(&mut s), connected(2, b, now));
@@ -195,7 +287,7 @@ fn late_duplicate_connect_never_replaces_a_newer_connection() {
     let mut now = Instant::now();
     let a = addr(1);
     // Ended by silence, then a new incarnation connects.
-    let mut s = server_with(ServerConfig::new(params(3)), now, a, 7);
+    let mut s = server_with(seq_config(params(3)), now, a, 7);
     now = lose_by_silence(&mut s, now, 1, a);
     s.handle_message(now, a, Message::connect(8));
     assert_eq!(outputs(&mut s), connected(2, a, now));
@@ -204,10 +296,17 @@ fn late_duplicate_connect_never_replaces_a_newer_connection() {
     assert_eq!((outputs(&mut s), sent(&mut s)), (vec![], vec![]));
     assert_eq!(s.connections(), [id(2)]);
 
-    // Ended by replacement: its own late Connect must not come back.
-    let mut s = server_with(ServerConfig::new(params(3)), now, a, 7);
+    // Ended by an unanswered challenge: its own late Connect must not
+    // come back once the new one is admitted.
+    let mut s = server_with(seq_config(params(3)), now, a, 7);
     s.handle_message(now, a, Message::connect(8));
-    outputs(&mut s);
+    for _ in 0..CHALLENGE_EPOCHS {
+        now += Duration::from_millis(100);
+        s.handle_epoch(now);
+    }
+    assert_eq!(outputs(&mut s), lost(1, a, now));
+    s.handle_message(now, a, Message::connect(8));
+    assert_eq!(outputs(&mut s), connected(2, a, now));
     sent(&mut s);
     s.handle_message(now, a, Message::connect(7));
     assert_eq!((outputs(&mut s), sent(&mut s)), (vec![], vec![]));
@@ -218,16 +317,21 @@ fn late_duplicate_connect_never_replaces_a_newer_connection() {
 #[test]
 fn the_limit_admits_exactly_n_of_a_storm_and_refuses_once_per_address_per_epoch() {
     let mut now = Instant::now();
-    let mut config = ServerConfig::new(params(3));
+    let mut config = seq_config(params(3));
     config.max_connections = 3;
     let mut s = ServerCore::new(config);
     let storm: Vec<SocketAddr> = (1..=10).map(addr).collect();
     for round in 0..3 {
-        // The admitted ones say nothing more (repeating their Connect would
-        // keep them alive), the others keep trying.
+        // The admitted ones prove their address at once with one heartbeat
+        // (unvalidated ones would make way for the storm: see
+        // `unvalidated_connections_make_way_at_the_connection_limit`) and
+        // say nothing more; the others keep trying.
         let skip = if round == 0 { 0 } else { 3 };
         for (i, &a) in storm.iter().enumerate().skip(skip) {
             s.handle_message(now, a, Message::connect(100 + i as u64));
+            if round == 0 && i < 3 {
+                s.handle_message(now, a, Message::ack(i as u32 + 1, 0));
+            }
         }
         let outs = outputs(&mut s);
         let admitted: Vec<SocketAddr> = outs
@@ -265,7 +369,8 @@ fn the_limit_admits_exactly_n_of_a_storm_and_refuses_once_per_address_per_epoch(
         outputs(&mut s);
     }
     assert_eq!(s.totals().refused, 3 * 2 * 7);
-    // The three were reaped (they never spoke): a refused address gets in.
+    // The three were reaped (silent since their heartbeat): a refused
+    // address gets in.
     assert_eq!(s.connections(), []);
     s.handle_message(now, storm[9], Message::connect(109));
     assert_eq!(outputs(&mut s), connected(4, storm[9], now));
@@ -275,7 +380,7 @@ fn the_limit_admits_exactly_n_of_a_storm_and_refuses_once_per_address_per_epoch(
 fn data_naming_a_connection_of_another_address_is_rejected_and_counted() {
     let mut now = Instant::now();
     let (a, b, stranger) = (addr(1), addr(2), addr(3));
-    let mut s = server_with(ServerConfig::new(params(3)), now, a, 7);
+    let mut s = server_with(seq_config(params(3)), now, a, 7);
     s.handle_message(now, b, Message::connect(70));
     outputs(&mut s);
     sent(&mut s);
@@ -315,7 +420,7 @@ fn data_naming_a_connection_of_another_address_is_rejected_and_counted() {
 fn close_drains_then_reports_drained_exactly_once() {
     let mut now = Instant::now();
     let (a, b) = (addr(1), addr(2));
-    let mut s = server_with(ServerConfig::new(params(5)), now, a, 7);
+    let mut s = server_with(seq_config(params(5)), now, a, 7);
     s.handle_message(now, a, Message::ack(1, 0));
     s.write(now, id(1), b"last words").unwrap();
     sent(&mut s);
@@ -355,7 +460,7 @@ fn close_drains_then_reports_drained_exactly_once() {
 fn flow_control_inbox_and_send_buffer() {
     let now = Instant::now();
     let a = addr(1);
-    let mut config = ServerConfig::new(params(5));
+    let mut config = seq_config(params(5));
     config.coalesce_acks = false;
     config.inbox = Limit {
         messages: 2,
@@ -370,35 +475,75 @@ fn flow_control_inbox_and_send_buffer() {
         s.handle_message(now, a, Message::data(1, sn, b"m"));
     }
     // The third is neither delivered nor acknowledged: the inbox is full.
+    // It is held, and the connection says so.
     assert_eq!(
         sent(&mut s),
         [(a, Message::ack(1, 101)), (a, Message::ack(1, 102))]
     );
-    let delivered = outputs(&mut s)
-        .into_iter()
-        .filter(|o| matches!(o, ServerOutput::App(ServerEvent::Message { .. })))
-        .count();
-    assert_eq!(delivered, 2);
-    s.read_done(now, id(1), 1, 1);
-    s.handle_message(now, a, Message::data(1, 103, b"m"));
-    assert_eq!(sent(&mut s), [(a, Message::ack(1, 103))]);
+    let message = |p: &[u8]| {
+        ServerOutput::App(ServerEvent::Message {
+            id: id(1),
+            payload: p.to_vec(),
+        })
+    };
+    let holding = |holding| ServerOutput::Holding { id: id(1), holding };
     assert_eq!(
         outputs(&mut s),
-        [ServerOutput::App(ServerEvent::Message {
-            id: id(1),
-            payload: b"m".to_vec()
-        })]
+        [message(b"m"), message(b"m"), holding(true)]
     );
+    assert_eq!(s.conn(id(1)).unwrap().counters().held_back, 1);
+    // A read takes and acknowledges it at once: no epoch, no resend.
+    s.read_done(now, id(1), 1, 1);
+    assert_eq!(sent(&mut s), [(a, Message::ack(1, 103))]);
+    assert_eq!(outputs(&mut s), [holding(false), message(b"m")]);
+    // The sender's resend is a duplicate now: acknowledged, not delivered.
+    s.handle_message(now, a, Message::data(1, 103, b"m"));
+    assert_eq!(sent(&mut s), [(a, Message::ack(1, 103))]);
+    assert_eq!(outputs(&mut s), []);
+    s.read_done(now, id(1), 2, 2);
 
-    // The send buffer: two unacknowledged fill it.
-    assert!(!s.is_full(id(1)));
+    // The send buffer: two unacknowledged fill it. `write` still queues
+    // (the connection is then not writable), `try_write` refuses.
+    assert!(!s.is_full(id(1)) && s.is_writable(id(1)));
     s.write(now, id(1), b"x").unwrap();
     s.write(now, id(1), b"y").unwrap();
-    assert!(s.is_full(id(1)));
-    assert!(matches!(s.write(now, id(1), b"z"), Err(Error::BufferFull)));
-    s.handle_message(now, a, Message::ack(1, 101));
-    assert!(!s.is_full(id(1)));
+    assert!(s.is_full(id(1)) && !s.is_writable(id(1)));
+    assert!(matches!(
+        s.try_write(now, id(1), b"z"),
+        Err(Error::BufferFull)
+    ));
     s.write(now, id(1), b"z").unwrap();
+    assert_eq!(
+        sent(&mut s),
+        [
+            (a, Message::data(1, 101, b"x")),
+            (a, Message::data(1, 102, b"y")),
+            (a, Message::data(1, 103, b"z")),
+        ]
+    );
+    assert_eq!(s.totals().not_writable, 1);
+    // While it is not writable its peer's messages are acknowledged (the
+    // inbox has room) but held back from the application.
+    s.handle_message(now, a, Message::data(1, 104, b"held"));
+    assert_eq!(sent(&mut s), [(a, Message::ack(1, 104))]);
+    assert_eq!(outputs(&mut s), []);
+    // One acknowledged: still above half the limit (1 message).
+    s.handle_message(now, a, Message::ack(1, 101));
+    assert!(!s.is_writable(id(1)));
+    assert_eq!(outputs(&mut s), []);
+    // Two: drained to half. The held message, then `Writable`.
+    s.handle_message(now, a, Message::ack(1, 102));
+    assert!(s.is_writable(id(1)));
+    assert_eq!(
+        outputs(&mut s),
+        [
+            message(b"held"),
+            ServerOutput::App(ServerEvent::Writable { id: id(1) })
+        ]
+    );
+    assert_eq!(s.totals().not_writable, 0);
+    assert!(!s.is_full(id(1)));
+    s.try_write(now, id(1), b"w").unwrap();
 
     // The client's send buffer too.
     let mut config = ClientConfig::new(params(5));
@@ -410,6 +555,290 @@ fn flow_control_inbox_and_send_buffer() {
     c.write(now, b"queued while connecting").unwrap();
     assert!(c.is_full());
     assert!(matches!(c.write(now, b"no room"), Err(Error::BufferFull)));
+}
+
+#[test]
+fn connection_ids_are_random_unique_and_within_go_int32() {
+    let now = Instant::now();
+    let ids_with = |seed: Option<u64>| -> Vec<u32> {
+        let mut config = seq_config(params(5));
+        config.id_seed = seed;
+        let mut s = ServerCore::new(config);
+        (1..=500)
+            .map(|port| {
+                s.handle_message(now, addr(port), Message::connect(7));
+                let ack = sent(&mut s);
+                assert_eq!(ack.len(), 1);
+                assert_eq!(s.conn_at(addr(port)), Some(id(ack[0].1.conn_id)));
+                ack[0].1.conn_id
+            })
+            .collect()
+    };
+    let ids = ids_with(Some(1));
+    assert!(ids.iter().all(|&n| (1..=MAX_CONN_ID).contains(&n)));
+    assert_eq!(MAX_CONN_ID, (1 << 31) - 1);
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len());
+    // Not a sequence anyone can guess, and spread over the whole range.
+    assert_ne!(ids, (1..=500).collect::<Vec<u32>>());
+    assert!(ids.iter().any(|&n| n > MAX_CONN_ID / 2) && ids.iter().any(|&n| n <= MAX_CONN_ID / 2));
+    // A seed replays; another seed does not; `None` counts 1, 2, 3...
+    assert_eq!(ids_with(Some(1)), ids);
+    assert_ne!(ids_with(Some(2)), ids);
+    assert_eq!(ids_with(None), (1..=500).collect::<Vec<u32>>());
+    // `ServerConfig::new` draws a seed.
+    let (x, y) = (ServerConfig::new(params(5)), ServerConfig::new(params(5)));
+    assert!(x.id_seed.is_some() && x.id_seed != y.id_seed);
+}
+
+/// Over many epochs, with the application writing to it, an address that
+/// sent only Connects is sent at most `AMPLIFICATION_FACTOR` times what it
+/// sent; once it proves its address (a heartbeat with the id), everything
+/// flows.
+#[test]
+fn an_unvalidated_address_gets_at_most_three_times_what_it_sent() {
+    let start = Instant::now();
+    let mut now = start;
+    let a = addr(1);
+    let mut s = ServerCore::new(seq_config(params(5)));
+    let connect = Message::connect(7);
+    let (mut bytes_in, mut bytes_out) = (encoded_len(&connect), 0);
+    s.handle_message(now, a, connect.clone());
+    for i in 0..4u8 {
+        s.write(now, id(1), &[b'a' + i; 50]).unwrap();
+    }
+    let mut attempts = 0;
+    for epoch in 1..=40 {
+        for (to, m) in sent(&mut s) {
+            assert_eq!(to, a);
+            bytes_out += encoded_len(&m);
+            attempts += 1;
+        }
+        assert!(
+            bytes_out <= AMPLIFICATION_FACTOR * bytes_in,
+            "epoch {epoch}: {bytes_out} bytes out for {bytes_in} in"
+        );
+        // A client that heard nothing resends its Connect every other
+        // epoch, which keeps the connection alive.
+        if epoch % 2 == 1 {
+            bytes_in += encoded_len(&connect);
+            s.handle_message(now, a, connect.clone());
+        }
+        now += Duration::from_millis(100);
+        s.handle_epoch(now);
+    }
+    for (to, m) in sent(&mut s) {
+        assert_eq!(to, a);
+        bytes_out += encoded_len(&m);
+        attempts += 1;
+    }
+    assert!(bytes_out <= AMPLIFICATION_FACTOR * bytes_in);
+    assert!(!s.is_validated(id(1)));
+    assert_eq!(s.totals().unvalidated, 1);
+    assert!(attempts > 0 && s.totals().amplification_held_bytes > bytes_out);
+    assert_eq!(outputs(&mut s), connected(1, a, start));
+    // Validated: the four messages go out at the next epoch at the latest.
+    s.handle_message(now, a, Message::ack(1, 0));
+    assert!(s.is_validated(id(1)));
+    assert_eq!(s.totals().unvalidated, 0);
+    now += Duration::from_millis(100);
+    s.handle_epoch(now);
+    let data: Vec<Message<'static>> = sent(&mut s)
+        .into_iter()
+        .map(|(_, m)| m)
+        .filter(|m| m.kind == liveseq::proto::MsgType::Data)
+        .collect();
+    let expected: Vec<Message<'static>> = (0..4u8)
+        .map(|i| Message::data(1, 8 + u64::from(i), &[b'a' + i; 50]).into_owned())
+        .collect();
+    assert_eq!(data, expected);
+}
+
+/// At `max_unvalidated`, the oldest connection that never proved its
+/// address makes way for a new Connect; validated ones never do.
+#[test]
+fn the_oldest_unvalidated_connection_makes_way_at_max_unvalidated() {
+    let now = Instant::now();
+    let mut config = seq_config(params(5));
+    config.max_unvalidated = 2;
+    let mut s = ServerCore::new(config);
+    let [a, b, c, d, e] = [1, 2, 3, 4, 5].map(addr);
+    for from in [a, b] {
+        s.handle_message(now, from, Message::connect(7));
+    }
+    outputs(&mut s);
+    assert_eq!(s.totals().unvalidated, 2);
+    s.handle_message(now, c, Message::connect(7));
+    let mut expected = lost(1, a, now);
+    expected.extend(connected(3, c, now));
+    assert_eq!(outputs(&mut s), expected);
+    assert_eq!(s.connections(), [id(2), id(3)]);
+    // Connection 2 proves its address: only 3 is unvalidated, room for one.
+    s.handle_message(now, b, Message::ack(2, 0));
+    assert!(s.is_validated(id(2)));
+    s.handle_message(now, d, Message::connect(7));
+    assert_eq!(outputs(&mut s), connected(4, d, now));
+    s.handle_message(now, e, Message::connect(7));
+    let mut expected = lost(3, c, now);
+    expected.extend(connected(5, e, now));
+    assert_eq!(outputs(&mut s), expected);
+    assert_eq!(s.connections(), [id(2), id(4), id(5)]);
+    let t = s.totals();
+    assert_eq!(
+        (
+            t.evicted_unvalidated,
+            t.lost,
+            t.unvalidated,
+            t.accepted,
+            t.refused
+        ),
+        (2, 2, 2, 5, 0)
+    );
+    // An evicted connection's late Connect is a duplicate, not a new one.
+    s.handle_message(now, a, Message::connect(7));
+    assert_eq!((outputs(&mut s), s.connections().len()), (vec![], 3));
+}
+
+/// At the connection limit too: a storm of Connects from addresses that
+/// never prove themselves cycles through unvalidated slots and never
+/// displaces a validated connection; with none to evict, it is refused.
+#[test]
+fn unvalidated_connections_make_way_at_the_connection_limit() {
+    let now = Instant::now();
+    let mut config = seq_config(params(5));
+    config.max_connections = 2;
+    let mut s = ServerCore::new(config);
+    let good = addr(1);
+    s.handle_message(now, good, Message::connect(7));
+    s.handle_message(now, good, Message::ack(1, 0));
+    outputs(&mut s);
+    sent(&mut s);
+    for n in 2..=6u32 {
+        let from = addr(n as u16);
+        s.handle_message(now, from, Message::connect(7));
+        let mut expected = if n > 2 {
+            lost(n - 1, addr(n as u16 - 1), now)
+        } else {
+            vec![]
+        };
+        expected.extend(connected(n, from, now));
+        assert_eq!(outputs(&mut s), expected, "connect {n}");
+    }
+    assert_eq!(s.connections(), [id(1), id(6)]);
+    // The last one proves itself: nothing left to evict.
+    s.handle_message(now, addr(6), Message::ack(6, 0));
+    s.handle_message(now, addr(7), Message::connect(7));
+    assert_eq!(
+        outputs(&mut s),
+        [state(None, addr(7), ConnState::Refused, now)]
+    );
+    let t = s.totals();
+    assert_eq!((t.evicted_unvalidated, t.refused, t.active), (4, 1, 2));
+}
+
+/// A peer that keeps heartbeating but acknowledges nothing while its
+/// connection is not writable is ended `Lost` after the stall limit, what
+/// it sent meanwhile is handed out first, and writes then say why.
+#[test]
+fn a_slow_consumer_ends_lost_after_the_stall_limit() {
+    let mut now = Instant::now();
+    let a = addr(1);
+    let mut config = seq_config(params(5));
+    config.send_buffer = Limit {
+        messages: 2,
+        bytes: usize::MAX,
+    };
+    let mut s = server_with(config, now, a, 100);
+    s.handle_message(now, a, Message::ack(1, 0));
+    for p in [b"1", b"2", b"3"] {
+        s.write(now, id(1), p).unwrap();
+    }
+    assert!(!s.is_writable(id(1)));
+    s.handle_message(now, a, Message::data(1, 101, b"meanwhile"));
+    assert_eq!(outputs(&mut s), []);
+    sent(&mut s);
+    let stall_limit = s.conn(id(1)).unwrap().stall_limit();
+    assert_eq!(stall_limit, 5);
+    for epoch in 1..stall_limit {
+        now += Duration::from_millis(100);
+        s.handle_message(now, a, Message::ack(1, 0));
+        s.handle_epoch(now);
+        assert_eq!(outputs(&mut s), [], "epoch {epoch}");
+        assert_eq!(s.conn(id(1)).unwrap().epochs_stalled(), epoch);
+        sent(&mut s);
+    }
+    now += Duration::from_millis(100);
+    s.handle_message(now, a, Message::ack(1, 0));
+    s.handle_epoch(now);
+    let mut expected = vec![ServerOutput::App(ServerEvent::Message {
+        id: id(1),
+        payload: b"meanwhile".to_vec(),
+    })];
+    expected.extend(lost(1, a, now));
+    assert_eq!(outputs(&mut s), expected);
+    assert_eq!(sent(&mut s), []);
+    let t = s.totals();
+    assert_eq!((t.slow_consumers, t.lost, t.not_writable), (1, 1, 0));
+    // Writes say so for `epoch_limit` epochs, then the id is unknown.
+    for _ in 0..5 {
+        assert!(matches!(s.write(now, id(1), b"x"), Err(Error::SlowConsumer(c)) if c == id(1)));
+        now += Duration::from_millis(100);
+        s.handle_epoch(now);
+    }
+    assert!(matches!(s.write(now, id(1), b"x"), Err(Error::UnknownConnection(c)) if c == id(1)));
+}
+
+/// The server-wide budget: writes that do not fit fail with
+/// `BudgetExhausted` and queue nothing, Connects are refused when no
+/// unvalidated connection can make way; acknowledgements free it again.
+#[test]
+fn a_spent_memory_budget_refuses_writes_and_connects() {
+    let now = Instant::now();
+    let a = addr(1);
+    let mut config = seq_config(params(5));
+    config.floor = 0;
+    config.budget = 1000;
+    let mut s = server_with(config, now, a, 100);
+    s.handle_message(now, a, Message::ack(1, 0));
+    sent(&mut s);
+    // What the connection's events cost until they are read.
+    let base = s.totals().budget_in_use;
+    assert!(base > 0 && base % EVENT_COST == 0, "{base}");
+    let payload = [7u8; 300];
+    let cost = payload.len() + MESSAGE_OVERHEAD;
+    s.write(now, id(1), &payload).unwrap();
+    s.write(now, id(1), &payload).unwrap();
+    assert_eq!(s.totals().budget_in_use, base + 2 * cost);
+    assert!(base + 3 * cost > 1000);
+    assert!(matches!(
+        s.write(now, id(1), &payload),
+        Err(Error::BudgetExhausted)
+    ));
+    assert_eq!(s.totals().budget_in_use, base + 2 * cost);
+    assert_eq!(
+        sent(&mut s),
+        [
+            (a, Message::data(1, 101, &payload)),
+            (a, Message::data(1, 102, &payload))
+        ]
+    );
+    // No room for another connection, and none to evict.
+    let b = addr(2);
+    s.handle_message(now, b, Message::connect(7));
+    assert_eq!(outputs(&mut s), [state(None, b, ConnState::Refused, now)]);
+    assert_eq!(sent(&mut s), []);
+    let t = s.totals();
+    assert_eq!((t.budget_refusals, t.refused, t.active), (2, 1, 1));
+    // Acknowledged and the event read: free again.
+    s.handle_message(now, a, Message::ack(1, 101));
+    s.handle_message(now, a, Message::ack(1, 102));
+    s.event_read();
+    assert_eq!(s.totals().budget_in_use, base - EVENT_COST);
+    s.write(now, id(1), &payload).unwrap();
+    s.handle_message(now, b, Message::connect(7));
+    assert_eq!(outputs(&mut s), connected(2, b, now));
 }
 
 // ----- ClientCore -----
@@ -716,25 +1145,56 @@ fn data_that_connects_the_client_comes_after_the_connect_and_the_gap_marker() {
     );
 }
 
+fn encoded_len(m: &Message<'_>) -> u64 {
+    let mut buf = Vec::new();
+    m.encode(&mut buf);
+    buf.len() as u64
+}
+
+/// A silent new connection's Ack is said again `CONNECT_REACKS` times, as
+/// far as anti-amplification allows: at most `AMPLIFICATION_FACTOR` times
+/// the bytes its address sent, the rest held back and counted.
 #[test]
-fn server_reacks_a_silent_new_connection_then_reaps_it() {
+fn server_reacks_a_silent_new_connection_within_the_amplification_limit_then_reaps_it() {
     let mut now = Instant::now();
     let a = addr(1);
     let limit = CONNECT_REACKS + 2;
-    let mut s = server_with(ServerConfig::new(params(limit)), now, a, 7);
+    let (connect, ack) = (Message::connect(7), Message::ack(1, 7));
+    let credit = AMPLIFICATION_FACTOR * encoded_len(&connect);
+    let mut out = encoded_len(&ack);
+    let mut held = 0;
+    let mut reacked = 0;
+    let mut s = server_with(seq_config(params(limit)), now, a, 7);
     for epoch in 1..limit {
         now += Duration::from_millis(100);
         s.handle_epoch(now);
-        let expected = if epoch <= CONNECT_REACKS {
-            vec![(a, Message::ack(1, 7))]
-        } else {
-            vec![]
-        };
+        let mut expected = vec![];
+        if epoch <= CONNECT_REACKS {
+            if out + encoded_len(&ack) <= credit {
+                out += encoded_len(&ack);
+                expected.push((a, ack.clone()));
+                reacked += 1;
+            } else {
+                held += encoded_len(&ack);
+            }
+        }
         assert_eq!(sent(&mut s), expected, "epoch {epoch}");
+        assert_eq!(s.totals().amplification_held_bytes, held, "epoch {epoch}");
     }
+    // One Connect never buys all the re-sends.
+    assert!(reacked < CONNECT_REACKS && held > 0);
+    assert!(!s.is_validated(id(1)));
     now += Duration::from_millis(100);
     s.handle_epoch(now);
     assert_eq!(outputs(&mut s), lost(1, a, now));
+
+    // A repeated Connect buys its own answer.
+    let mut s = server_with(seq_config(params(limit)), now, a, 7);
+    for _ in 0..5 {
+        s.handle_message(now, a, connect.clone());
+        assert_eq!(sent(&mut s), [(a, ack.clone())]);
+    }
+    assert_eq!(s.totals().amplification_held_bytes, 0);
 }
 
 /// Known hazard, found by the simulator (restarted clients): a client that
@@ -750,7 +1210,7 @@ fn server_reacks_a_silent_new_connection_then_reaps_it() {
 fn a_restarted_client_on_the_same_address_loses_nothing_silently() {
     let now = Instant::now();
     let a = addr(1);
-    let mut s = server_with(ServerConfig::new(params(5)), now, a, 1000);
+    let mut s = server_with(seq_config(params(5)), now, a, 1000);
     for sn in 1001..=1005 {
         s.handle_message(now, a, Message::data(1, sn, b"old"));
     }
