@@ -349,9 +349,17 @@ fn echo(args: &Args, clients: usize, window: u32, n: usize) -> Figures {
     let echoing = {
         let server = server.clone();
         thread::spawn(move || {
-            while let Ok((id, msg)) = server.read() {
-                if server.write(id, &msg).is_err() {
-                    break;
+            // The echo loop ends only with the server: a connection's end
+            // and a failed write concern that client alone.
+            loop {
+                match server.read() {
+                    Ok((id, msg)) => {
+                        let _ = server.write(id, &msg);
+                    }
+                    Err(
+                        liveseq::Error::ConnectionLost(_) | liveseq::Error::ConnectionClosed(_),
+                    ) => {}
+                    Err(_) => break,
                 }
             }
         })

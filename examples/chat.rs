@@ -75,10 +75,11 @@ pub fn relay(server: &Server) -> Result<(), Error> {
 
 /// Writes `message` to each connection in `to`.
 ///
-/// A connection can end between its last event and this write: the server
-/// then answers [`Error::UnknownConnection`] (lost, or gone after closing) or
-/// [`Error::ConnectionClosed`] (closing). Its `Lost` or `Closed` event is on
-/// its way, so it is skipped here. Any other error ends the broadcast.
+/// [`Server::write`] never waits, so no member can hold up the others. Its
+/// errors are about one connection (it ended between its last event and
+/// this write, its peer stopped acknowledging, the memory budget is spent):
+/// that member misses this message and the broadcast goes on. Only the
+/// server's own end stops it.
 pub fn broadcast(
     server: &Server,
     to: impl IntoIterator<Item = ConnId>,
@@ -86,8 +87,9 @@ pub fn broadcast(
 ) -> Result<(), Error> {
     for id in to {
         match server.write(id, message) {
-            Ok(()) | Err(Error::UnknownConnection(_) | Error::ConnectionClosed(_)) => {}
-            Err(err) => return Err(err),
+            Ok(()) => {}
+            Err(err @ (Error::Closed | Error::Failed(_))) => return Err(err),
+            Err(err) => log::debug!("chat: not relayed to connection {id}: {err}"),
         }
     }
     Ok(())

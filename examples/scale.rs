@@ -203,9 +203,17 @@ fn busy(
     let echo = {
         let server = server.clone();
         std::thread::spawn(move || {
-            while let Ok((id, msg)) = server.read() {
-                if server.write(id, &msg).is_err() {
-                    break;
+            // The echo loop ends only with the server: a connection's end
+            // and a failed write concern that client alone.
+            loop {
+                match server.read() {
+                    Ok((id, msg)) => {
+                        let _ = server.write(id, &msg);
+                    }
+                    Err(
+                        liveseq::Error::ConnectionLost(_) | liveseq::Error::ConnectionClosed(_),
+                    ) => {}
+                    Err(_) => break,
                 }
             }
         })

@@ -9,7 +9,10 @@
 //! A server is one loop over [`Server::next_event`]: a client connected, a
 //! message arrived, a connection ended. Every connection's events come in
 //! order, `Connected` first and exactly one of `Closed` or `Lost` last, and
-//! the only error is [`Error::Closed`] after [`Server::close`], so `?` is safe.
+//! the only error is [`Error::Closed`] after [`Server::close`], so `?` is safe
+//! there. [`Server::write`] never blocks, and its errors concern one
+//! connection: handle them, never `?` them, and no client can stall or end
+//! the loop.
 //!
 //! ```
 //! use liveseq::{Client, Params, Server, ServerEvent};
@@ -32,7 +35,12 @@
 //! loop {
 //!     match server.next_event()? {
 //!         ServerEvent::Connected { id, peer } => println!("connection {id} from {peer}"),
-//!         ServerEvent::Message { id, payload } => server.write(id, &payload)?,
+//!         ServerEvent::Message { id, payload } => {
+//!             // Never blocks; an error concerns this client alone, so no `?`.
+//!             if let Err(err) = server.write(id, &payload) {
+//!                 eprintln!("connection {id}: {err}");
+//!             }
+//!         }
 //!         ServerEvent::Closed { id } | ServerEvent::Lost { id } => {
 //!             println!("connection {id} ended");
 //!             break; // this example serves one client

@@ -154,6 +154,13 @@ impl Role for ServerRole {
 /// block in [`read`](Server::read) while others write, close connections or
 /// close the server. The server runs three threads however many clients it has.
 ///
+/// No peer can hurt the others: [`write`](Server::write) never blocks (a
+/// peer that stops acknowledging is slowed down and then ended as a slow
+/// consumer), a forged Connect cannot end a live connection, the server
+/// sends at most three times what it received to an address that has not
+/// proven it receives, and all it buffers is bounded by a memory budget
+/// ([`ServerBuilder::memory_budget`]).
+///
 /// # Examples
 ///
 /// An echo server:
@@ -165,7 +172,10 @@ impl Role for ServerRole {
 /// let server = Server::bind("127.0.0.1:9999", Params::default())?;
 /// loop {
 ///     match server.read() {
-///         Ok((id, msg)) => server.write(id, &msg)?,
+///         // A write never blocks; its errors concern one client: no `?`.
+///         Ok((id, msg)) => if let Err(err) = server.write(id, &msg) {
+///             eprintln!("client {id}: {err}");
+///         },
 ///         Err(Error::ConnectionLost(id)) => eprintln!("client {id} lost"),
 ///         Err(Error::ConnectionClosed(_)) => {}
 ///         Err(err) => return Err(err),
@@ -465,11 +475,10 @@ impl Server {
     /// [`Error::Failed`], so `?` is safe here.
     ///
     /// `next_event` and [`read`](Server::read) take from the same queue:
-    /// a server uses one or the other (`read` skips `Connected`). A loop
-    /// that serves every client from one thread should write with
-    /// [`try_write`](Server::try_write) (or [`write_timeout`](Server::write_timeout)):
-    /// [`write`](Server::write) waits while that client's send buffer is
-    /// full, and a client that stops acknowledging would stall everyone.
+    /// a server uses one or the other (`read` skips `Connected` and
+    /// `Writable`). A loop that serves every client from one thread may
+    /// call [`write`](Server::write), which never blocks; its errors
+    /// concern one connection, so handle them rather than `?` them.
     ///
     /// # Examples
     ///
@@ -492,7 +501,9 @@ impl Server {
     ///             clients.insert(id, peer);
     ///         }
     ///         ServerEvent::Message { id, payload } => {
-    ///             server.write(id, &payload)?;
+    ///             if let Err(err) = server.write(id, &payload) {
+    ///                 eprintln!("connection {id}: {err}");
+    ///             }
     ///             break; // just one message in this example
     ///         }
     ///         ServerEvent::Closed { id } | ServerEvent::Lost { id } => {

@@ -605,9 +605,15 @@ impl ServerCore {
             slot.validated = true;
             self.unvalidated.remove(&slot.admitted);
         }
-        if msg.kind == MsgType::Data && self.config.coalesce_acks && !self.batch.contains(&id) {
-            self.batch.push(id);
+        if msg.kind == MsgType::Data {
+            if self.config.coalesce_acks && !self.batch.contains(&id) {
+                self.batch.push(id);
+            }
+            self.refresh_room(id);
         }
+        let Some(slot) = self.conns.get_mut(&id) else {
+            return;
+        };
         // What to log if it is rejected (the message itself is consumed).
         let what = (msg.kind, msg.conn_id, msg.seq_num);
         match slot.conn.handle(msg) {
@@ -950,6 +956,8 @@ impl ServerCore {
         );
         self.unvalidated.insert(self.admissions, id);
         self.by_addr.insert(from, id);
+        // Its `Connected` and its terminal event, charged now (see `app`).
+        self.events_unread += 2;
         self.totals.accepted += 1;
         self.state_change(now, Some(ConnId(id)), from, ConnState::Connected);
         self.app(ServerEvent::Connected {
@@ -1059,9 +1067,10 @@ impl ServerCore {
         });
     }
 
-    /// Queues an application event other than a message.
+    /// Queues a connection's `Connected` or terminal event. Both were
+    /// charged to the budget when it was admitted, so that no connection's
+    /// end can push the budget over.
     fn app(&mut self, event: ServerEvent) {
-        self.events_unread += 1;
         self.outputs.push_back(ServerOutput::App(event));
     }
 
@@ -1091,6 +1100,34 @@ impl ServerCore {
             .floor
             .saturating_sub(slot.charged)
             .saturating_add(cap.saturating_sub(self.pool_in_use()))
+    }
+
+    /// Tells connection `id` how much it may take now: its inbox (the
+    /// reorder buffer counts against it) and memory; past that, a window's
+    /// worth is held unacknowledged so that the next read takes it at once.
+    /// Done before each Data message too, since other connections may have
+    /// used the shared budget since this one's last input.
+    fn refresh_room(&mut self, id: u32) {
+        let Some(slot) = self.conns.get(&id) else {
+            return;
+        };
+        let memory = self.memory_room(slot);
+        let (buffered, buffered_bytes) = slot.conn.reorder_buffered();
+        let room = Room {
+            memory,
+            ..self
+                .config
+                .inbox
+                .room(slot.unread.0 + buffered, slot.unread.1 + buffered_bytes)
+        };
+        let hold = Room {
+            messages: (self.config.params.window_size as usize).saturating_sub(slot.conn.held().0),
+            bytes: usize::MAX,
+            memory,
+        };
+        if let Some(slot) = self.conns.get_mut(&id) {
+            slot.conn.set_receive_room(room, hold);
+        }
     }
 
     /// After any input to connection `id`: note its datagrams, hand its
@@ -1161,31 +1198,10 @@ impl ServerCore {
             );
             slot.charged = charged;
             self.pool_used = self.pool_used - old + new;
-            // Room to take more: the inbox (the reorder buffer counts
-            // against it) and memory; past it, a window's worth is held
-            // unacknowledged so that the next read takes it at once.
-            let Some(slot) = self.conns.get(&id) else {
-                return;
-            };
-            let memory = self.memory_room(slot);
-            let (buffered, buffered_bytes) = slot.conn.reorder_buffered();
-            let room = Room {
-                memory,
-                ..self
-                    .config
-                    .inbox
-                    .room(slot.unread.0 + buffered, slot.unread.1 + buffered_bytes)
-            };
-            let hold = Room {
-                messages: (self.config.params.window_size as usize)
-                    .saturating_sub(slot.conn.held().0),
-                bytes: usize::MAX,
-                memory,
-            };
+            self.refresh_room(id);
             let Some(slot) = self.conns.get_mut(&id) else {
                 return;
             };
-            slot.conn.set_receive_room(room, hold);
             let holding = slot.conn.held().0 > 0;
             if holding != slot.holding {
                 slot.holding = holding;
