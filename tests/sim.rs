@@ -3,8 +3,11 @@
 //! loss) under any network, with the window, back-off, heartbeat,
 //! loss-timing, close and memory invariants checked on every step, and the
 //! table's: one live connection per address, the connection limit, what
-//! every Connect must do (repeated, late, from a restarted client, refused),
-//! one terminal state per connection and the order of every output. Besides
+//! every Connect must do (repeated, late, challenging, evicting, refused),
+//! one terminal state per connection and the order of every output, a
+//! Connect with another ISN challenging the live connection at its address
+//! (RFC 5961), unvalidated connections evicted oldest first, and at most
+//! three times the bytes received sent to an unvalidated address. Besides
 //! the network's faults, scenarios have a connection limit, storms of raw
 //! Connects, clients that restart on their address, and reconnecting
 //! clients that may close while reconnecting. See `tests/simulator/mod.rs`.
@@ -107,6 +110,12 @@ fn invariants_hold_on_any_network() {
     let ran = AtomicU64::new(0);
     let undetectable = AtomicU64::new(0);
     let damaged_deliveries = AtomicU64::new(0);
+    let challenged = AtomicU64::new(0);
+    let answered = AtomicU64::new(0);
+    let challenge_ends = AtomicU64::new(0);
+    let evicted = AtomicU64::new(0);
+    let held_bytes = AtomicU64::new(0);
+    let stalled = AtomicU64::new(0);
     let config = ProptestConfig {
         cases: cases(),
         failure_persistence: None,
@@ -126,15 +135,29 @@ fn invariants_hold_on_any_network() {
         })?;
         undetectable.fetch_add(out.undetectable_damage, Relaxed);
         damaged_deliveries.fetch_add(out.damaged_deliveries as u64, Relaxed);
+        challenged.fetch_add(out.challenged as u64, Relaxed);
+        answered.fetch_add(out.challenges_answered as u64, Relaxed);
+        challenge_ends.fetch_add(out.challenge_ends as u64, Relaxed);
+        evicted.fetch_add(out.evicted as u64, Relaxed);
+        held_bytes.fetch_add(out.amplification_held_bytes, Relaxed);
+        stalled.fetch_add(out.stalled_closes as u64, Relaxed);
         Ok(())
     });
     let _ = writeln!(
         std::io::stderr(),
         "invariants_hold_on_any_network: {} scenarios run (shrinking included); \
-         {} damaged datagrams the checksum cannot see, {} deliveries of such damage",
+         {} damaged datagrams the checksum cannot see, {} deliveries of such damage; \
+         {} challenges ({} answered, {} ended unanswered), {} unvalidated connections evicted, \
+         {} bytes held back by anti-amplification, {} stalled closes",
         ran.load(Relaxed),
         undetectable.load(Relaxed),
         damaged_deliveries.load(Relaxed),
+        challenged.load(Relaxed),
+        answered.load(Relaxed),
+        challenge_ends.load(Relaxed),
+        evicted.load(Relaxed),
+        held_bytes.load(Relaxed),
+        stalled.load(Relaxed),
     );
     match result {
         Ok(()) => {}
@@ -224,21 +247,27 @@ fn a_long_partition_is_reported_as_a_loss() {
     assert!(out.drained >= 2, "the other clients drain: {out:?}");
 }
 
-/// Clients restart on their own address with a new ISN: the table ends
-/// each old connection (Lost) as it admits the new one.
+/// Clients restart on their own address with a new ISN: their Connect
+/// challenges the old connection, which nobody answers, so it ends Lost
+/// two epochs later and a resent Connect is admitted.
 #[test]
-fn restarted_clients_replace_their_connections() {
+fn restarted_clients_challenge_then_replace_their_connections() {
     let sc: Scenario =
         "w=4,m=4,b=1,l=4,c=4,n=10,s=20,drop=5,dup=20,delay=20,de=2,corrupt=0,short=0,long=0,part=0,co=1,early=0,seed=0,maxc=0,storm=0,restart=100,rc=0,ra=0,rclose=0"
             .parse()
             .unwrap();
     let out = Sim::new(&sc).run();
-    assert!(out.restarts >= 1 && out.replaced >= 1, "{out:?}");
+    assert!(out.restarts >= 1 && out.challenged >= 1, "{out:?}");
+    assert!(out.challenge_ends >= 1, "{out:?}");
     assert!(out.duplicate_connects >= 1, "{out:?}");
 }
 
 /// A storm of Connects from 30 addresses against `max_connections` 3:
-/// refusals once per address per epoch, late duplicates ignored.
+/// the storm's connections are never validated, so each new Connect
+/// evicts the oldest of them (the simulator checks which, and that no
+/// validated connection makes way); late duplicates are ignored. With
+/// reconnecting clients and two slots, validated connections fill the
+/// table: refusals, once per address per epoch.
 #[test]
 fn a_connect_storm_against_the_connection_limit() {
     let sc: Scenario =
@@ -246,8 +275,14 @@ fn a_connect_storm_against_the_connection_limit() {
             .parse()
             .unwrap();
     let out = Sim::new(&sc).run();
-    assert!(out.refused > 10 && out.admitted >= 4, "{out:?}");
+    assert!(out.evicted > 10 && out.admitted >= 4, "{out:?}");
     assert!(out.late_duplicates >= 1, "{out:?}");
+    let sc: Scenario =
+        "w=4,m=4,b=1,l=4,c=6,n=30,s=20,drop=5,dup=20,delay=20,de=2,corrupt=0,short=0,long=0,part=0,co=1,early=0,seed=0,maxc=2,storm=30,restart=0,rc=2,ra=3,rclose=0"
+            .parse()
+            .unwrap();
+    let out = Sim::new(&sc).run();
+    assert!(out.refused > 10 && out.evicted > 10, "{out:?}");
 }
 
 /// Clients that reconnect after a partition and losses; then the same with

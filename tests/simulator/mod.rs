@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use liveseq::proto::{
     checksum, ClientConfig, ClientCore, ClientOutput, Message, MsgType, Phase, ServerConfig,
-    ServerCore, ServerOutput, CONNECT_REACKS,
+    ServerCore, ServerOutput, AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS, CONNECT_REACKS,
 };
 use liveseq::{ConnId, ConnState, Params, ReconnectPolicy, ServerEvent};
 use rand::rngs::SmallRng;
@@ -229,8 +229,20 @@ pub struct Outcome {
     pub admitted: usize,
     /// `Refused` outputs of the server (one per address per epoch).
     pub refused: usize,
-    /// Connections replaced by a new incarnation from the same address.
-    pub replaced: usize,
+    /// Connects with another ISN from a live connection's address, which
+    /// challenged it (RFC 5961).
+    pub challenged: usize,
+    /// Challenges answered by the connection's peer (it stayed).
+    pub challenges_answered: usize,
+    /// Connections ended by an unanswered challenge.
+    pub challenge_ends: usize,
+    /// Connections ended before they were validated, to make way for a new one.
+    pub evicted: usize,
+    /// Datagrams to unvalidated addresses held back by anti-amplification.
+    pub amplification_held_bytes: u64,
+    /// Closing connections given up because their peer acknowledged nothing
+    /// for the stall limit.
+    pub stalled_closes: usize,
     /// Connects ignored as late duplicates of an ended connection.
     pub late_duplicates: usize,
     /// Repeated Connects answered with the same Ack.
@@ -322,6 +334,15 @@ struct Shadow {
     app_lost: bool,
     /// Client: the tick it took another connection's id.
     misadopted_at: u64,
+    /// Server: epochs left to answer a challenge (a Connect with another ISN
+    /// from its address); nothing is sent for it meanwhile.
+    challenge: Option<u32>,
+    /// Server: admission order (the oldest unvalidated one is evicted first).
+    admitted_seq: u64,
+    /// Server: bytes received from its address, and sent to it, while not
+    /// validated (`heard`): at most `AMPLIFICATION_FACTOR` times as many out.
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 impl Shadow {
@@ -349,6 +370,10 @@ impl Shadow {
             app_ended: false,
             app_lost: false,
             misadopted_at: 0,
+            challenge: None,
+            admitted_seq: 0,
+            bytes_in: 0,
+            bytes_out: 0,
         }
     }
 }
@@ -389,18 +414,22 @@ enum Input {
 }
 
 /// What a Connect arriving at the server must do, by the table's rules.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Decision {
-    /// The same ISN as the live connection there: the same Ack again.
+    /// The same ISN as the live connection there: the same Ack again
+    /// (nothing while that connection is challenged).
     Duplicate(u32),
     /// The ISN of a connection from there that ended less than
     /// `epoch_limit` epochs ago: ignored.
     LateDuplicate,
-    /// Admitted, replacing the live connection there if any.
-    Admit(Option<u32>),
-    /// Refused (at the limit, or closing), after replacing the live
-    /// connection there if any; announced if first for the address this epoch.
-    Refuse(Option<u32>, bool),
+    /// Another ISN from a live connection's address: challenges it (`true`),
+    /// or changes nothing if it is challenged already (`false`).
+    Challenge(u32, bool),
+    /// Admitted, after evicting these unvalidated connections, oldest first.
+    Admit(Vec<u32>),
+    /// Refused (at the limit with none to evict, or closing); announced if
+    /// first for the address this epoch.
+    Refuse(bool),
 }
 
 /// What one server input produced.
@@ -444,8 +473,17 @@ pub struct Sim {
     server_drained: bool,
     /// The id `close_conn` is being called for (its `Closed` event is expected).
     closing_conn: Option<u32>,
-    /// The connection the Connect being handled replaces, by the decision.
-    replacing: Option<u32>,
+    /// The connections the Connect being handled evicts, by the decision.
+    evicting: Vec<u32>,
+    /// The connections whose challenge ends unanswered at this epoch.
+    challenge_expiring: HashSet<u32>,
+    /// Closing connections (server ids) whose stall limit runs out at this epoch.
+    stall_expiring: HashSet<u32>,
+    /// The client connection (in `cconns`) whose stall limit runs out at this epoch.
+    client_stalling: Option<usize>,
+    /// Encoded size of the datagram the server is handling.
+    incoming_len: u64,
+    admissions: u64,
     /// The kind of the server input being handled.
     server_input: Input,
     clients: Vec<Client>,
@@ -479,6 +517,8 @@ impl Sim {
             (start, start + sc.partition_epochs * TICKS_PER_EPOCH)
         });
         let mut config = ServerConfig::new(p);
+        // Random connection ids, as on a network, replayed by the seed.
+        config.id_seed = Some(sc.seed ^ 0x1d5_eed);
         config.coalesce_acks = sc.coalesce;
         if sc.max_connections > 0 {
             config.max_connections = sc.max_connections;
@@ -500,7 +540,12 @@ impl Sim {
             server_closing: false,
             server_drained: false,
             closing_conn: None,
-            replacing: None,
+            evicting: Vec::new(),
+            challenge_expiring: HashSet::new(),
+            stall_expiring: HashSet::new(),
+            client_stalling: None,
+            incoming_len: 0,
+            admissions: 0,
             server_input: Input::Other,
             clients: Vec::new(),
             cconns: Vec::new(),
@@ -822,31 +867,67 @@ impl Sim {
         if remembered {
             return Decision::LateDuplicate;
         }
-        let replaced = if self.server_closing { None } else { live };
-        let size = self.live.len() - usize::from(replaced.is_some());
-        let max = self.server.config().max_connections;
-        if self.server_closing || size >= max {
+        if self.server_closing {
             let announce = self.refused_now.insert(from);
-            return Decision::Refuse(replaced, announce);
+            return Decision::Refuse(announce);
         }
-        Decision::Admit(replaced)
+        if let Some(id) = live {
+            // Never trusted to replace it (RFC 5961): a challenge.
+            return Decision::Challenge(id, self.sconns[&id].challenge.is_none());
+        }
+        // Unvalidated connections make way, oldest first.
+        let max = self.server.config().max_connections;
+        let max_unvalidated = self.server.config().max_unvalidated;
+        let mut unvalidated: Vec<(u64, u32)> = self
+            .live
+            .values()
+            .map(|id| &self.sconns[id])
+            .filter(|t| !t.heard)
+            .map(|t| (t.admitted_seq, t.id))
+            .collect();
+        unvalidated.sort_unstable();
+        let mut size = self.live.len();
+        let mut evicted = Vec::new();
+        let mut oldest = unvalidated.iter();
+        while size >= max || unvalidated.len() - evicted.len() >= max_unvalidated {
+            let Some(&(_, id)) = oldest.next() else {
+                break;
+            };
+            evicted.push(id);
+            size -= 1;
+        }
+        if size >= max || unvalidated.len() - evicted.len() >= max_unvalidated {
+            let announce = self.refused_now.insert(from);
+            return Decision::Refuse(announce);
+        }
+        Decision::Admit(evicted)
     }
 
     fn server_receive(&mut self, from: SocketAddr, msg: Message<'_>) {
         let now = self.now();
+        let mut encoded = Vec::new();
+        msg.encode(&mut encoded);
+        let len = encoded.len() as u64;
+        self.incoming_len = len;
+        // Whatever comes from a connection's address is credit for what
+        // the server may send it before it is validated.
+        if let Some(&id) = self.live.get(&from) {
+            let t = self.sconns.get_mut(&id).expect("live");
+            t.bytes_in = t.bytes_in.saturating_add(len);
+        }
         if msg.kind == MsgType::Connect {
             let decision = self.decide(from, msg.seq_num);
             if let Decision::Duplicate(id) = decision {
                 // A repeated Connect is accepted: it resets the silence.
                 self.sconns.get_mut(&id).expect("live").silent = 0;
             }
-            self.replacing = match decision {
-                Decision::Admit(r) | Decision::Refuse(r, _) => r,
-                _ => None,
+            self.evicting = match &decision {
+                Decision::Admit(evicted) => evicted.clone(),
+                _ => Vec::new(),
             };
             self.server.handle_message(now, from, msg.clone());
             let step = self.server_pump(Input::Other, &[]);
-            self.replacing = None;
+            self.evicting.clear();
             self.check_decision(from, msg.seq_num, decision, &step);
             return;
         }
@@ -860,6 +941,17 @@ impl Sim {
         let rejected =
             |sim: &Sim, id: u32| sim.server.stats(now, ConnId::from(id)).map(|s| s.rejected);
         let before = routed.and_then(|id| rejected(self, id));
+        // Anything but a Connect carrying its id from its address, even a
+        // damaged one, shows the peer receives what the server sends: it
+        // validates the connection and answers a challenge, before the
+        // message is handled.
+        if let Some(id) = routed {
+            let s = self.sconns.get_mut(&id).expect("routed");
+            s.heard = true;
+            if s.challenge.take().is_some() {
+                self.outcome.challenges_answered += 1;
+            }
+        }
         self.server.handle_message(now, from, msg);
         if let Some(id) = routed {
             let after = rejected(self, id);
@@ -867,8 +959,6 @@ impl Sim {
                 .sconns
                 .get_mut(&id)
                 .expect("routed to a known connection");
-            // Anything but a Connect, even a damaged one, shows the peer speaks.
-            s.heard = true;
             // Accepted: nothing rejected (or it drained on this ack and left).
             if after.is_none() || after == before {
                 s.silent = 0;
@@ -884,6 +974,7 @@ impl Sim {
         decision: Decision,
         step: &ServerStep,
     ) {
+        let decision_text = format!("{decision:?}");
         let admitted: Vec<u32> = step
             .changes
             .iter()
@@ -896,24 +987,29 @@ impl Sim {
             .filter(|(_, s)| *s != ConnState::Connected)
             .map(|&(id, _)| id)
             .collect();
-        let replaced = match decision {
-            Decision::Admit(r) | Decision::Refuse(r, _) => r,
-            _ => None,
+        let evicted = match &decision {
+            Decision::Admit(evicted) => evicted.clone(),
+            _ => Vec::new(),
         };
         let mut problem = None;
-        if ended != replaced.into_iter().collect::<Vec<_>>() {
-            problem = Some(format!("ended {ended:?}"));
+        // Evicted ones end Lost, oldest first, before the admission.
+        let expected_ends: Vec<(u32, ConnState)> =
+            evicted.iter().map(|&id| (id, ConnState::Lost)).collect();
+        if ended != evicted
+            || step.changes[..ended.len().min(step.changes.len())] != expected_ends[..]
+        {
+            problem = Some(format!("ended {:?}", step.changes));
         }
-        if let Some(old) = replaced {
-            if step.changes.first() != Some(&(old, ConnState::Lost)) {
-                problem = Some("the replaced connection does not end Lost first".into());
-            }
-            self.outcome.replaced += 1;
-        }
+        self.outcome.evicted += evicted.len();
         match decision {
             Decision::Duplicate(id) => {
                 self.outcome.duplicate_connects += 1;
-                let ack = [(from, Message::ack(id, isn))];
+                // A challenged connection sends nothing, not even this.
+                let ack = if self.sconns[&id].challenge.is_some() {
+                    vec![]
+                } else {
+                    vec![(from, Message::ack(id, isn))]
+                };
                 if !admitted.is_empty() || !step.refused.is_empty() || step.transmits != ack {
                     problem = Some(format!("sent {:?}", step.transmits));
                 }
@@ -922,6 +1018,18 @@ impl Sim {
                 self.outcome.late_duplicates += 1;
                 if !admitted.is_empty() || !step.refused.is_empty() || !step.transmits.is_empty() {
                     problem = Some("a late duplicate Connect had an effect".into());
+                }
+            }
+            Decision::Challenge(id, new) => {
+                if !admitted.is_empty() || !step.refused.is_empty() || !step.transmits.is_empty() {
+                    problem = Some(format!(
+                        "admitted {admitted:?}, refused {:?}, sent {:?}",
+                        step.refused, step.transmits
+                    ));
+                }
+                if new {
+                    self.outcome.challenged += 1;
+                    self.sconns.get_mut(&id).expect("live").challenge = Some(CHALLENGE_EPOCHS);
                 }
             }
             Decision::Admit(_) => {
@@ -935,7 +1043,7 @@ impl Sim {
                     ));
                 }
             }
-            Decision::Refuse(_, announce) => {
+            Decision::Refuse(announce) => {
                 let expected: Vec<SocketAddr> = announce.then_some(from).into_iter().collect();
                 if !admitted.is_empty() || step.refused != expected {
                     problem = Some(format!("admitted {admitted:?}, refused {:?}", step.refused));
@@ -948,7 +1056,7 @@ impl Sim {
         if let Some(p) = problem {
             self.fail(
                 "server table",
-                format!("Connect {isn} from {from}: expected {decision:?}, but {p}"),
+                format!("Connect {isn} from {from}: expected {decision_text}, but {p}"),
             );
         }
     }
@@ -977,6 +1085,23 @@ impl Sim {
             };
             if s.addr != *to {
                 violations.push((id, format!("sent {msg:?} to {to}, not its peer")));
+            }
+            if s.challenge.is_some() {
+                violations.push((id, format!("sent {msg:?} while challenged")));
+            }
+            if !s.heard {
+                let mut bytes = Vec::new();
+                msg.encode(&mut bytes);
+                s.bytes_out += bytes.len() as u64;
+                if s.bytes_out > AMPLIFICATION_FACTOR * s.bytes_in {
+                    violations.push((
+                        id,
+                        format!(
+                            "sent {} bytes to an unvalidated address that sent {}",
+                            s.bytes_out, s.bytes_in
+                        ),
+                    ));
+                }
             }
             let sent = step.sent.entry(id).or_default();
             if msg.kind == MsgType::Ack && msg.seq_num == s.isn {
@@ -1013,6 +1138,7 @@ impl Sim {
         }
         let mut check: BTreeSet<u32> = step.sent.keys().copied().collect();
         check.extend(touched.iter().copied());
+        check.extend(self.live.values().copied());
         for id in check {
             let Some(conn) = self.server.conn(ConnId::from(id)) else {
                 continue;
@@ -1031,8 +1157,21 @@ impl Sim {
                 ));
             }
             let received = conn.next_expected() - conn.isn() - 1;
+            let in_flight: Vec<u64> = conn.in_flight().collect();
             if let Some(s) = self.sconns.get_mut(&id) {
                 s.received = received;
+                // Sent by the connection but held back on the way out (by
+                // anti-amplification, or a challenge): on its back-off
+                // schedule all the same.
+                for sn in in_flight {
+                    if let std::collections::btree_map::Entry::Vacant(e) = s.sends.entry(sn) {
+                        if s.heard && s.challenge.is_none() && input == Input::Other {
+                            violations.push((id, format!("{sn} in flight but never sent")));
+                        }
+                        e.insert((epoch, 0));
+                        s.data_since_tick = true;
+                    }
+                }
             }
         }
         if let Some((id, v)) = violations.into_iter().next() {
@@ -1121,13 +1260,17 @@ impl Sim {
                             fail(self, "a late duplicate Connect created a connection".into());
                         }
                     }
-                    let shadow = Shadow::new(
+                    let mut shadow = Shadow::new(
                         format!("server conn {id} ({peer}, isn {isn})"),
                         *peer,
                         isn,
                         id,
                         false,
                     );
+                    self.admissions += 1;
+                    shadow.admitted_seq = self.admissions;
+                    // Its Connect is all the address has sent it so far.
+                    shadow.bytes_in = self.incoming_len;
                     self.sconns.insert(id, shadow);
                     self.live.insert(*peer, id);
                     self.outcome.admitted += 1;
@@ -1265,11 +1408,18 @@ impl Sim {
                 problem = Some("drained, but nobody could acknowledge its messages".into());
             }
         } else {
-            // Lost: replaced by a new incarnation (the decision check
-            // confirms it), or by silence in an epoch.
-            let by_silence = self.server_input == Input::Epoch && s.silent >= limit;
-            if self.replacing != Some(id) && !by_silence {
-                problem = Some(format!("lost after only {} silent epochs", s.silent));
+            // Lost: evicted unvalidated to admit a Connect (the decision
+            // check confirms it), or in an epoch: by silence, an unanswered
+            // challenge, or a close its peer stalled.
+            let epoch = self.server_input == Input::Epoch;
+            let by_silence = epoch && s.silent >= limit;
+            let by_challenge = epoch && self.challenge_expiring.contains(&id);
+            let by_stall = epoch && self.stall_expiring.contains(&id);
+            if !self.evicting.contains(&id) && !by_silence && !by_challenge && !by_stall {
+                problem = Some(format!(
+                    "lost after only {} silent epochs (challenge {:?})",
+                    s.silent, s.challenge
+                ));
             }
             if !s.closing && !s.app_lost {
                 problem = Some("lost with no Lost event first".into());
@@ -1615,7 +1765,8 @@ impl Sim {
                 }
                 if ended_by_silence {
                     let t = &mut self.cconns[index];
-                    if input != Input::Epoch || t.silent < limit {
+                    let stalled = self.client_stalling == Some(index);
+                    if input != Input::Epoch || (t.silent < limit && !stalled) {
                         let silent = t.silent;
                         fail(self, format!("lost after only {silent} silent epochs"));
                     }
@@ -1908,12 +2059,16 @@ impl Sim {
             .collect()
     }
 
-    /// Checks one connection's epoch: back-off, heartbeats, re-acks.
+    /// Checks one connection's epoch: back-off, heartbeats, re-acks. What
+    /// the connection sends may be `held` on its way out (its schedule runs
+    /// all the same).
+    #[allow(clippy::too_many_arguments)]
     fn check_epoch_sends(
         &mut self,
         t_is_server: bool,
         key: usize,
         heard: bool,
+        held: Held,
         data_before: bool,
         expected: &BTreeSet<u64>,
         sent: &Sent,
@@ -1929,29 +2084,43 @@ impl Sim {
         if !heard && t_is_server {
             let due = t.reacks < CONNECT_REACKS;
             t.reacks += 1;
-            if sent.isn_ack != due {
+            // Held back, a due re-send may be missing, never an undue one there.
+            let wrong = match held {
+                Held::No => sent.isn_ack != due,
+                Held::Unvalidated | Held::Challenged => sent.isn_ack && !due,
+            };
+            if wrong {
                 problem = Some(format!(
                     "re-sent the Connect's Ack = {}, expected {due}",
                     sent.isn_ack
                 ));
             }
         }
+        if held == Held::Challenged && *sent != Sent::default() {
+            problem = Some(format!("sent {sent:?} while challenged"));
+        }
         let resent: BTreeSet<u64> = sent.data.iter().copied().collect();
-        if resent != *expected {
+        let schedule_kept = match held {
+            Held::No => resent == *expected,
+            Held::Unvalidated | Held::Challenged => resent.is_subset(expected),
+        };
+        if !schedule_kept {
             problem = Some(format!(
                 "resent {resent:?}, back-off schedule says {expected:?}"
             ));
         }
         t.retransmissions += resent.len() as u64;
-        for sn in &resent {
+        // Held back or not, the connection resent what was due.
+        let due_now = if held == Held::No { &resent } else { expected };
+        for sn in due_now {
             if let Some((last, backoff)) = t.sends.get_mut(sn) {
                 *last = epoch;
                 *backoff = if *backoff == 0 { 1 } else { *backoff * 2 }.min(cap);
             }
         }
-        let data_this_epoch = data_before || !resent.is_empty();
+        let data_this_epoch = data_before || !due_now.is_empty();
         t.data_since_tick = false;
-        if heard && sent.heartbeat == data_this_epoch {
+        if heard && held == Held::No && sent.heartbeat == data_this_epoch {
             problem = Some(if sent.heartbeat {
                 "heartbeat in an epoch with data".into()
             } else {
@@ -1980,34 +2149,79 @@ impl Sim {
         let mut ids: Vec<u32> = self.live.values().copied().collect();
         ids.sort_unstable();
         let mut expectations = Vec::new();
+        self.challenge_expiring.clear();
+        self.stall_expiring.clear();
         for id in ids {
             let conn = self.server.conn(ConnId::from(id)).expect("live");
             let in_flight: BTreeSet<u64> = conn.in_flight().collect();
+            let stall_due = stall_due(conn);
             let t = self.sconns.get_mut(&id).expect("live");
+            // An unanswered challenge ends it before it ticks; otherwise
+            // one epoch less to answer.
+            let challenge_ends = t.challenge == Some(1);
+            t.challenge = t.challenge.map(|left| left - 1).filter(|&left| left > 0);
             t.silent += 1;
             let expected = Self::due_resends(t, &in_flight, epoch);
-            expectations.push((id, t.silent >= limit, expected, t.heard, t.data_since_tick));
+            let silent_out = t.silent >= limit;
+            let stalled = !challenge_ends && !silent_out && stall_due;
+            if challenge_ends {
+                self.challenge_expiring.insert(id);
+            }
+            if stalled {
+                self.stall_expiring.insert(id);
+            }
+            expectations.push((
+                id,
+                challenge_ends || silent_out || stalled,
+                expected,
+                t.heard,
+                t.data_since_tick,
+                t.challenge.is_some(),
+            ));
         }
         self.server.handle_epoch(now);
         let touched: Vec<u32> = expectations.iter().map(|e| e.0).collect();
         let step = self.server_pump(Input::Epoch, &touched);
-        for (id, expect_lost, expected, heard, data_before) in expectations {
+        for (id, expect_lost, expected, heard, data_before, challenged) in expectations {
             let lost_now = step.changes.contains(&(id, ConnState::Lost));
             if expect_lost != lost_now {
                 let t = &self.sconns[&id];
                 self.fail(
                     &t.name.clone(),
                     format!(
-                        "silent for {} epochs (limit {limit}) but lost = {lost_now}",
-                        t.silent
+                        "silent for {} epochs (limit {limit}), challenge ending {}, stalled close {}, but lost = {lost_now}",
+                        t.silent,
+                        self.challenge_expiring.contains(&id),
+                        self.stall_expiring.contains(&id),
                     ),
                 );
             }
             if lost_now {
+                if self.challenge_expiring.contains(&id) {
+                    self.outcome.challenge_ends += 1;
+                }
+                if self.stall_expiring.contains(&id) {
+                    self.outcome.stalled_closes += 1;
+                }
                 continue;
             }
             let sent = step.sent.get(&id).cloned().unwrap_or_default();
-            self.check_epoch_sends(true, id as usize, heard, data_before, &expected, &sent);
+            let held = if challenged {
+                Held::Challenged
+            } else if !heard {
+                Held::Unvalidated
+            } else {
+                Held::No
+            };
+            self.check_epoch_sends(
+                true,
+                id as usize,
+                heard,
+                held,
+                data_before,
+                &expected,
+                &sent,
+            );
         }
 
         // The clients.
@@ -2020,6 +2234,7 @@ impl Sim {
             if ticking {
                 let in_flight: BTreeSet<u64> = conn.in_flight().collect();
                 let connecting = conn.phase() == Phase::Connecting;
+                let stalled = stall_due(conn);
                 self.pre_epoch =
                     Some((conn.oldest_unacked(), conn.next_unsent(), in_flight.clone()));
                 let t = &mut self.cconns[index];
@@ -2028,11 +2243,22 @@ impl Sim {
                     t.connecting_epochs += 1;
                 }
                 let expected = Self::due_resends(t, &in_flight, epoch);
-                pre = Some((t.silent >= limit, expected, connecting, t.data_since_tick));
+                let silent_out = t.silent >= limit;
+                if stalled && !silent_out {
+                    self.outcome.stalled_closes += 1;
+                    self.client_stalling = Some(index);
+                }
+                pre = Some((
+                    silent_out || stalled,
+                    expected,
+                    connecting,
+                    t.data_since_tick,
+                ));
             }
             self.clients[c].core.handle_epoch(now);
             let step = self.client_pump(c, Input::Epoch);
             self.pre_epoch = None;
+            self.client_stalling = None;
             let Some((expect_lost, expected, connecting, data_before)) = pre else {
                 if step.outputs > 0 || step.sent != Sent::default() {
                     self.fail(&format!("client {c}"), "active while not connected".into());
@@ -2045,7 +2271,7 @@ impl Sim {
                 self.fail(
                     &name,
                     format!(
-                        "silent for {silent} epochs (limit {limit}) but lost = {}",
+                        "silent for {silent} epochs (limit {limit}) or a stalled close, but lost = {}",
                         step.lost
                     ),
                 );
@@ -2063,7 +2289,15 @@ impl Sim {
                 }
                 continue;
             }
-            self.check_epoch_sends(false, index, true, data_before, &expected, &step.sent);
+            self.check_epoch_sends(
+                false,
+                index,
+                true,
+                Held::No,
+                data_before,
+                &expected,
+                &step.sent,
+            );
         }
     }
 
@@ -2077,7 +2311,28 @@ impl Sim {
                 self.fail(&s.name, "no terminal state".into());
             }
         }
+        // The core's own counts agree with the shadow table's.
+        let totals = self.server.totals();
+        let counted = (
+            totals.challenged_connects,
+            totals.evicted_unvalidated,
+            totals.slow_consumers,
+            totals.budget_refusals,
+        );
+        let modelled = (
+            self.outcome.challenged as u64,
+            self.outcome.evicted as u64,
+            0,
+            0,
+        );
+        if counted != modelled {
+            self.fail(
+                "server",
+                format!("totals (challenged, evicted, slow consumers, budget refusals) {counted:?}, expected {modelled:?}"),
+            );
+        }
         let mut out = std::mem::take(&mut self.outcome);
+        out.amplification_held_bytes = totals.amplification_held_bytes;
         out.ticks = self.tick;
         for s in self.sconns.values() {
             out.delivered += s.delivered;
@@ -2137,6 +2392,24 @@ impl Sim {
         }
         out
     }
+}
+
+/// Why a server connection's datagrams may be held back this epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    No,
+    /// Anti-amplification: its address has not proven it receives them.
+    Unvalidated,
+    /// A challenge runs: nothing at all is sent for it.
+    Challenged,
+}
+
+/// Whether `conn`'s next epoch ends it for a stalled close: closing, with
+/// messages in flight and nothing newly acknowledged for its stall limit.
+fn stall_due(conn: &liveseq::proto::Conn) -> bool {
+    conn.phase() == Phase::Closing
+        && conn.unacked() > 0
+        && conn.epochs_stalled() + 1 >= conn.stall_limit()
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
