@@ -302,7 +302,11 @@ fn connect_with_new_isn_from_same_address_challenges_then_replaces_the_connectio
 }
 
 #[test]
-fn connect_storm_against_a_limit_admits_exactly_the_limit() {
+/// 200 Connects at once against a limit of 50: none of them proves its
+/// address, so each one evicts the oldest unvalidated connection. Every
+/// Connect is answered once, the table never holds more than the limit,
+/// and exactly the limit is left.
+fn connect_storm_against_a_limit_keeps_exactly_the_limit_evicting_the_unvalidated() {
     const CLIENTS: usize = 200;
     const LIMIT: usize = 50;
     let p = params(5000, 5);
@@ -343,31 +347,48 @@ fn connect_storm_against_a_limit_admits_exactly_the_limit() {
         .into_iter()
         .filter_map(|h| h.join().unwrap())
         .collect();
-    assert_eq!(admitted.len(), LIMIT);
-    assert_eq!(admitted.iter().collect::<HashSet<_>>().len(), LIMIT);
+    assert_eq!(admitted.len(), CLIENTS);
+    assert_eq!(admitted.iter().collect::<HashSet<_>>().len(), CLIENTS);
     assert_eq!(server.connections().len(), LIMIT);
     let totals = server.totals();
+    let evicted = (CLIENTS - LIMIT) as u64;
     assert_eq!(
-        (totals.accepted, totals.refused, totals.active),
-        (LIMIT as u64, (CLIENTS - LIMIT) as u64, LIMIT)
+        (
+            totals.accepted,
+            totals.refused,
+            totals.active,
+            totals.evicted_unvalidated,
+            totals.lost
+        ),
+        (CLIENTS as u64, 0, LIMIT, evicted, evicted)
     );
-    let (mut connected, mut refused) = (0, 0);
-    for _ in 0..CLIENTS {
+    // Each eviction ends the oldest: the ones left are the last admitted.
+    let mut live: Vec<ConnId> = Vec::new();
+    let mut lost = 0;
+    for _ in 0..CLIENTS + CLIENTS - LIMIT {
         match next(&events) {
             ConnEvent {
                 state: ConnState::Connected,
-                conn_id: Some(_),
+                conn_id: Some(id),
                 ..
-            } => connected += 1,
+            } => {
+                live.push(id);
+                assert!(live.len() <= LIMIT, "more than the limit at once");
+            }
             ConnEvent {
-                state: ConnState::Refused,
-                conn_id: None,
+                state: ConnState::Lost,
+                conn_id: Some(id),
                 ..
-            } => refused += 1,
+            } => {
+                assert_eq!(live.remove(0), id, "not the oldest evicted");
+                lost += 1;
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!((connected, refused), (LIMIT, CLIENTS - LIMIT));
+    assert_eq!(lost, CLIENTS - LIMIT);
+    live.sort();
+    assert_eq!(server.connections(), live);
     server.close_timeout(Duration::from_millis(100)).ok();
 }
 
@@ -388,6 +409,10 @@ fn at_the_limit_refusals_are_reported_once_per_address_per_epoch_and_admitted_cl
         next_state(&events),
         (Some(ConnId::from(id)), ConnState::Connected)
     );
+    // The member proves its address (a heartbeat with its id, answered at
+    // once); an unvalidated member would make way for the outsider.
+    member.send(&Message::ack(id, 0), addr);
+    assert_eq!(member.recv().0, Message::ack(id, 0));
 
     let outsider = Raw::new();
     for _ in 0..5 {
