@@ -720,3 +720,30 @@ fn a_slow_reader_is_paced_by_its_reads_not_by_epochs() {
     client.close().unwrap();
     server.close().unwrap();
 }
+
+/// Two programs that both write before reading deadlock once the buffers
+/// between them are full (as with TCP); the defaults hold about 10,000
+/// messages of 1 kB between a client and an echo server, so 5,000 written
+/// before the first read complete.
+#[test]
+fn a_client_that_writes_5000_messages_before_reading_completes() {
+    let params = test_params();
+    let server = Arc::new(Server::bind("127.0.0.1:0", params).unwrap());
+    let echo = readme_loop(server.clone());
+    let client = Client::connect(server.local_addr().unwrap(), params).unwrap();
+    let message = |i: u32| {
+        let mut m = vec![(i % 251) as u8; 1000];
+        m[..4].copy_from_slice(&i.to_be_bytes());
+        m
+    };
+    for i in 0..5000 {
+        client.write(&message(i)).unwrap();
+    }
+    for i in 0..5000 {
+        assert_eq!(client.read_timeout(WAIT).unwrap(), message(i), "echo {i}");
+    }
+    assert_eq!(server.totals().slow_consumers, 0);
+    client.close().unwrap();
+    server.close().unwrap();
+    echo.join().unwrap();
+}

@@ -433,6 +433,12 @@ impl ClientCore {
                 Event::Connected => {
                     self.last_id = id;
                     self.timing.mark_connected(now);
+                    if self.conn.unacked() == 0 {
+                        // Prove our address to the server at once (it sends
+                        // an unvalidated address little, and drops such
+                        // connections first); Data, if any went out, does too.
+                        self.conn.heartbeat_now();
+                    }
                     if let Some(old) = self.lost_id.take() {
                         self.outputs.push_back(ClientOutput::Reconnected {
                             old: ConnId(old),

@@ -820,6 +820,17 @@ impl Conn {
         }
     }
 
+    /// Queues a heartbeat `(Ack, id, 0)` now, outside the epoch schedule: a
+    /// client sends one as soon as it is connected (unless Data goes out),
+    /// so that the server knows at once that the client receives what it
+    /// sends (its address is validated).
+    pub fn heartbeat_now(&mut self) {
+        if self.phase == Phase::Open {
+            self.transmits.push_back(Transmit::Ack(0));
+            self.counters.heartbeats_sent += 1;
+        }
+    }
+
     /// Sets whether in-order Data is acknowledged once per
     /// [`flush_acks`](Conn::flush_acks) call instead of once per message: with
     /// a plain Ack if the batch held one message, with a CAck if more (as

@@ -329,8 +329,10 @@ struct Totals {
 ///   address at most [`AMPLIFICATION_FACTOR`] times the bytes it received
 ///   from it; what does not fit is held back (and counted). At most
 ///   `max_unvalidated` connections are unvalidated at once, and they are the
-///   first to go: the oldest makes way for a new Connect at that cap, at the
-///   connection limit, or when the memory budget is spent.
+///   first to go: the oldest makes way for a new Connect at that cap or at
+///   the connection limit. (A client validates itself with a heartbeat as
+///   soon as it connects, so only a peer that never receives stays
+///   unvalidated for long.)
 /// * At `max_connections`, a Connect from a new address is ignored (LSP has
 ///   no rejection message); a `Refused` output is produced once per address
 ///   per epoch.
@@ -915,8 +917,9 @@ impl ServerCore {
             self.refuse(now, from);
             return;
         }
-        // Unvalidated connections are the first to go.
-        while !self.admits() {
+        // Unvalidated connections are the first to go. (Not for the budget:
+        // they hold next to nothing, so evicting them would free nothing.)
+        while self.table_full() {
             let Some((_, oldest)) = self.unvalidated.pop_first() else {
                 break;
             };
@@ -967,10 +970,16 @@ impl ServerCore {
         self.after(now, id);
     }
 
+    /// Whether the table has no room for a new connection: the connection
+    /// limit, or the cap on unvalidated connections.
+    fn table_full(&self) -> bool {
+        self.conns.len() >= self.config.max_connections
+            || self.unvalidated.len() >= self.config.max_unvalidated
+    }
+
     /// Whether a new connection may be admitted now.
     fn admits(&self) -> bool {
-        self.conns.len() < self.config.max_connections
-            && self.unvalidated.len() < self.config.max_unvalidated
+        !self.table_full()
             && self.pool_in_use().saturating_add(2 * EVENT_COST) <= self.config.budget
     }
 
