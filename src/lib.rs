@@ -26,7 +26,7 @@
 //! // A client on its own thread: connect, write, read the echo, close.
 //! let client = std::thread::spawn(move || -> Result<(), liveseq::Error> {
 //!     let client = Client::connect(addr, params)?;
-//!     client.write(b"hello")?; // never blocks
+//!     client.write(b"hello")?; // waits only if the client's send buffer is full
 //!     assert_eq!(client.read()?, b"hello");
 //!     client.close() // returns once everything written is acknowledged
 //! });
@@ -68,7 +68,8 @@
 //!
 //! All methods take `&self`, and `Client` and `Server` are `Send + Sync`:
 //! share one in an [`Arc`](std::sync::Arc), block in `read` or `next_event`
-//! on one thread and write from others. `write` never blocks.
+//! on one thread and write from others. [`Server::write`] never blocks;
+//! [`Client::write`] waits only for room in the client's own send buffer.
 //!
 //! # Events and channels
 //!
@@ -125,6 +126,7 @@ mod driver;
 mod error;
 mod event;
 mod lifecycle;
+mod listener;
 mod params;
 pub mod proto;
 mod server;
@@ -135,6 +137,7 @@ pub use driver::faults::Faults;
 pub use error::Error;
 pub use event::ServerEvent;
 pub use lifecycle::{ConnEvent, ConnState, ReconnectPolicy};
+pub use listener::{Connection, Incoming, Listener};
 pub use params::Params;
 pub use server::{ConnId, Server, ServerBuilder};
 pub use stats::{ConnStats, Rtt, ServerStats};

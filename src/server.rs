@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 
 use crate::driver::endpoint::{self, Core, Empty, Endpoint, Inbox, Role};
 use crate::lifecycle::{ConnEvent, ConnState, Subscribers};
+use crate::listener::{Listener, Router};
 use crate::proto::{
     max_payload, Limit, Message, ServerConfig, ServerCore, ServerOutput, DEFAULT_BUDGET,
     DEFAULT_INBOX, DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
@@ -103,6 +104,8 @@ pub(crate) struct ServerRole {
     /// the common case (none) costs a read one atomic load.
     holding: Mutex<HashSet<ConnId>>,
     holding_count: AtomicUsize,
+    /// For a [`Listener`]: each connection's events go to its own handle.
+    pub(crate) router: Option<Router>,
 }
 
 impl Role for ServerRole {
@@ -116,9 +119,12 @@ impl Role for ServerRole {
                 state,
                 at,
             } => self.events.emit(conn_id, peer, state, at),
-            ServerOutput::App(event) => {
-                let _ = self.inbox.tx.send(event);
-            }
+            ServerOutput::App(event) => match &self.router {
+                Some(router) => router.route(event),
+                None => {
+                    let _ = self.inbox.tx.send(event);
+                }
+            },
             ServerOutput::Holding { id, holding } => {
                 let mut set = self.holding.lock();
                 if holding {
@@ -145,6 +151,9 @@ impl Role for ServerRole {
 
     fn shut(&self) {
         self.inbox.shut();
+        if let Some(router) = &self.router {
+            router.shut();
+        }
     }
 }
 
@@ -347,6 +356,27 @@ impl ServerBuilder {
 
     /// Binds the server's socket to `addr` and starts serving. Does not block.
     pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Server, Error> {
+        self.start(addr, None)
+    }
+
+    /// Binds like [`bind`](ServerBuilder::bind), but hands out each
+    /// connection as its own handle, as `TcpListener` does: see [`Listener`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Params, Server};
+    ///
+    /// let params = Params { epoch_millis: 50, ..Params::default() };
+    /// let listener = Server::builder().params(params).max_connections(100).listen("127.0.0.1:0").unwrap();
+    /// assert_ne!(listener.local_addr().unwrap().port(), 0);
+    /// listener.close().unwrap();
+    /// ```
+    pub fn listen(self, addr: impl ToSocketAddrs) -> Result<Listener, Error> {
+        Ok(Listener::new(self.start(addr, Some(Router::new()))?))
+    }
+
+    fn start(self, addr: impl ToSocketAddrs, router: Option<Router>) -> Result<Server, Error> {
         self.params.validate()?;
         let max_datagram = self.max_datagram_size.unwrap_or(DEFAULT_MAX_DATAGRAM);
         endpoint::check_datagram_size(max_datagram)?;
@@ -365,6 +395,8 @@ impl ServerBuilder {
                     config.inbox = inbox;
                     config.budget = self.memory_budget.unwrap_or(DEFAULT_BUDGET);
                     config.floor = ServerConfig::floor_for(self.params, max_payload(max_datagram));
+                    // Each handle's events wait in its own queue: at most two.
+                    config.charge_events = router.is_none();
                     let core = ServerCore::new(config);
                     let role = ServerRole {
                         inbox: Inbox::new(),
@@ -372,6 +404,7 @@ impl ServerBuilder {
                         user_closed: Mutex::new(HashSet::new()),
                         holding: Mutex::new(HashSet::new()),
                         holding_count: AtomicUsize::new(0),
+                        router,
                     };
                     let config = endpoint::Config {
                         params: self.params,
@@ -575,14 +608,7 @@ impl Server {
                         continue;
                     }
                     // Room in the connection's inbox again (flow control).
-                    let (id, len) = (*id, payload.len());
-                    shared.read_done(Some(id), len);
-                    if role.holding_count.load(Ordering::Relaxed) > 0
-                        && role.holding.lock().contains(&id)
-                    {
-                        // Its peer waits for what this read lets us acknowledge.
-                        shared.with_core(|_, _| ());
-                    }
+                    self.note_read(*id, payload.len());
                 }
                 ServerEvent::Closed { id } => {
                     role.user_closed.lock().remove(id);
@@ -701,9 +727,19 @@ impl Server {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<(), Error> {
+        self.write_waiting(id, payload, Instant::now().checked_add(timeout))
+    }
+
+    /// Writes once connection `id` has room, waiting until `deadline` (or
+    /// for ever: `None`).
+    pub(crate) fn write_waiting(
+        &self,
+        id: ConnId,
+        payload: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
         endpoint::check_payload(payload.len(), self.max_payload)?;
         self.endpoint.check_open()?;
-        let deadline = Instant::now().checked_add(timeout);
         let shared = &self.endpoint.shared;
         // Only a write that could succeed once there is room waits: one to a
         // connection closing (close_conn) or gone fails at once.
@@ -718,6 +754,30 @@ impl Server {
         );
         self.endpoint.check_open()?;
         written.unwrap_or(Err(Error::Timeout))
+    }
+
+    /// The application took a message of `len` bytes from connection `id`.
+    pub(crate) fn note_read(&self, id: ConnId, len: usize) {
+        let shared = &self.endpoint.shared;
+        let role = &shared.role;
+        // Room in the connection's inbox again (flow control).
+        shared.read_done(Some(id), len);
+        if role.holding_count.load(Ordering::Relaxed) > 0 && role.holding.lock().contains(&id) {
+            // Its peer waits for what this read lets us acknowledge.
+            shared.with_core(|_, _| ());
+        }
+    }
+
+    pub(crate) fn router(&self) -> Option<&Router> {
+        self.endpoint.shared.role.router.as_ref()
+    }
+
+    pub(crate) fn check_open(&self) -> Result<(), Error> {
+        self.endpoint.check_open()
+    }
+
+    pub(crate) fn params(&self) -> Params {
+        self.endpoint.shared.io.params
     }
 
     /// Whether connection `id` is open and below its send buffer limit:

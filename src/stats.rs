@@ -59,6 +59,9 @@ pub struct ConnStats {
     /// Data left unacknowledged because the application's inbox was full
     /// (flow control: the peer sends it again once there is room).
     pub paused_drops: u64,
+    /// In-window Data kept unacknowledged while the inbox was full and
+    /// acknowledged as soon as the application read.
+    pub held_back: u64,
     /// Messages sent and not yet acknowledged.
     pub unacked: usize,
     /// Messages written but not yet sent (waiting for the window).
@@ -221,6 +224,7 @@ impl Timing {
             malformed_received: self.malformed,
             rejected: self.rejected,
             paused_drops: c.paused_drops,
+            held_back: c.held_back,
             unacked: conn.unacked(),
             queued: conn.queued(),
             rtt: self.rtt,

@@ -169,6 +169,12 @@ pub struct ServerConfig {
     /// Most connections not yet validated at once; at the cap, the oldest
     /// of them makes way for a new one.
     pub max_unvalidated: usize,
+    /// Whether each connection's `Connected` and terminal events are charged
+    /// to the budget until the application reads them (they queue for one
+    /// reader). A driver that hands each connection's events to that
+    /// connection's own queue, where at most two of them can wait, turns
+    /// this off.
+    pub charge_events: bool,
     /// Seed of the random connection ids, or `None` for ids 1, 2, 3, ...
     /// (predictable: for tests and tools only; a server on a network must
     /// use random ids, or anyone can guess them).
@@ -188,6 +194,7 @@ impl ServerConfig {
             budget: DEFAULT_BUDGET,
             floor: ServerConfig::floor_for(params, max_payload(DEFAULT_MAX_DATAGRAM)),
             max_unvalidated: DEFAULT_MAX_UNVALIDATED,
+            charge_events: true,
             id_seed: Some(rand::random()),
         }
     }
@@ -959,8 +966,10 @@ impl ServerCore {
         );
         self.unvalidated.insert(self.admissions, id);
         self.by_addr.insert(from, id);
-        // Its `Connected` and its terminal event, charged now (see `app`).
-        self.events_unread += 2;
+        if self.config.charge_events {
+            // Its `Connected` and its terminal event, charged now (see `app`).
+            self.events_unread += 2;
+        }
         self.totals.accepted += 1;
         self.state_change(now, Some(ConnId(id)), from, ConnState::Connected);
         self.app(ServerEvent::Connected {
@@ -1194,7 +1203,9 @@ impl ServerCore {
                         }));
                 }
                 if slot.conn.phase() == Phase::Open {
-                    self.events_unread += 1;
+                    if self.config.charge_events {
+                        self.events_unread += 1;
+                    }
                     self.outputs
                         .push_back(ServerOutput::App(ServerEvent::Writable { id: ConnId(id) }));
                 }
