@@ -123,6 +123,7 @@ mod server;
 mod stats;
 
 pub use client::{Client, ClientBuilder};
+#[doc(hidden)]
 pub use driver::faults::Faults;
 pub use error::Error;
 pub use event::ServerEvent;

@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use liveseq::proto::{
-    ClientConfig, ClientCore, ClientOutput, Limit, Message, ServerConfig, ServerCore, ServerOutput,
-    CONNECT_REACKS,
+    ClientConfig, ClientCore, ClientOutput, ConnectFailure, Limit, Message, ServerConfig,
+    ServerCore, ServerOutput, CONNECT_REACKS,
 };
 use liveseq::{ConnId, ConnState, Error, Params, ReconnectPolicy, ServerEvent};
 
@@ -454,7 +454,7 @@ fn connect_timeout_after_epoch_limit_epochs() {
                 state: ConnState::Refused,
                 at: now
             },
-            ClientOutput::ConnectResult(Err(())),
+            ClientOutput::ConnectResult(Err(ConnectFailure::TimedOut(SERVER))),
         ]
     );
     assert_eq!(c.state(), ConnState::Refused);
