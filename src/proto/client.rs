@@ -133,10 +133,11 @@ pub enum ClientOutput {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnectFailure {
-    /// `epoch_limit` epochs passed; some Connect to this address (the last
-    /// tried) went unanswered rather than refused.
+    /// `epoch_limit` epochs passed, and some address's last Connect was
+    /// neither answered nor refused. The address is where the last Connect went.
     TimedOut(SocketAddr),
-    /// The last Connect to every address was refused; this one was the last.
+    /// The last Connect to every address was refused. The address is where
+    /// the last Connect went.
     Refused(SocketAddr),
 }
 
@@ -159,6 +160,8 @@ pub struct ClientCore {
     current: usize,
     /// Per address: refused since its last Connect went out.
     refused: Vec<bool>,
+    /// Where the last Connect went: what a failed connect names.
+    last_tried: SocketAddr,
     /// Send a Connect to the current address at once (the previous refused).
     connect_now: bool,
     conn: Conn,
@@ -195,6 +198,7 @@ impl ClientCore {
             .collect();
         let mut core = ClientCore {
             refused: vec![false; addrs.len()],
+            last_tried: server,
             addrs,
             current: 0,
             connect_now: false,
@@ -341,7 +345,7 @@ impl ClientCore {
             self.connect_now = true;
             self.outputs.push_back(ClientOutput::Dialing(self.server()));
         } else if self.config.fail_on_refused {
-            self.fail_connect(now, ConnectFailure::Refused(server));
+            self.fail_connect(now, ConnectFailure::Refused(self.last_tried));
         } else if self.current > 0 {
             // Every address refused: no Connect until the next scheduled one,
             // which starts the round over (a refusal must never be answered
@@ -453,11 +457,13 @@ impl ClientCore {
         let to = self.server();
         if std::mem::take(&mut self.connect_now) {
             self.refused[self.current] = false;
+            self.last_tried = to;
             return Some((to, Message::connect(self.conn.isn())));
         }
         let msg = self.conn.poll_transmit()?;
         if msg.kind == MsgType::Connect {
             self.refused[self.current] = false;
+            self.last_tried = to;
         }
         Some((to, msg))
     }
@@ -536,11 +542,11 @@ impl ClientCore {
                 }
                 Event::Lost if id == 0 => {
                     if self.first_connect {
-                        let server = self.server();
+                        let last = self.last_tried;
                         let why = if self.refused.iter().all(|&refused| refused) {
-                            ConnectFailure::Refused(server)
+                            ConnectFailure::Refused(last)
                         } else {
-                            ConnectFailure::TimedOut(server)
+                            ConnectFailure::TimedOut(last)
                         };
                         self.fail_connect(now, why);
                     } else {
