@@ -239,6 +239,9 @@ impl Io {
     ) -> io::Result<usize> {
         let mut peer = self.peer.lock();
         if *peer != Some(to) {
+            if peer.take().is_some() {
+                super::sys::disconnect(socket)?;
+            }
             socket.connect(self.reachable(to))?;
             *peer = Some(to);
         }
