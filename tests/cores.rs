@@ -791,12 +791,19 @@ fn client_sent_to(core: &mut ClientCore) -> Vec<(SocketAddr, Message<'static>)> 
     std::iter::from_fn(|| core.poll_transmit().map(|(to, m)| (to, m.into_owned()))).collect()
 }
 
-fn refused_state(at: Instant) -> ClientOutput {
-    ClientOutput::State {
-        conn_id: None,
-        state: ConnState::Refused,
-        at,
-    }
+/// The client's outputs are exactly: the connect failed at `at`, for `why`.
+fn assert_connect_failed(c: &mut ClientCore, at: Instant, why: ConnectFailure) {
+    assert_eq!(
+        client_outputs(c),
+        [
+            ClientOutput::State {
+                conn_id: None,
+                state: ConnState::Refused,
+                at,
+            },
+            ClientOutput::ConnectResult(Err(why)),
+        ]
+    );
 }
 
 /// A client connecting to `SERVER`, then `fallbacks`, past its first Connect.
@@ -815,13 +822,7 @@ fn fail_on_refused_fails_at_the_first_refusal_and_sends_nothing_more() {
     let now = Instant::now();
     let mut c = connecting(5, &[], true);
     c.handle_refused(now);
-    assert_eq!(
-        client_outputs(&mut c),
-        [
-            refused_state(now),
-            ClientOutput::ConnectResult(Err(ConnectFailure::Refused(SERVER))),
-        ]
-    );
+    assert_connect_failed(&mut c, now, ConnectFailure::Refused(SERVER));
     assert_eq!(c.state(), ConnState::Refused);
     for _ in 0..10 {
         c.handle_epoch(now);
@@ -850,13 +851,7 @@ fn a_refused_address_hands_over_to_the_next_at_once() {
     client_outputs(&mut c);
     client_sent_to(&mut c);
     c.handle_refused(now);
-    assert_eq!(
-        client_outputs(&mut c),
-        [
-            refused_state(now),
-            ClientOutput::ConnectResult(Err(ConnectFailure::Refused(OTHER))),
-        ]
-    );
+    assert_connect_failed(&mut c, now, ConnectFailure::Refused(OTHER));
 }
 
 #[test]
@@ -895,13 +890,7 @@ fn by_default_refusals_wait_for_the_schedule_and_the_deadline_says_refused() {
         [SERVER, OTHER, SERVER, OTHER, SERVER, OTHER],
         "one round at once, then one per scheduled Connect"
     );
-    assert_eq!(
-        client_outputs(&mut c),
-        [
-            refused_state(now),
-            ClientOutput::ConnectResult(Err(ConnectFailure::Refused(OTHER))),
-        ]
-    );
+    assert_connect_failed(&mut c, now, ConnectFailure::Refused(OTHER));
 }
 
 #[test]
@@ -917,13 +906,7 @@ fn a_connect_that_was_not_refused_every_time_times_out() {
         // The Connect of epoch 1 and 3 meets silence.
         client_sent_to(&mut c);
     }
-    assert_eq!(
-        client_outputs(&mut c),
-        [
-            refused_state(now),
-            ClientOutput::ConnectResult(Err(ConnectFailure::TimedOut(SERVER))),
-        ]
-    );
+    assert_connect_failed(&mut c, now, ConnectFailure::TimedOut(SERVER));
 }
 
 #[test]
