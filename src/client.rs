@@ -12,6 +12,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::driver::endpoint::{self, Core, Empty, Endpoint, Inbox, Role};
+use crate::driver::time::deadline;
 use crate::lifecycle::{ConnEvent, ConnState, ReconnectPolicy, Subscribers};
 use crate::proto::{
     max_payload, ClientConfig, ClientCore, ClientOutput, Limit, Message, DEFAULT_INBOX,
@@ -27,7 +28,11 @@ impl Core for ClientCore {
         ClientCore::read_done(self, now, messages, bytes);
     }
     fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        ClientCore::handle(self, now, from, datagram);
+        // A dual-stack socket names IPv4 senders in their IPv4-mapped form.
+        ClientCore::handle(self, now, canonical(from), datagram);
+    }
+    fn handle_refused(&mut self, now: Instant) {
+        ClientCore::handle_refused(self, now);
     }
     fn end_batch(&mut self, now: Instant) {
         ClientCore::end_batch(self, now);
@@ -55,6 +60,12 @@ impl Core for ClientCore {
     }
 }
 
+/// `addr` with an IPv4-mapped IPv6 address as the IPv4 address it stands
+/// for, the form the core knows its server by.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// What `read` returns, in order.
 enum Item {
     Data(Vec<u8>),
@@ -64,7 +75,9 @@ enum Item {
 
 /// The client's application side: where the core's outputs go.
 pub(crate) struct ClientRole {
-    server: SocketAddr,
+    /// The address in use, for events (the core's changes only while the
+    /// first connect moves on from a refusal).
+    server: Mutex<SocketAddr>,
     inbox: Inbox<Item>,
     events: Subscribers,
     /// Told once whether the first connect succeeded.
@@ -81,13 +94,14 @@ impl Role for ClientRole {
     fn publish(&self, output: ClientOutput) -> bool {
         match output {
             ClientOutput::State { conn_id, state, at } => {
-                self.events.emit(conn_id, self.server, state, at)
+                self.events.emit(conn_id, *self.server.lock(), state, at)
             }
             ClientOutput::ConnectResult(result) => {
                 if let Some(tx) = self.connected.lock().take() {
-                    let _ = tx.send(result.map_err(|()| Error::ConnectTimeout));
+                    let _ = tx.send(result.map_err(Error::from));
                 }
             }
+            ClientOutput::Dialing(addr) => *self.server.lock() = addr,
             ClientOutput::Data(payload) => {
                 let _ = self.inbox.tx.send(Item::Data(payload));
             }
@@ -154,7 +168,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("conn_id", &self.conn_id())
             .field("local_addr", &self.endpoint.shared.io.local_addr())
-            .field("server", &self.endpoint.shared.role.server)
+            .field("server", &self.peer_addr())
             .finish()
     }
 }
@@ -164,13 +178,12 @@ impl std::fmt::Debug for Client {
 /// # Examples
 ///
 /// ```no_run
-/// use liveseq::{Client, Faults, Params, ReconnectPolicy};
+/// use liveseq::{Client, Params, ReconnectPolicy};
 ///
 /// # fn main() -> Result<(), liveseq::Error> {
 /// let client = Client::builder()
 ///     .params(Params { window_size: 8, max_unacked_messages: 8, ..Params::default() })
 ///     .initial_seq_num(1000)
-///     .faults(Faults { write_drop_percent: 10, ..Faults::default() })
 ///     .max_datagram_size(9000)
 ///     .reconnect(ReconnectPolicy::default())
 ///     .connect("127.0.0.1:9999")?;
@@ -188,6 +201,7 @@ pub struct ClientBuilder {
     ack_coalescing: Option<bool>,
     send_buffer: Option<Limit>,
     inbox: Option<Limit>,
+    fail_on_refused: bool,
 }
 
 impl ClientBuilder {
@@ -203,7 +217,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Faults to inject into this client's traffic (default: none).
+    /// Faults to inject into this client's traffic (default: none). A test
+    /// hook, hidden from the documentation.
+    #[doc(hidden)]
     pub fn faults(mut self, faults: Faults) -> Self {
         self.faults = faults;
         self
@@ -272,12 +288,67 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects to the server at `addr`, blocking until it acknowledges or
-    /// `epoch_limit` epochs pass without an answer ([`Error::ConnectTimeout`]).
+    /// Whether a connect fails as soon as the server's host refuses it
+    /// (default: off).
+    ///
+    /// Off, a client keeps sending its Connect for `epoch_limit` epochs even
+    /// where nothing listens yet, as LSP promises (a client may start before
+    /// its server); if every attempt was refused, the error is then
+    /// [`Error::ConnectionRefused`] rather than [`Error::ConnectTimeout`].
+    /// On, the connect fails with [`Error::ConnectionRefused`] at the first
+    /// refusal of the last address, as `TcpStream::connect` does. A refusal
+    /// is the ICMP "port unreachable" the server's host sends back; hosts and
+    /// firewalls that send none leave a connect to time out either way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Client, Error, Params};
+    /// use std::time::{Duration, Instant};
+    ///
+    /// // Nobody listens on a port that was just freed.
+    /// let addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    /// let params = Params { epoch_millis: 2000, ..Params::default() };
+    /// let start = Instant::now();
+    /// let err = Client::builder().params(params).fail_on_refused(true).connect(addr).unwrap_err();
+    /// assert!(matches!(err, Error::ConnectionRefused(a) if a == addr));
+    /// assert!(start.elapsed() < Duration::from_secs(2)); // before the second Connect
+    /// ```
+    pub fn fail_on_refused(mut self, on: bool) -> Self {
+        self.fail_on_refused = on;
+        self
+    }
+
+    /// Connects to the server at `addr`, like `TcpStream::connect`: each
+    /// address it resolves to is tried in turn, the next as soon as one is
+    /// refused, all within one deadline of `epoch_limit` epochs. Blocks until
+    /// a server acknowledges, or fails with [`Error::ConnectTimeout`] (no
+    /// answer in time) or [`Error::ConnectionRefused`] (see
+    /// [`fail_on_refused`](Self::fail_on_refused)).
     ///
     /// The Connect is sent at once, again one epoch later, then every second
     /// epoch: a Go reference server heartbeats only in epochs in which it
-    /// heard nothing, and such a heartbeat is taken as the answer too.
+    /// heard nothing, and such a heartbeat is taken as the answer too. An
+    /// address that neither answers nor refuses holds the connect until the
+    /// deadline.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use liveseq::{Client, Params, Server};
+    ///
+    /// # fn main() -> Result<(), liveseq::Error> {
+    /// let params = Params { epoch_millis: 100, ..Params::default() };
+    /// let server = Server::bind("127.0.0.1:0", params)?;
+    /// // Nothing listens on the first address: the client moves on at once.
+    /// let closed = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+    /// let addrs: [SocketAddr; 2] = [closed, server.local_addr()?];
+    /// let client = Client::builder().params(params).connect(&addrs[..])?;
+    /// assert_eq!(client.peer_addr(), server.local_addr()?);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn connect(self, addr: impl ToSocketAddrs) -> Result<Client, Error> {
         self.params.validate()?;
         let max_datagram = self.max_datagram_size.unwrap_or(DEFAULT_MAX_DATAGRAM);
@@ -303,14 +374,25 @@ impl ClientBuilder {
                 });
             }
         }
-        let server = addr.to_socket_addrs()?.next().ok_or_else(|| {
+        let resolved: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|err| crate::error::context(err, "cannot resolve the server's address"))?
+            .map(canonical)
+            .collect();
+        let no_address = || {
             Error::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "no address to connect to",
             ))
-        })?;
+        };
+        if resolved.is_empty() {
+            return Err(no_address());
+        }
+        let (socket, addrs) = endpoint::bind_client_socket(&resolved)?;
+        let Some((&server, fallbacks)) = addrs.split_first() else {
+            return Err(no_address());
+        };
         let isn = self.isn.unwrap_or_else(|| rand::random::<u32>().max(1));
-        let socket = endpoint::bind_socket(endpoint::any_addr_for(server))?;
         let (connected_tx, connected_rx) = bounded(1);
         let events = Subscribers::default();
         for tx in self.events {
@@ -327,10 +409,12 @@ impl ClientBuilder {
                 inbox,
                 reconnect: self.reconnect,
                 seed: rand::random(),
+                fallbacks: fallbacks.to_vec(),
+                fail_on_refused: self.fail_on_refused,
             },
         );
         let role = ClientRole {
-            server,
+            server: Mutex::new(server),
             inbox: Inbox::new(),
             events,
             connected: Mutex::new(Some(connected_tx)),
@@ -342,6 +426,8 @@ impl ClientBuilder {
             batch: 16,
         };
         let endpoint = Endpoint::start(socket, config, core, role)?;
+        // Connected to the server, the socket hears of refusals.
+        endpoint.shared.io.follow_peer();
         // Sends the Connect and announces `Connecting`.
         endpoint.shared.with_core(|_, _| ());
         log::debug!(
@@ -376,11 +462,17 @@ impl Client {
     /// ```
     /// use liveseq::{Client, Error, Params};
     ///
-    /// // Nobody listens there: the connect gives up after epoch_limit epochs.
+    /// // A socket that never answers: the connect gives up after epoch_limit epochs.
     /// let quiet = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    /// let addr = quiet.local_addr().unwrap();
     /// let params = Params { epoch_millis: 10, epoch_limit: 3, ..Params::default() };
-    /// let err = Client::connect(quiet.local_addr().unwrap(), params).unwrap_err();
-    /// assert!(matches!(err, Error::ConnectTimeout));
+    /// let err = Client::connect(addr, params).unwrap_err();
+    /// assert!(matches!(err, Error::ConnectTimeout(a) if a == addr));
+    ///
+    /// // Nothing bound there at all: every Connect is refused.
+    /// drop(quiet);
+    /// let err = Client::connect(addr, params).unwrap_err();
+    /// assert!(matches!(err, Error::ConnectionRefused(a) if a == addr));
     /// ```
     pub fn connect(addr: impl ToSocketAddrs, params: Params) -> Result<Client, Error> {
         Client::builder().params(params).connect(addr)
@@ -401,9 +493,21 @@ impl Client {
         Ok(self.endpoint.shared.io.local_addr())
     }
 
-    /// The server's address.
-    pub fn peer_addr(&self) -> Result<SocketAddr, Error> {
-        Ok(self.endpoint.shared.role.server)
+    /// The server's address: the one that answered, of those `connect`
+    /// was given. Always known, unlike
+    /// [`Server::peer_addr`](crate::Server::peer_addr)'s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Params, Server};
+    /// # let params = Params { epoch_millis: 100, ..Params::default() };
+    /// # let server = Server::bind("127.0.0.1:0", params).unwrap();
+    /// let client = Client::connect(server.local_addr().unwrap(), params).unwrap();
+    /// assert_eq!(client.peer_addr(), server.local_addr().unwrap());
+    /// ```
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.endpoint.shared.peek(|core| core.server())
     }
 
     /// The largest payload [`write`](Client::write) accepts.
@@ -461,7 +565,41 @@ impl Client {
     /// assert!(matches!(client.read_timeout(Duration::from_millis(10)), Err(Error::Timeout)));
     /// ```
     pub fn read_timeout(&self, timeout: Duration) -> Result<Vec<u8>, Error> {
-        self.read_inner(Some(timeout))
+        // A timeout past the clock's end waits for ever, like `read`.
+        self.read_inner(deadline(timeout).map(|_| timeout))
+    }
+
+    /// Like [`read`](Client::read), but returns `Ok(None)` at once when no
+    /// message is waiting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Params, Server, ServerEvent};
+    /// # fn main() -> Result<(), liveseq::Error> {
+    /// # let params = Params { epoch_millis: 100, ..Params::default() };
+    /// # let server = Server::bind("127.0.0.1:0", params)?;
+    /// let client = Client::connect(server.local_addr()?, params)?;
+    /// assert_eq!(client.try_read()?, None);
+    ///
+    /// # let _connected = server.next_event()?;
+    /// server.write(client.conn_id(), b"hi")?;
+    /// let payload = loop {
+    ///     if let Some(payload) = client.try_read()? {
+    ///         break payload;
+    ///     }
+    ///     std::thread::yield_now(); // a real program would do other work here
+    /// };
+    /// assert_eq!(payload, b"hi");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn try_read(&self) -> Result<Option<Vec<u8>>, Error> {
+        match self.read_inner(Some(Duration::ZERO)) {
+            Ok(payload) => Ok(Some(payload)),
+            Err(Error::Timeout) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     fn read_inner(&self, timeout: Option<Duration>) -> Result<Vec<u8>, Error> {
@@ -540,9 +678,10 @@ impl Client {
     }
 
     /// Like [`write`](Client::write), but gives up with [`Error::Timeout`]
-    /// if the send buffer has no room within `timeout`.
+    /// if the send buffer has no room within `timeout` (one past the
+    /// clock's end waits as long as `write` would).
     pub fn write_timeout(&self, payload: &[u8], timeout: Duration) -> Result<(), Error> {
-        self.write_inner(payload, Some(Instant::now() + timeout))
+        self.write_inner(payload, deadline(timeout))
     }
 
     fn write_inner(&self, payload: &[u8], deadline: Option<Instant>) -> Result<(), Error> {
@@ -569,9 +708,10 @@ impl Client {
 
     /// Like [`close`](Client::close), but gives up draining after `timeout`:
     /// what is left is discarded and the result is [`Error::CloseTimedOut`].
-    /// The threads have stopped when this returns, whatever the result.
+    /// The threads have stopped when this returns, whatever the result. A
+    /// timeout past the clock's end waits as long as `close` would.
     pub fn close_timeout(&self, timeout: Duration) -> Result<(), Error> {
-        self.endpoint.close(Some(Instant::now() + timeout))
+        self.endpoint.close(deadline(timeout))
     }
 
     /// Makes the client's receive thread panic, to test what a failure

@@ -1,10 +1,17 @@
 //! The one error type of the crate.
 
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+
 use crate::ConnId;
 
 /// Everything that can go wrong in liveseq.
 ///
-/// Messages are short and lower-case, in the style of `std::io::Error`.
+/// Messages are short and lower-case, and each says what was being done,
+/// to which address, and why: the whole story is in `{}`, so
+/// [`source`](std::error::Error::source) is `None` for every variant (an
+/// error reporter that walks the chain prints each part once).
 ///
 /// # Examples
 ///
@@ -18,33 +25,45 @@ use crate::ConnId;
 /// assert_eq!(err.to_string(), "connections lost during close: 1, 2");
 /// ```
 ///
-/// A socket error keeps its cause as the [`source`](std::error::Error::source)
-/// and does not repeat it, so error reporters that walk the chain (`anyhow`,
-/// `eyre`, or the loop below) print each part once:
+/// A socket error names the operation and the address, then the cause:
 ///
 /// ```
 /// use std::error::Error as _;
+/// use liveseq::{Params, Server};
 ///
-/// let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use");
-/// let err = liveseq::Error::from(io);
-/// assert_eq!(err.to_string(), "socket error");
-/// assert_eq!(err.source().unwrap().to_string(), "address in use");
+/// let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+/// let addr = taken.local_addr().unwrap();
+/// let err = Server::bind(addr, Params::default()).unwrap_err();
+/// assert_eq!(err.to_string(), format!("cannot bind {addr}: address already in use"));
+/// assert!(err.source().is_none());
+/// ```
 ///
-/// let mut chain = vec![err.to_string()];
-/// let mut cause = err.source();
-/// while let Some(e) = cause {
-///     chain.push(e.to_string());
-///     cause = e.source();
+/// Code that works in [`std::io::Error`]s can use `?` on a liveseq result:
+/// each variant maps to the [`ErrorKind`](std::io::ErrorKind) that `std::net`
+/// would use, and the message stays the same.
+///
+/// ```
+/// use std::io::ErrorKind;
+///
+/// fn connect(addr: std::net::SocketAddr) -> std::io::Result<liveseq::Client> {
+///     let params = liveseq::Params { epoch_millis: 20, epoch_limit: 3, ..Default::default() };
+///     Ok(liveseq::Client::builder().params(params).fail_on_refused(true).connect(addr)?)
 /// }
-/// assert_eq!(chain.join(": "), "socket error: address in use");
+///
+/// // Nobody listens on a port that was just freed.
+/// let addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+/// let err = connect(addr).unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+/// assert_eq!(err.to_string(), format!("connection to {addr} refused"));
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An I/O error from the UDP socket (binding, for example); the cause is
-    /// the error's [`source`](std::error::Error::source).
-    #[error("socket error")]
-    Io(#[from] std::io::Error),
+    /// An I/O error from the UDP socket (binding, for example). The message
+    /// names the operation and the address where liveseq knows them, then
+    /// the cause.
+    #[error("{}", IoMessage(.0))]
+    Io(io::Error),
     /// A setting has a value that cannot work.
     #[error("invalid {field}: {reason}")]
     InvalidParams {
@@ -53,9 +72,15 @@ pub enum Error {
         /// Why, e.g. `"must be positive"`.
         reason: &'static str,
     },
-    /// The server did not acknowledge the Connect within `epoch_limit` epochs.
-    #[error("connect timed out")]
-    ConnectTimeout,
+    /// The server did not acknowledge the Connect within `epoch_limit`
+    /// epochs. The address is the last one tried.
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(SocketAddr),
+    /// Every Connect was answered by the peer's host with "port
+    /// unreachable": nothing listens at this address (the last one tried).
+    /// See [`ClientBuilder::fail_on_refused`](crate::ClientBuilder::fail_on_refused).
+    #[error("connection to {0} refused")]
+    ConnectionRefused(SocketAddr),
     /// Nothing was heard from the peer for `epoch_limit` epochs.
     #[error("connection {0} lost")]
     ConnectionLost(ConnId),
@@ -131,4 +156,97 @@ fn ids(ids: &[ConnId]) -> String {
         .map(ConnId::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+impl From<io::Error> for Error {
+    /// Wraps a bare I/O error, so that `?` works on `std::net` calls.
+    fn from(err: io::Error) -> Error {
+        Error::Io(err)
+    }
+}
+
+impl From<Error> for io::Error {
+    /// The [`ErrorKind`](io::ErrorKind) `std::net` would use for the same
+    /// failure; the liveseq error stays inside, so the message is unchanged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::ErrorKind;
+    /// use liveseq::{ConnId, Error};
+    ///
+    /// let io = std::io::Error::from(Error::ConnectionLost(ConnId::from(7)));
+    /// assert_eq!(io.kind(), ErrorKind::ConnectionReset);
+    /// assert_eq!(io.to_string(), "connection 7 lost");
+    /// assert!(io.get_ref().unwrap().downcast_ref::<Error>().is_some());
+    /// ```
+    fn from(err: Error) -> io::Error {
+        use io::ErrorKind as K;
+        let err = match err {
+            Error::Io(io) => return io,
+            other => other,
+        };
+        let kind = match &err {
+            Error::ConnectionRefused(_) => K::ConnectionRefused,
+            Error::Timeout | Error::ConnectTimeout(_) => K::TimedOut,
+            Error::ConnectionLost(_) => K::ConnectionReset,
+            Error::ConnectionClosed(_) | Error::Closed => K::NotConnected,
+            Error::UnknownConnection(_) => K::NotFound,
+            Error::BufferFull => K::WouldBlock,
+            Error::PayloadTooLarge { .. } | Error::InvalidParams { .. } => K::InvalidInput,
+            _ => K::Other,
+        };
+        io::Error::new(kind, err)
+    }
+}
+
+/// What went wrong with a socket, and while doing what: `cannot bind
+/// 127.0.0.1:9999: address already in use`. Travels inside an
+/// [`io::Error`] of the cause's kind, so callers keep matching on kinds.
+#[derive(Debug)]
+struct Context {
+    what: String,
+    cause: io::Error,
+}
+
+impl fmt::Display for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.what, IoMessage(&self.cause))
+    }
+}
+
+// No `source`: the cause is already in the message.
+impl std::error::Error for Context {}
+
+/// `cause` with what was being done (`"cannot bind 127.0.0.1:9999"`) in front.
+pub(crate) fn context(cause: io::Error, what: impl fmt::Display) -> io::Error {
+    io::Error::new(
+        cause.kind(),
+        Context {
+            what: what.to_string(),
+            cause,
+        },
+    )
+}
+
+/// An `io::Error` in the crate's style: lower-case, without the
+/// `(os error N)` tail the OS message carries (its kind and `Debug` keep it).
+struct IoMessage<'a>(&'a io::Error);
+
+impl fmt::Display for IoMessage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let err = self.0;
+        let Some(code) = err.raw_os_error() else {
+            return write!(f, "{err}");
+        };
+        let text = err.to_string();
+        let text = text
+            .strip_suffix(&format!(" (os error {code})"))
+            .unwrap_or(&text);
+        let mut chars = text.chars();
+        match chars.next() {
+            Some(first) => write!(f, "{}{}", first.to_lowercase(), chars.as_str()),
+            None => Ok(()),
+        }
+    }
 }

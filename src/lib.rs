@@ -109,9 +109,10 @@
 //!
 //! * `examples/chat.rs` in the repository: a broadcast chat server on
 //!   `next_event`, handling joins, leaves and connections that end mid-broadcast.
-//! * [`Params`]: epochs, windows and back-off, with the reference defaults;
+//! * [`Params`]: epochs, windows and back-off, with the reference defaults
+//!   and presets for real networks ([`Params::lan`], [`Params::wan`]);
 //!   [`ServerBuilder`] and [`ClientBuilder`] for datagram size, connection
-//!   limits, reconnection and fault injection.
+//!   limits, reconnection and failing fast on a refused connect.
 //! * [`Error`]: what each call can return.
 //! * [`ConnState`], [`Server::stats`], [`Server::totals`]: watching connections.
 //! * [`proto`]: the protocol logic, state machines that do no I/O and read no
@@ -133,6 +134,7 @@ mod server;
 mod stats;
 
 pub use client::{Client, ClientBuilder};
+#[doc(hidden)]
 pub use driver::faults::Faults;
 pub use error::Error;
 pub use event::ServerEvent;
@@ -208,6 +210,47 @@ mod readme_figures {
         }
         for size in [368, 65507] {
             bind(size).unwrap().close().unwrap();
+        }
+    }
+
+    #[test]
+    fn preset_table_matches_the_presets() {
+        use std::time::Duration;
+        fn secs(d: Duration) -> String {
+            format!("{}", d.as_secs_f64())
+        }
+        fn one(d: Duration) -> String {
+            if d < Duration::from_secs(1) {
+                format!("{} ms", d.as_millis())
+            } else {
+                format!("{} s", secs(d))
+            }
+        }
+        let presets = [
+            crate::Params::default(),
+            crate::Params::lan(),
+            crate::Params::wan(),
+        ];
+        let row = |event: &str, cell: &dyn Fn(&crate::Params) -> String| {
+            let cells: Vec<String> = presets.iter().map(cell).collect();
+            format!("| {event} | {} |", cells.join(" | "))
+        };
+        let text = section("## Limits and timing");
+        for expected in [
+            row("connection lost, after the peer's last datagram", &|p| {
+                let last = p.epoch() * p.epoch_limit;
+                format!("{}-{} s", secs(last - p.epoch()), secs(last))
+            }),
+            row(
+                "connect gives up (no answer, or refused by default)",
+                &|p| one(p.epoch() * p.epoch_limit),
+            ),
+            row(
+                "first retransmission of a lost message",
+                &|p| one(p.epoch()),
+            ),
+        ] {
+            assert!(text.contains(&expected), "README lacks {expected:?}");
         }
     }
 

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use parking_lot::Mutex;
-use rand::Rng;
 
 use crate::ConnId;
 
@@ -170,7 +169,8 @@ impl Subscribers {
 /// assert_eq!(default.max_attempts, None);
 ///
 /// let quick = ReconnectPolicy { delays: vec![(Duration::ZERO, Duration::from_millis(50))], max_attempts: Some(5) };
-/// assert!(quick.delay(7, &mut rand::thread_rng()) <= Duration::from_millis(50));
+/// assert_eq!(quick.delay(7, 0), Duration::ZERO);
+/// assert_eq!(quick.delay(7, u64::MAX), Duration::from_millis(50));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReconnectPolicy {
@@ -192,16 +192,43 @@ impl Default for ReconnectPolicy {
 }
 
 impl ReconnectPolicy {
-    /// The delay before attempt `attempt` (1 for the first).
-    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
+    /// The delay before attempt `attempt` (1 for the first), given a
+    /// uniformly random `random`: it maps `0..=u64::MAX` onto the attempt's
+    /// range `min..=max` in order. Taking the draw rather than a generator
+    /// keeps any random-number crate out of this signature, and lets the
+    /// client core, which owns a seeded generator, replay a schedule exactly.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::ReconnectPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let s = Duration::from_secs;
+    /// let policy = ReconnectPolicy { delays: vec![(s(0), s(3)), (s(10), s(20))], max_attempts: None };
+    /// assert_eq!(policy.delay(1, u64::MAX / 2), Duration::from_millis(1500));
+    /// assert_eq!(policy.delay(9, 0), s(10)); // the last range repeats
+    /// ```
+    pub fn delay(&self, attempt: u32, random: u64) -> Duration {
         let Some(last) = self.delays.len().checked_sub(1) else {
             return Duration::ZERO;
         };
         let (lo, hi) = self.delays[(attempt.max(1) as usize - 1).min(last)];
-        if hi <= lo {
-            lo
+        let Some(span) = hi.checked_sub(lo) else {
+            return lo;
+        };
+        // Multiply-shift: `random` scaled into 0..=span nanoseconds without
+        // overflow (a span beyond 2^64 ns, 584 years, loses precision only).
+        let span = span.as_nanos();
+        let offset = if span < 1 << 64 {
+            (u128::from(random) * (span + 1)) >> 64
         } else {
-            rng.gen_range(lo..=hi)
-        }
+            u128::from(random) * (span >> 64)
+        };
+        let offset = Duration::new(
+            u64::try_from(offset / 1_000_000_000).unwrap_or(u64::MAX),
+            (offset % 1_000_000_000) as u32,
+        );
+        lo.saturating_add(offset).min(hi)
     }
 }

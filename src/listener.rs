@@ -11,11 +11,12 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use crate::driver::endpoint::{Empty, Inbox};
+use crate::driver::time;
 use crate::{ConnId, ConnStats, Error, Params, Server, ServerEvent, ServerStats};
 
 /// What waits in one connection's queue.
@@ -417,8 +418,8 @@ impl Connection {
     /// Like [`write`](Connection::write), but gives up with
     /// [`Error::Timeout`] if there is no room within `timeout`.
     pub fn write_timeout(&self, payload: &[u8], timeout: Duration) -> Result<(), Error> {
-        let deadline = Instant::now().checked_add(timeout);
-        self.server.write_waiting(self.id, payload, deadline)
+        self.server
+            .write_waiting(self.id, payload, time::deadline(timeout))
     }
 
     /// Like [`write`](Connection::write), but fails with

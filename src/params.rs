@@ -2,7 +2,9 @@
 
 use crate::Error;
 
-/// The protocol's tuning knobs, with the reference defaults.
+/// The protocol's tuning knobs, with the reference defaults
+/// ([`Params::default`]: epochs of 2 s, lost after 5 silent epochs) and
+/// presets for real networks ([`Params::lan`], [`Params::wan`]).
 ///
 /// Both ends of a connection should use the same values: the receive window
 /// of one side is its `window_size`, which must cover the peer's send window.
@@ -45,6 +47,72 @@ impl Default for Params {
 }
 
 impl Params {
+    /// For a local network (round trips well under 10 ms): a peer that goes
+    /// away is noticed within a second.
+    ///
+    /// Epochs of 100 ms, a limit of 10 epochs, a window of 32 messages with
+    /// 32 unacknowledged allowed, and retransmission back-off capped at 4
+    /// epochs. So:
+    ///
+    /// * a connection is lost 0.9 to 1 s after the peer's last datagram
+    ///   (ten heartbeats in a row must be lost first);
+    /// * a connect gives up after 1 s;
+    /// * a lost message is first sent again after 100 ms.
+    ///
+    /// An idle connection costs ten heartbeats a second each way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::Params;
+    /// use std::time::Duration;
+    ///
+    /// let lan = Params::lan();
+    /// assert_eq!(lan.epoch() * lan.epoch_limit, Duration::from_secs(1));
+    /// assert!(lan.validate().is_ok());
+    /// ```
+    pub const fn lan() -> Params {
+        Params {
+            epoch_limit: 10,
+            epoch_millis: 100,
+            window_size: 32,
+            max_backoff_interval: 4,
+            max_unacked_messages: 32,
+        }
+    }
+
+    /// For the internet (round trips up to a few hundred milliseconds, bursts
+    /// of loss): quick retransmission, patient loss detection.
+    ///
+    /// Epochs of 1 s (TCP's minimum retransmission timeout, RFC 6298), a
+    /// limit of 10 epochs, a window of 64 messages with 64 unacknowledged
+    /// allowed, and back-off capped at 8 epochs. So:
+    ///
+    /// * a connection is lost 9 to 10 s after the peer's last datagram
+    ///   (nine heartbeats in a row may be lost without harm);
+    /// * a connect gives up after 10 s;
+    /// * a lost message is first sent again after 1 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::Params;
+    /// use std::time::Duration;
+    ///
+    /// let wan = Params::wan();
+    /// assert_eq!(wan.epoch() * wan.epoch_limit, Duration::from_secs(10));
+    /// assert!(wan.validate().is_ok());
+    /// ```
+    pub const fn wan() -> Params {
+        Params {
+            epoch_limit: 10,
+            epoch_millis: 1000,
+            window_size: 64,
+            max_backoff_interval: 8,
+            max_unacked_messages: 64,
+        }
+    }
+
     /// Checks for values that cannot work, naming the field. Every parameter
     /// set the Go LSP API accepts and can run with is accepted: only zeros
     /// are rejected (no epoch, no window, nothing allowed in flight, or a

@@ -13,6 +13,7 @@ use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
 use crate::driver::endpoint::{self, Core, Empty, Endpoint, Inbox, Role};
+use crate::driver::time;
 use crate::lifecycle::{ConnEvent, ConnState, Subscribers};
 use crate::listener::{Listener, Router};
 use crate::proto::{
@@ -591,7 +592,8 @@ impl Server {
     fn next_event_inner(&self, timeout: Option<Duration>) -> Result<ServerEvent, Error> {
         let shared = &self.endpoint.shared;
         let role = &shared.role;
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout past what the clock can hold means no deadline.
+        let deadline = timeout.and_then(time::deadline);
         loop {
             self.endpoint.check_open()?;
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -727,7 +729,7 @@ impl Server {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<(), Error> {
-        self.write_waiting(id, payload, Instant::now().checked_add(timeout))
+        self.write_waiting(id, payload, time::deadline(timeout))
     }
 
     /// Writes once connection `id` has room, waiting until `deadline` (or
@@ -842,7 +844,7 @@ impl Server {
     /// server.close_timeout(Duration::from_secs(1)).unwrap();
     /// ```
     pub fn close_timeout(&self, timeout: Duration) -> Result<(), Error> {
-        self.endpoint.close(Some(Instant::now() + timeout))
+        self.endpoint.close(time::deadline(timeout))
     }
 
     /// Subscribes to lifecycle events of every connection, from now on.

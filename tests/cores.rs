@@ -7,9 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use liveseq::proto::{
-    ClientConfig, ClientCore, ClientOutput, Limit, Message, ServerConfig, ServerCore, ServerOutput,
-    AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS, CONNECT_REACKS, EVENT_COST, MAX_CONN_ID,
-    MESSAGE_OVERHEAD,
+    ClientConfig, ClientCore, ClientOutput, ConnectFailure, Limit, Message, ServerConfig,
+    ServerCore, ServerOutput, AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS, CONNECT_REACKS, EVENT_COST,
+    MAX_CONN_ID, MESSAGE_OVERHEAD,
 };
 use liveseq::{ConnId, ConnState, Error, Params, ReconnectPolicy, ServerEvent};
 
@@ -883,7 +883,7 @@ fn connect_timeout_after_epoch_limit_epochs() {
                 state: ConnState::Refused,
                 at: now
             },
-            ClientOutput::ConnectResult(Err(())),
+            ClientOutput::ConnectResult(Err(ConnectFailure::TimedOut(SERVER))),
         ]
     );
     assert_eq!(c.state(), ConnState::Refused);
@@ -1240,4 +1240,175 @@ fn a_restarted_client_on_the_same_address_loses_nothing_silently() {
         delivered || !drained_ok,
         "\"new\" was acknowledged and the close succeeded, but it was never delivered"
     );
+}
+
+// ----- ClientCore: refusals and address lists -----
+
+const OTHER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)), 9000);
+
+/// What the client sent, with where it went.
+fn client_sent_to(core: &mut ClientCore) -> Vec<(SocketAddr, Message<'static>)> {
+    std::iter::from_fn(|| core.poll_transmit().map(|(to, m)| (to, m.into_owned()))).collect()
+}
+
+/// The client's outputs are exactly: the connect failed at `at`, for `why`.
+fn assert_connect_failed(c: &mut ClientCore, at: Instant, why: ConnectFailure) {
+    assert_eq!(
+        client_outputs(c),
+        [
+            ClientOutput::State {
+                conn_id: None,
+                state: ConnState::Refused,
+                at,
+            },
+            ClientOutput::ConnectResult(Err(why)),
+        ]
+    );
+}
+
+/// A client connecting to `SERVER`, then `fallbacks`, past its first Connect.
+fn connecting(limit: u32, fallbacks: &[SocketAddr], fail_on_refused: bool) -> ClientCore {
+    let mut config = ClientConfig::new(params(limit));
+    config.fallbacks = fallbacks.to_vec();
+    config.fail_on_refused = fail_on_refused;
+    let mut c = ClientCore::new(Instant::now(), SERVER, 5, config);
+    client_outputs(&mut c);
+    assert_eq!(client_sent_to(&mut c), [(SERVER, Message::connect(5))]);
+    c
+}
+
+#[test]
+fn fail_on_refused_fails_at_the_first_refusal_and_sends_nothing_more() {
+    let now = Instant::now();
+    let mut c = connecting(5, &[], true);
+    c.handle_refused(now);
+    assert_connect_failed(&mut c, now, ConnectFailure::Refused(SERVER));
+    assert_eq!(c.state(), ConnState::Refused);
+    for _ in 0..10 {
+        c.handle_epoch(now);
+        c.handle_refused(now);
+    }
+    assert_eq!(client_sent_to(&mut c), []);
+    assert_eq!(client_outputs(&mut c), []);
+}
+
+#[test]
+fn a_refused_address_hands_over_to_the_next_at_once() {
+    let now = Instant::now();
+    let mut c = connecting(5, &[OTHER], true);
+    c.handle_refused(now);
+    assert_eq!(client_outputs(&mut c), [ClientOutput::Dialing(OTHER)]);
+    assert_eq!(client_sent_to(&mut c), [(OTHER, Message::connect(5))]);
+    assert_eq!(c.server(), OTHER);
+    // The second address answers: connected there.
+    c.handle_message(now, OTHER, Message::ack(9, 5));
+    assert!(client_outputs(&mut c).contains(&ClientOutput::ConnectResult(Ok(id(9)))));
+    assert_eq!(c.server(), OTHER);
+
+    // Had it refused too, the connect would have failed naming it.
+    let mut c = connecting(5, &[OTHER], true);
+    c.handle_refused(now);
+    client_outputs(&mut c);
+    client_sent_to(&mut c);
+    c.handle_refused(now);
+    assert_connect_failed(&mut c, now, ConnectFailure::Refused(OTHER));
+}
+
+#[test]
+fn by_default_refusals_wait_for_the_schedule_and_the_deadline_says_refused() {
+    let limit = 5;
+    let mut now = Instant::now();
+    let mut c = connecting(limit, &[OTHER], false);
+    let mut connects = vec![SERVER];
+    c.handle_refused(now);
+    let mut dialed = Vec::new();
+    for epoch in 1..=limit {
+        // Every Connect is refused the moment it is sent, until a round of
+        // both addresses is over: then nothing until the next scheduled one.
+        loop {
+            let sent = client_sent_to(&mut c);
+            if sent.is_empty() {
+                break;
+            }
+            for (to, msg) in sent {
+                assert_eq!(msg, Message::connect(5));
+                connects.push(to);
+                c.handle_refused(now);
+            }
+        }
+        if epoch < limit {
+            dialed.extend(client_outputs(&mut c));
+        }
+        now += Duration::from_millis(100);
+        c.handle_epoch(now);
+    }
+    let round = [ClientOutput::Dialing(OTHER), ClientOutput::Dialing(SERVER)];
+    assert_eq!(dialed, [round.clone(), round.clone(), round].concat());
+    // Scheduled Connects in epochs 1 and 3 start a round at the first address.
+    assert_eq!(
+        connects,
+        [SERVER, OTHER, SERVER, OTHER, SERVER, OTHER],
+        "one round at once, then one per scheduled Connect"
+    );
+    assert_connect_failed(&mut c, now, ConnectFailure::Refused(OTHER));
+}
+
+#[test]
+fn a_connect_that_was_not_refused_every_time_times_out() {
+    let limit = 4;
+    let mut now = Instant::now();
+    let mut c = connecting(limit, &[], false);
+    c.handle_refused(now);
+    assert_eq!(client_outputs(&mut c), [], "a single address just waits");
+    for _ in 0..limit {
+        now += Duration::from_millis(100);
+        c.handle_epoch(now);
+        // The Connect of epoch 1 and 3 meets silence.
+        client_sent_to(&mut c);
+    }
+    assert_connect_failed(&mut c, now, ConnectFailure::TimedOut(SERVER));
+}
+
+#[test]
+fn a_server_that_starts_late_is_still_reached_after_refusals() {
+    let mut now = Instant::now();
+    let mut c = connecting(5, &[], false);
+    c.handle_refused(now);
+    now += Duration::from_millis(100);
+    c.handle_epoch(now);
+    assert_eq!(client_sent_to(&mut c), [(SERVER, Message::connect(5))]);
+    c.handle_message(now, SERVER, Message::ack(3, 5));
+    assert!(client_outputs(&mut c).contains(&ClientOutput::ConnectResult(Ok(id(3)))));
+}
+
+#[test]
+fn refusals_once_connected_or_while_reconnecting_change_nothing() {
+    let limit = 3;
+    let now = Instant::now();
+    let mut config = ClientConfig::new(params(limit));
+    config.reconnect = Some(policy());
+    config.fail_on_refused = true;
+    config.seed = 7;
+    let mut c = connected_client(config, now, 5, 1);
+    c.handle_refused(now);
+    assert_eq!(client_outputs(&mut c), []);
+    assert_eq!(c.state(), ConnState::Connected);
+
+    // Lost; the reconnect's Connect is refused: the policy still decides.
+    let (now, _) = silence(&mut c, now, limit);
+    let (now, _isn) = redial(&mut c, now, (10, 20));
+    c.handle_refused(now);
+    assert_eq!(client_outputs(&mut c), []);
+    assert_eq!(client_sent_to(&mut c), []);
+    assert_eq!(c.state(), ConnState::Reconnecting { attempt: 1 });
+    let (now, outs) = silence(&mut c, now, limit);
+    assert_eq!(
+        outs,
+        [ClientOutput::State {
+            conn_id: None,
+            state: ConnState::Reconnecting { attempt: 2 },
+            at: now,
+        }]
+    );
+    redial(&mut c, now, (30, 40));
 }

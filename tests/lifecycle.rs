@@ -454,12 +454,13 @@ fn refused_client_fails_with_connect_timeout_and_refused_event() {
         .bind("127.0.0.1:0")
         .unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
+    let addr = server.local_addr().unwrap();
     let err = Client::builder()
         .params(p)
         .events(tx)
-        .connect(server.local_addr().unwrap())
+        .connect(addr)
         .unwrap_err();
-    assert!(matches!(err, Error::ConnectTimeout));
+    assert!(matches!(err, Error::ConnectTimeout(a) if a == addr));
     let states: Vec<ConnState> = rx.try_iter().map(|e| e.state).collect();
     assert_eq!(states, [ConnState::Connecting, ConnState::Refused]);
     server.close().unwrap();

@@ -15,7 +15,8 @@ pub struct ProtocolArgs {
     /// Sliding window size.
     #[arg(long, default_value_t = Params::default().window_size)]
     pub window_size: u32,
-    /// Most unacknowledged messages in flight (at most the window size).
+    /// Most unacknowledged messages in flight (may exceed the window size;
+    /// the window is then the limit).
     #[arg(long, default_value_t = Params::default().max_unacked_messages)]
     pub max_unacked: u32,
     /// Cap of the retransmission back-off, in epochs.

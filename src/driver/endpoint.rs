@@ -43,6 +43,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use super::faults::{Injector, Plan};
 use super::sys::RecvBatch;
+use super::time::deadline;
 use crate::proto::{Message, DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM};
 use crate::{Error, Faults, Params};
 
@@ -121,6 +122,11 @@ pub(crate) struct Io {
     pub counters: IoCounters,
     /// Signalled when a close has drained the core.
     drained: Sender<()>,
+    /// Set by [`follow_peer`](Io::follow_peer): the socket is connected to
+    /// where the core sends.
+    follows_peer: AtomicBool,
+    /// The address the socket is connected to, once it follows the peer.
+    peer: Mutex<Option<SocketAddr>>,
 }
 
 impl Io {
@@ -147,8 +153,10 @@ impl Io {
         replacement.as_ref().unwrap_or(msg).encode(&mut bytes);
         for _ in 0..if duplicate { 2 } else { 1 } {
             if let Some(delay) = delay {
+                // Delayed past the clock's end: lost.
+                let Some(due) = deadline(delay) else { continue };
                 let _ = self.delayed.send(Delayed {
-                    due: Instant::now() + delay,
+                    due,
                     bytes: bytes.clone(),
                     to,
                 });
@@ -193,7 +201,12 @@ impl Io {
     fn send_raw(&self, bytes: &[u8], to: SocketAddr) {
         let guard = self.socket.read();
         let Some(socket) = guard.as_ref() else { return };
-        match SockRef::from(socket).send_to_with_flags(bytes, &to.into(), SEND_FLAGS) {
+        let sent = if self.follows_peer.load(Ordering::Relaxed) {
+            self.send_connected(socket, bytes, to)
+        } else {
+            SockRef::from(socket).send_to_with_flags(bytes, &to.into(), SEND_FLAGS)
+        };
+        match sent {
             Ok(_) => {
                 self.counters.datagrams_sent.fetch_add(1, Ordering::Relaxed);
             }
@@ -206,6 +219,43 @@ impl Io {
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Makes the socket follow the peer: before a datagram goes out it is
+    /// connected to the datagram's destination. A connected UDP socket is
+    /// told when the peer's host answers "port unreachable" (the receive
+    /// thread gets `ConnectionRefused` and hands it to the core), which is
+    /// how a client learns at once that nothing listens at an address.
+    /// Call before the first send.
+    pub(crate) fn follow_peer(&self) {
+        self.follows_peer.store(true, Ordering::Relaxed);
+    }
+
+    fn send_connected(
+        &self,
+        socket: &UdpSocket,
+        bytes: &[u8],
+        to: SocketAddr,
+    ) -> io::Result<usize> {
+        let mut peer = self.peer.lock();
+        if *peer != Some(to) {
+            if peer.take().is_some() {
+                super::sys::disconnect(socket)?;
+            }
+            socket.connect(self.reachable(to))?;
+            *peer = Some(to);
+        }
+        SockRef::from(socket).send_with_flags(bytes, SEND_FLAGS)
+    }
+
+    /// `to` as this socket can reach it: an IPv6 socket reaches IPv4
+    /// addresses in their IPv4-mapped form (a client bound for a list of
+    /// both families is dual-stack).
+    fn reachable(&self, to: SocketAddr) -> SocketAddr {
+        match (self.local_addr, to) {
+            (SocketAddr::V6(_), SocketAddr::V4(v4)) => (v4.ip().to_ipv6_mapped(), v4.port()).into(),
+            _ => to,
+        }
     }
 }
 
@@ -226,6 +276,9 @@ pub(crate) trait Core: Send + 'static {
     fn abort(&mut self, now: Instant) -> usize;
     fn poll_transmit(&mut self) -> Option<(SocketAddr, Message<'_>)>;
     fn poll_output(&mut self) -> Option<Self::Output>;
+    /// The peer's host refused a datagram (see [`Io::follow_peer`]); only
+    /// a core whose socket follows its peer hears this.
+    fn handle_refused(&mut self, _now: Instant) {}
 }
 
 /// The application side of a client or server: where outputs go.
@@ -411,20 +464,54 @@ pub(crate) struct Config {
 }
 
 /// Creates a UDP socket bound to `addr` with large buffers.
+/// Errors name the operation and the address: `cannot bind 127.0.0.1:9999:
+/// address already in use`.
 pub(crate) fn bind_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // Best effort: the kernel caps these at its own maximum.
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
+    bind_with(addr, false)
 }
 
-/// The unspecified address of `peer`'s family, port 0: where a client binds.
-pub(crate) fn any_addr_for(peer: SocketAddr) -> SocketAddr {
-    match peer {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+/// [`bind_socket`], for an IPv6 `addr` also reaching IPv4 if `dual_stack`.
+fn bind_with(addr: SocketAddr, dual_stack: bool) -> io::Result<UdpSocket> {
+    let bind = || -> io::Result<UdpSocket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if dual_stack {
+            socket.set_only_v6(false)?;
+        }
+        // Best effort: the kernel caps these at its own maximum.
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+        socket.bind(&addr.into())?;
+        Ok(socket.into())
+    };
+    bind().map_err(|err| crate::error::context(err, format_args!("cannot bind {addr}")))
+}
+
+/// A client's socket for `peers` (never empty), and the peers it can
+/// reach. It binds the unspecified address of their family, port 0; for a
+/// list of both families, an IPv6 socket that also reaches IPv4 (see
+/// [`Io::follow_peer`]), or an IPv4 one for the IPv4 addresses alone where
+/// the host has no IPv6.
+pub(crate) fn bind_client_socket(peers: &[SocketAddr]) -> io::Result<(UdpSocket, Vec<SocketAddr>)> {
+    let v4_any: SocketAddr = (Ipv4Addr::UNSPECIFIED, 0).into();
+    let v6_any: SocketAddr = (Ipv6Addr::UNSPECIFIED, 0).into();
+    let v4_only = || -> io::Result<(UdpSocket, Vec<SocketAddr>)> {
+        let socket = bind_socket(v4_any)?;
+        Ok((
+            socket,
+            peers.iter().copied().filter(SocketAddr::is_ipv4).collect(),
+        ))
+    };
+    if peers.iter().all(SocketAddr::is_ipv4) {
+        return v4_only();
+    }
+    let dual = peers.iter().any(SocketAddr::is_ipv4);
+    match bind_with(v6_any, dual) {
+        Ok(socket) => Ok((socket, peers.to_vec())),
+        Err(err) if dual => {
+            log::debug!("no IPv6 socket ({err}): trying the IPv4 addresses alone");
+            v4_only()
+        }
+        Err(err) => Err(err),
     }
 }
 
@@ -459,6 +546,8 @@ impl<R: Role> Endpoint<R> {
                 held_back: Mutex::new(Vec::new()),
                 counters: IoCounters::default(),
                 drained: drained_tx,
+                follows_peer: AtomicBool::new(false),
+                peer: Mutex::new(None),
             },
             role,
             failure: Mutex::new(None),
@@ -569,7 +658,7 @@ impl<R: Role> Drop for Endpoint<R> {
             return;
         }
         let params = self.shared.io.params;
-        let deadline = Instant::now().checked_add(params.epoch() * params.epoch_limit);
+        let deadline = super::time::deadline(params.epoch().saturating_mul(params.epoch_limit));
         if thread::panicking() {
             self.closed.store(true, Ordering::SeqCst);
             self.shared.role.shut();
@@ -700,6 +789,16 @@ fn close_manager<R: Role>(
 /// Wakes the receive thread early by sending an empty datagram to our own
 /// port. Only a speed-up: the thread also wakes every [`RECV_POLL`].
 fn wake_receiver(io: &Io) {
+    if io.follows_peer.load(Ordering::Relaxed) {
+        // A connected socket takes datagrams from its peer alone, so the
+        // wake-up datagram would be filtered out. Shutting reading down
+        // wakes a blocked receive at once; it is only done to stop (or to
+        // panic on request), so nothing is lost.
+        if let Some(socket) = io.socket.read().as_ref() {
+            let _ = SockRef::from(socket).shutdown(std::net::Shutdown::Read);
+        }
+        return;
+    }
     let mut to = io.local_addr;
     if to.ip().is_unspecified() {
         to.set_ip(match to {
@@ -747,8 +846,16 @@ fn receive_loop<R: Role>(
                 continue;
             }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+                // A socket connected to its peer (a client's) reports the
+                // peer's "port unreachable" here: news for the core, at most
+                // one per datagram sent, so it can neither spin nor persist.
+                errors = 0;
+                shared.with_core(|core, now| core.handle_refused(now));
+                continue;
+            }
             Err(err) => {
-                // ICMP errors and the like are loss, as far as LSP is
+                // Other ICMP errors and the like are loss, as far as LSP is
                 // concerned; an error that persists is not, and must not spin.
                 errors += 1;
                 log::debug!("receive error {errors}: {err}");

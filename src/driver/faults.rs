@@ -34,6 +34,10 @@ use crate::proto::{Message, MsgType};
 /// assert!(lossy.is_active());
 /// assert!(!Faults::default().is_active());
 /// ```
+///
+/// A test hook, hidden from the documentation: the `faults` methods of the
+/// builders take it.
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Faults {
     /// Percent of received datagrams dropped.

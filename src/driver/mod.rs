@@ -8,3 +8,4 @@
 pub(crate) mod endpoint;
 pub(crate) mod faults;
 pub(crate) mod sys;
+pub(crate) mod time;

@@ -1,13 +1,41 @@
 //! Batched datagram receive: `recvmmsg(2)` on Linux, one datagram at a time
-//! elsewhere.
+//! elsewhere; and dissolving a UDP socket's connection.
 //!
 //! This is the crate's only `unsafe` code, allowed here alone because it is
 //! measured to pay: one system call wakes the receive thread for a whole
 //! burst of datagrams, which is what lets a burst of in-order Data be
-//! acknowledged with one CAck. Every `unsafe` block states why it is sound.
+//! acknowledged with one CAck. Neither std nor socket2 can disconnect a UDP
+//! socket (`connect` to `AF_UNSPEC`), which a client needs to move from one
+//! server address to another. Every `unsafe` block states why it is sound.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+
+/// Dissolves `socket`'s connection, so it can be connected elsewhere. A
+/// connected UDP socket bound to the unspecified address takes the source
+/// address of its route as its own (`::1` for `[::1]:port`, say) and keeps
+/// it when connected again, which would leave it unable to reach an address
+/// of another family or route; disconnecting gives the unspecified address
+/// back. Does nothing where `AF_UNSPEC` has no such meaning (non-Unix).
+#[allow(unsafe_code)]
+pub(crate) fn disconnect(socket: &UdpSocket) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: all-zero bytes are a valid `sockaddr` (family AF_UNSPEC,
+        // which is 0), passed with its true size; the kernel only reads it.
+        let addr: libc::sockaddr = unsafe { std::mem::zeroed() };
+        let len = std::mem::size_of::<libc::sockaddr>() as libc::socklen_t;
+        // SAFETY: a valid descriptor owned by `socket`, and a valid address.
+        let rc = unsafe { libc::connect(socket.as_raw_fd(), &addr, len) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = socket;
+    Ok(())
+}
 
 /// Receive buffers for up to `count` datagrams of up to `size` bytes each.
 pub(crate) struct RecvBatch {

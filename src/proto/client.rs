@@ -1,8 +1,10 @@
-//! The client core: connect, connect timeout, reconnection schedule,
-//! closing and flow control, without I/O.
+//! The client core: connect, connect timeout, refusals, reconnection
+//! schedule, closing and flow control, without I/O.
 //!
 //! [`ClientCore`] owns the client's [`Conn`] and its lifecycle: it decides
-//! when a connect has failed, when and how to dial again after a loss (the
+//! when a connect has failed, when to move on to the next address after a
+//! refusal ([`handle_refused`](ClientCore::handle_refused)), when and how to
+//! dial again after a loss (the
 //! [`ReconnectPolicy`] with a seeded random source, so a schedule replays
 //! exactly), what happens to unacknowledged messages across a reconnect, and
 //! when a close has drained. Time is passed in; the only timer besides epochs
@@ -57,6 +59,14 @@ pub struct ClientConfig {
     pub reconnect: Option<ReconnectPolicy>,
     /// Seeds the random source of reconnect delays and ISNs.
     pub seed: u64,
+    /// Addresses to try after the first, in order, each as soon as the one
+    /// before it refused ([`ClientCore::handle_refused`]); all within the
+    /// one connect deadline of `epoch_limit` epochs.
+    pub fallbacks: Vec<SocketAddr>,
+    /// Fail the connect as soon as the last address refused, as TCP does,
+    /// instead of retrying until the deadline (LSP lets a client start
+    /// before its server).
+    pub fail_on_refused: bool,
 }
 
 impl ClientConfig {
@@ -70,6 +80,8 @@ impl ClientConfig {
             inbox: DEFAULT_INBOX,
             reconnect: None,
             seed: 0,
+            fallbacks: Vec::new(),
+            fail_on_refused: false,
         }
     }
 }
@@ -87,9 +99,11 @@ pub enum ClientOutput {
         /// When it changed.
         at: Instant,
     },
-    /// The first connect finished: `Ok` with the connection id, or `Err`
-    /// after `epoch_limit` epochs without an answer.
-    ConnectResult(Result<ConnId, ()>),
+    /// The first connect finished: `Ok` with the connection id, or why not.
+    ConnectResult(Result<ConnId, ConnectFailure>),
+    /// The previous address refused: datagrams go to this one from now on
+    /// (a driver with a connected socket connects it here).
+    Dialing(SocketAddr),
     /// The next message from the server, in order.
     Data(Vec<u8>),
     /// The connection was lost (every message before it was handed out).
@@ -110,11 +124,51 @@ pub enum ClientOutput {
     Drained,
 }
 
+/// Why the first connect failed.
+///
+/// # Examples
+///
+/// ```
+/// use liveseq::proto::ConnectFailure;
+/// use liveseq::Error;
+///
+/// let addr = "127.0.0.1:9".parse().unwrap();
+/// assert!(matches!(Error::from(ConnectFailure::Refused(addr)), Error::ConnectionRefused(a) if a == addr));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectFailure {
+    /// `epoch_limit` epochs passed, and some address's last Connect was
+    /// neither answered nor refused. The address is where the last Connect went.
+    TimedOut(SocketAddr),
+    /// The last Connect to every address was refused. The address is where
+    /// the last Connect went.
+    Refused(SocketAddr),
+}
+
+impl From<ConnectFailure> for Error {
+    fn from(failure: ConnectFailure) -> Error {
+        match failure {
+            ConnectFailure::TimedOut(addr) => Error::ConnectTimeout(addr),
+            ConnectFailure::Refused(addr) => Error::ConnectionRefused(addr),
+        }
+    }
+}
+
 /// The I/O-free client: see the [`proto`](crate::proto) docs.
 #[derive(Debug)]
 pub struct ClientCore {
     config: ClientConfig,
-    server: SocketAddr,
+    /// The server's addresses, in the order to try them; never empty.
+    addrs: Vec<SocketAddr>,
+    /// The address in use.
+    current: usize,
+    /// Per address: refused since its last Connect went out.
+    refused: Vec<bool>,
+    /// Where the last Connect went: what a failed connect names.
+    last_tried: SocketAddr,
+    /// Send a Connect to the current address at once (the previous refused).
+    connect_now: bool,
     /// The connection holds Data it could not take ([`ClientOutput::Holding`]).
     holding: bool,
     conn: Conn,
@@ -141,13 +195,21 @@ pub struct ClientCore {
 }
 
 impl ClientCore {
-    /// A client that starts connecting to `server` with `isn` at once.
+    /// A client that starts connecting to `server` with `isn` at once (then
+    /// to `config.fallbacks`, if `server` refuses).
     pub fn new(now: Instant, server: SocketAddr, isn: u64, config: ClientConfig) -> ClientCore {
         let mut conn = Conn::client(config.params, isn);
         conn.set_coalesce_acks(config.coalesce_acks);
+        let addrs: Vec<SocketAddr> = std::iter::once(server)
+            .chain(config.fallbacks.iter().copied())
+            .collect();
         let mut core = ClientCore {
-            server,
             holding: false,
+            refused: vec![false; addrs.len()],
+            last_tried: server,
+            addrs,
+            current: 0,
+            connect_now: false,
             timing: Timing::new(now, conn.next_unsent()),
             conn,
             state: ConnState::Connecting,
@@ -180,9 +242,10 @@ impl ClientCore {
         ConnId(self.last_id)
     }
 
-    /// The server's address.
+    /// The server's address: the one in use (they change only while the
+    /// first connect moves on from a refusal).
     pub fn server(&self) -> SocketAddr {
-        self.server
+        self.addrs[self.current]
     }
 
     /// The current connection's state machine, for tests and tools.
@@ -228,7 +291,7 @@ impl ClientCore {
     /// A datagram arrived from `from`. Anything not from the server, or not a
     /// message, is counted and dropped.
     pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        if from != self.server {
+        if from != self.server() {
             log::debug!("dropped a datagram from {from}: not from the server");
             return;
         }
@@ -243,7 +306,7 @@ impl ClientCore {
 
     /// A decoded message arrived from `from`.
     pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message<'_>) {
-        if from != self.server {
+        if from != self.server() {
             return;
         }
         if msg.kind == MsgType::Connect || self.redial_at.is_some() {
@@ -261,6 +324,43 @@ impl ClientCore {
             }
         }
         self.after(now);
+    }
+
+    /// The server's host refused the last datagram (an ICMP port
+    /// unreachable, which a connected UDP socket reports on receive):
+    /// nothing listens at [`server`](Self::server).
+    ///
+    /// While the first connect is under way, the core moves on to the next
+    /// address at once ([`ClientOutput::Dialing`], then a Connect). When the
+    /// last address refused, it fails the connect if
+    /// [`fail_on_refused`](ClientConfig::fail_on_refused) is set; otherwise
+    /// it starts over from the first address at the next scheduled Connect,
+    /// and a connect that runs out of epochs with every address refused
+    /// fails with [`ConnectFailure::Refused`]. Once connected, and while
+    /// reconnecting, a refusal changes nothing: the epoch limit and the
+    /// [`ReconnectPolicy`] decide, as before (a server restarting on its
+    /// port refuses for a moment).
+    pub fn handle_refused(&mut self, now: Instant) {
+        let server = self.server();
+        if !self.first_connect || self.closing || self.conn.phase() != Phase::Connecting {
+            log::debug!("{server} refused a datagram; left to the epoch limit");
+            return;
+        }
+        log::debug!("{server} refused the Connect");
+        self.refused[self.current] = true;
+        if self.current + 1 < self.addrs.len() {
+            self.current += 1;
+            self.connect_now = true;
+            self.outputs.push_back(ClientOutput::Dialing(self.server()));
+        } else if self.config.fail_on_refused {
+            self.fail_connect(now, ConnectFailure::Refused(self.last_tried));
+        } else if self.current > 0 {
+            // Every address refused: no Connect until the next scheduled one,
+            // which starts the round over (a refusal must never be answered
+            // at once by a Connect to the same refused address).
+            self.current = 0;
+            self.outputs.push_back(ClientOutput::Dialing(self.server()));
+        }
     }
 
     /// The end of a batch of datagrams: owed acknowledgements go out.
@@ -362,8 +462,18 @@ impl ClientCore {
         if self.redial_at.is_some() {
             return None;
         }
-        let to = self.server;
-        self.conn.poll_transmit().map(|msg| (to, msg))
+        let to = self.server();
+        if std::mem::take(&mut self.connect_now) {
+            self.refused[self.current] = false;
+            self.last_tried = to;
+            return Some((to, Message::connect(self.conn.isn())));
+        }
+        let msg = self.conn.poll_transmit()?;
+        if msg.kind == MsgType::Connect {
+            self.refused[self.current] = false;
+            self.last_tried = to;
+        }
+        Some((to, msg))
     }
 
     /// The next output for the application side.
@@ -372,6 +482,16 @@ impl ClientCore {
     }
 
     // ----- internals -----
+
+    /// The first connect failed: no more Connects, and the driver is told why.
+    fn fail_connect(&mut self, now: Instant, why: ConnectFailure) {
+        self.first_connect = false;
+        self.connect_now = false;
+        self.conn.abort();
+        self.set_state(now, ConnState::Refused);
+        self.outputs
+            .push_back(ClientOutput::ConnectResult(Err(why)));
+    }
 
     fn set_state(&mut self, now: Instant, state: ConnState) {
         self.state = state;
@@ -457,9 +577,14 @@ impl ClientCore {
                         .extend(delivered.drain(..).map(ClientOutput::Data));
                 }
                 Event::Lost if id == 0 => {
-                    if std::mem::take(&mut self.first_connect) {
-                        self.set_state(now, ConnState::Refused);
-                        self.outputs.push_back(ClientOutput::ConnectResult(Err(())));
+                    if self.first_connect {
+                        let last = self.last_tried;
+                        let why = if self.refused.iter().all(|&refused| refused) {
+                            ConnectFailure::Refused(last)
+                        } else {
+                            ConnectFailure::TimedOut(last)
+                        };
+                        self.fail_connect(now, why);
                     } else {
                         // A reconnect attempt timed out.
                         self.redial(now);
@@ -515,7 +640,7 @@ impl ClientCore {
         // A delay from the user's policy: one that would overflow the clock
         // is clamped to a year (it means "practically never").
         let delay = policy
-            .delay(self.attempt, &mut self.rng)
+            .delay(self.attempt, self.rng.gen())
             .min(Duration::from_secs(365 * 24 * 3600));
         self.redial_at = Some(now.checked_add(delay).unwrap_or(now));
         // Heartbeats for the lost connection may still reach this socket:

@@ -32,7 +32,7 @@ mod message;
 mod server;
 
 pub use checksum::checksum;
-pub use client::{ClientConfig, ClientCore, ClientOutput};
+pub use client::{ClientConfig, ClientCore, ClientOutput, ConnectFailure};
 pub use conn::{
     Conn, Counters, Event, Phase, Rejected, Room, CONNECT_REACKS, MAX_ISN, MAX_SEQ_NUM,
     MESSAGE_OVERHEAD,

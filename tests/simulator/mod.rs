@@ -1805,7 +1805,7 @@ impl Sim {
                         prev_state == Some(ConnState::Connected)
                             && u32::from(*id) == self.cconns[index].id
                     }
-                    Err(()) => prev_state == Some(ConnState::Refused),
+                    Err(_) => prev_state == Some(ConnState::Refused),
                 };
                 if cl.connect_result || !ok {
                     fail(
