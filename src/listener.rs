@@ -161,6 +161,15 @@ impl Listener {
     }
 
     /// The address the listener's socket is bound to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Listener, Params};
+    /// # let params = Params { epoch_millis: 50, ..Params::default() };
+    /// # let listener = Listener::bind("127.0.0.1:0", params).unwrap();
+    /// assert!(listener.local_addr().unwrap().ip().is_loopback());
+    /// ```
     pub fn local_addr(&self) -> Result<SocketAddr, Error> {
         self.server.local_addr()
     }
@@ -193,6 +202,16 @@ impl Listener {
     /// Blocks until a client connects, and returns its connection.
     ///
     /// Fails with [`Error::Closed`] once the listener is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Listener, Params};
+    /// # let params = Params { epoch_millis: 50, ..Params::default() };
+    /// # let listener = Listener::bind("127.0.0.1:0", params).unwrap();
+    /// let client = Client::connect(listener.local_addr().unwrap(), params).unwrap();
+    /// assert_eq!(listener.accept().unwrap().id(), client.conn_id());
+    /// ```
     pub fn accept(&self) -> Result<Connection, Error> {
         self.accept_inner(None)
     }
@@ -260,6 +279,16 @@ impl Listener {
     }
 
     /// Server-wide totals (see [`Server::totals`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Listener, Params};
+    /// # let params = Params { epoch_millis: 50, ..Params::default() };
+    /// # let listener = Listener::bind("127.0.0.1:0", params).unwrap();
+    /// let client = Client::connect(listener.local_addr().unwrap(), params).unwrap();
+    /// assert_eq!(listener.totals().accepted, 1);
+    /// ```
     pub fn totals(&self) -> ServerStats {
         self.server.totals()
     }
@@ -267,6 +296,18 @@ impl Listener {
     /// Closes the listener and every connection, accepted or not: blocks
     /// until everything written to them is acknowledged, as
     /// [`Server::close`] does. Their handles then return [`Error::Closed`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Listener, Params};
+    /// # let params = Params { epoch_millis: 50, ..Params::default() };
+    /// # let listener = Listener::bind("127.0.0.1:0", params).unwrap();
+    /// let client = Client::connect(listener.local_addr().unwrap(), params).unwrap();
+    /// let conn = listener.accept().unwrap();
+    /// listener.close().unwrap();
+    /// assert!(matches!(conn.read(), Err(liveseq::Error::Closed)));
+    /// ```
     pub fn close(&self) -> Result<(), Error> {
         self.server.close()
     }
@@ -334,16 +375,54 @@ impl fmt::Debug for Connection {
 
 impl Connection {
     /// The connection's id (as the client sees it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Listener, Params};
+    /// # use std::time::Duration;
+    /// # let params = Params { epoch_millis: 50, ..Params::default() };
+    /// # let listener = Listener::bind("127.0.0.1:0", params).unwrap();
+    /// # let client = Client::connect(listener.local_addr().unwrap(), params).unwrap();
+    /// # let conn = listener.accept().unwrap();
+    /// assert_eq!(conn.id(), client.conn_id());
+    /// ```
     pub fn id(&self) -> ConnId {
         self.id
     }
 
     /// The client's address.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Listener, Params};
+    /// # use std::time::Duration;
+    /// # let params = Params { epoch_millis: 50, ..Params::default() };
+    /// # let listener = Listener::bind("127.0.0.1:0", params).unwrap();
+    /// # let client = Client::connect(listener.local_addr().unwrap(), params).unwrap();
+    /// # let conn = listener.accept().unwrap();
+    /// assert_eq!(conn.peer_addr().port(), client.local_addr().unwrap().port());
+    /// ```
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
     }
 
     /// A snapshot of the connection's statistics, or `None` once it is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Listener, Params};
+    /// # use std::time::Duration;
+    /// # let params = Params { epoch_millis: 50, ..Params::default() };
+    /// # let listener = Listener::bind("127.0.0.1:0", params).unwrap();
+    /// # let client = Client::connect(listener.local_addr().unwrap(), params).unwrap();
+    /// # let conn = listener.accept().unwrap();
+    /// client.write(b"x").unwrap();
+    /// assert_eq!(conn.read().unwrap(), b"x");
+    /// assert_eq!(conn.stats().unwrap().messages_received, 1);
+    /// ```
     pub fn stats(&self) -> Option<ConnStats> {
         self.server.stats(self.id)
     }
@@ -373,11 +452,37 @@ impl Connection {
     /// [`Error::ConnectionClosed`] after [`close`](Connection::close), and
     /// with [`Error::Closed`] once the listener is closed; then every later
     /// read fails the same way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Listener, Params};
+    /// # use std::time::Duration;
+    /// # let params = Params { epoch_millis: 50, ..Params::default() };
+    /// # let listener = Listener::bind("127.0.0.1:0", params).unwrap();
+    /// # let client = Client::connect(listener.local_addr().unwrap(), params).unwrap();
+    /// # let conn = listener.accept().unwrap();
+    /// client.write(b"hi").unwrap();
+    /// assert_eq!(conn.read().unwrap(), b"hi");
+    /// ```
     pub fn read(&self) -> Result<Vec<u8>, Error> {
         self.read_inner(None)
     }
 
     /// Like [`read`](Connection::read), but gives up with
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Listener, Params};
+    /// # use std::time::Duration;
+    /// # let params = Params { epoch_millis: 50, ..Params::default() };
+    /// # let listener = Listener::bind("127.0.0.1:0", params).unwrap();
+    /// # let client = Client::connect(listener.local_addr().unwrap(), params).unwrap();
+    /// # let conn = listener.accept().unwrap();
+    /// use liveseq::Error;
+    /// assert!(matches!(conn.read_timeout(Duration::from_millis(5)), Err(Error::Timeout)));
+    /// ```
     /// [`Error::Timeout`] after `timeout`.
     pub fn read_timeout(&self, timeout: Duration) -> Result<Vec<u8>, Error> {
         self.read_inner(Some(timeout))
@@ -411,11 +516,37 @@ impl Connection {
     /// buffer is full (only this thread waits). Fails with
     /// [`Error::ConnectionLost`], [`Error::ConnectionClosed`],
     /// [`Error::PayloadTooLarge`] or [`Error::Closed`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Listener, Params};
+    /// # use std::time::Duration;
+    /// # let params = Params { epoch_millis: 50, ..Params::default() };
+    /// # let listener = Listener::bind("127.0.0.1:0", params).unwrap();
+    /// # let client = Client::connect(listener.local_addr().unwrap(), params).unwrap();
+    /// # let conn = listener.accept().unwrap();
+    /// conn.write(b"hello").unwrap();
+    /// assert_eq!(client.read().unwrap(), b"hello");
+    /// ```
     pub fn write(&self, payload: &[u8]) -> Result<(), Error> {
         self.server.write_waiting(self.id, payload, None)
     }
 
     /// Like [`write`](Connection::write), but gives up with
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Listener, Params};
+    /// # use std::time::Duration;
+    /// # let params = Params { epoch_millis: 50, ..Params::default() };
+    /// # let listener = Listener::bind("127.0.0.1:0", params).unwrap();
+    /// # let client = Client::connect(listener.local_addr().unwrap(), params).unwrap();
+    /// # let conn = listener.accept().unwrap();
+    /// conn.write_timeout(b"hello", Duration::from_secs(1)).unwrap();
+    /// assert_eq!(client.read().unwrap(), b"hello");
+    /// ```
     /// [`Error::Timeout`] if there is no room within `timeout`.
     pub fn write_timeout(&self, payload: &[u8], timeout: Duration) -> Result<(), Error> {
         self.server
@@ -423,6 +554,22 @@ impl Connection {
     }
 
     /// Like [`write`](Connection::write), but fails with
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Listener, Params};
+    /// # use std::time::Duration;
+    /// # let params = Params { epoch_millis: 50, ..Params::default() };
+    /// # let listener = Listener::bind("127.0.0.1:0", params).unwrap();
+    /// # let client = Client::connect(listener.local_addr().unwrap(), params).unwrap();
+    /// # let conn = listener.accept().unwrap();
+    /// use liveseq::Error;
+    /// match conn.try_write(b"hello") {
+    ///     Ok(()) | Err(Error::BufferFull) => {}
+    ///     Err(other) => panic!("{other}"),
+    /// }
+    /// ```
     /// [`Error::BufferFull`] at once instead of waiting for room.
     pub fn try_write(&self, payload: &[u8]) -> Result<(), Error> {
         self.server.try_write(self.id, payload)
@@ -431,6 +578,20 @@ impl Connection {
     /// Closes the connection and waits until everything written to it is
     /// acknowledged (or the peer is lost: [`Error::ConnectionLost`]). Reads
     /// then fail with [`Error::ConnectionClosed`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Listener, Params};
+    /// # use std::time::Duration;
+    /// # let params = Params { epoch_millis: 50, ..Params::default() };
+    /// # let listener = Listener::bind("127.0.0.1:0", params).unwrap();
+    /// # let client = Client::connect(listener.local_addr().unwrap(), params).unwrap();
+    /// # let conn = listener.accept().unwrap();
+    /// conn.write(b"bye").unwrap();
+    /// conn.close().unwrap(); // "bye" was acknowledged
+    /// assert_eq!(client.read().unwrap(), b"bye");
+    /// ```
     pub fn close(&self) -> Result<(), Error> {
         let events = self.server.subscribe();
         self.closed.store(true, Ordering::SeqCst);

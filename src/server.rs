@@ -264,7 +264,9 @@ impl ServerBuilder {
         self
     }
 
-    /// Faults to inject into this server's traffic (default: none).
+    /// Faults to inject into this server's traffic (default: none). A test
+    /// hook, hidden from the documentation.
+    #[doc(hidden)]
     pub fn faults(mut self, faults: Faults) -> Self {
         self.faults = faults;
         self
