@@ -96,7 +96,8 @@ impl Ord for Delayed {
     }
 }
 
-/// Datagrams encoded under the core's lock, sent after it is released.
+/// Datagrams encoded under the core's lock and sent before it is released
+/// (never blocking: see [`Io::send_raw`]).
 #[derive(Default)]
 struct SendBatch {
     bytes: Vec<u8>,
