@@ -1,7 +1,10 @@
-//! Flow control on real sockets: writers blocked on a full send buffer (and
-//! woken by acks, loss and close), and readers far slower than their
-//! writers, which hold a bounded inbox while every message still arrives in
-//! order exactly once.
+//! Flow control on real sockets: client writers blocked on a full send
+//! buffer, server writes that never block (queued past the limit, the
+//! connection then not writable and its peer's messages held back until it
+//! drains), `write_timeout` waiting for room and woken by acks, loss, slow
+//! consumers and close, and readers far slower than their writers, which
+//! hold a bounded inbox (plus a window held back unacknowledged) while every
+//! message still arrives in order exactly once.
 
 mod common;
 
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::{params, payload, poll_until, Heartbeats, RawPeer, WAIT};
 use crossbeam_channel::Receiver;
 use liveseq::proto::{Message, MsgType};
-use liveseq::{Client, ConnId, Error, Params, Server};
+use liveseq::{Client, ConnId, Error, Params, Server, ServerEvent};
 
 /// The send buffer of every instance in the send-side tests, in messages.
 const LIMIT: usize = 4;
@@ -226,7 +229,7 @@ fn raw_client(server: &Server, p: Params, isn: u64) -> (RawPeer, u32, Heartbeats
 }
 
 /// Fills connection `id`'s buffer with messages `c, 0..LIMIT` and checks them
-/// on the wire; returns what was seen.
+/// on the wire; returns what was seen. The connection is then not writable.
 fn fill_server(
     server: &Server,
     raw: &mut RawPeer,
@@ -236,8 +239,10 @@ fn fill_server(
 ) -> BTreeMap<u64, Vec<u8>> {
     let conn = ConnId::from(id);
     for i in 0..LIMIT {
+        assert!(server.is_writable(conn), "writable below the limit");
         server.try_write(conn, &payload(c, i, 300)).unwrap();
     }
+    assert!(!server.is_writable(conn), "not writable at the limit");
     assert!(matches!(
         server.try_write(conn, b"more"),
         Err(Error::BufferFull)
@@ -253,8 +258,22 @@ fn fill_server(
     seen
 }
 
+/// The next event, skipping `Connected`.
+fn next_event_after_connects(server: &Server) -> ServerEvent {
+    loop {
+        match server.next_event_timeout(WAIT).unwrap() {
+            ServerEvent::Connected { .. } => continue,
+            event => return event,
+        }
+    }
+}
+
+/// A connection at its limit: `write_timeout` (like `try_write`) waits for
+/// room there and nowhere else, while plain writes to another connection
+/// go through; an ack lets the waiting writer in, and once the buffer
+/// drains to half the limit the connection reports `Writable`.
 #[test]
-fn server_full_buffer_blocks_only_writers_to_that_connection() {
+fn server_write_timeout_waits_only_for_that_connection() {
     let p = params(200, 30, 8, 8);
     let server = limited_server(p);
     let (mut a, a_id, _a_heartbeats) = raw_client(&server, p, 100);
@@ -262,6 +281,8 @@ fn server_full_buffer_blocks_only_writers_to_that_connection() {
     let (a_conn, b_conn) = (ConnId::from(a_id), ConnId::from(b_id));
 
     let mut a_seen = fill_server(&server, &mut a, a_id, 100, 1);
+    assert!(server.is_writable(b_conn));
+    assert_eq!(server.totals().not_writable, 1);
     let started = Instant::now();
     assert!(matches!(
         server.write_timeout(a_conn, b"late", p.epoch() * 2),
@@ -270,11 +291,11 @@ fn server_full_buffer_blocks_only_writers_to_that_connection() {
     assert!(started.elapsed() >= p.epoch() * 2);
     let result = {
         let server = server.clone();
-        spawn_writer(move || server.write(a_conn, &payload(1, LIMIT, 300)))
+        spawn_writer(move || server.write_timeout(a_conn, &payload(1, LIMIT, 300), WAIT))
     };
 
     // Meanwhile B, which acknowledges, takes three buffers' worth through
-    // plain blocking writes, in order, byte for byte.
+    // plain writes, in order, byte for byte, and stays writable.
     let mut b_seen = BTreeMap::new();
     for i in 0..3 * LIMIT {
         server.write(b_conn, &payload(2, i, 300)).unwrap();
@@ -285,8 +306,10 @@ fn server_full_buffer_blocks_only_writers_to_that_connection() {
     assert!(result.try_recv().is_err(), "A's writer still waits");
     only_retransmissions(&mut a, p.epoch() * 2, &a_seen);
     assert!(result.try_recv().is_err(), "A's writer still waits");
+    assert!(server.is_writable(b_conn));
+    assert!(!server.is_writable(a_conn));
 
-    // An ack from A lets its writer through.
+    // An ack from A lets its writer through; A is still over half its limit.
     a.send(&Message::ack(a_id, 101));
     assert!(result.recv_timeout(WAIT).unwrap().is_ok());
     let m = next_new_data(&mut a, &mut a_seen);
@@ -294,12 +317,87 @@ fn server_full_buffer_blocks_only_writers_to_that_connection() {
         m,
         Message::data(a_id, 101 + LIMIT as u64, &payload(1, LIMIT, 300))
     );
+    assert!(!server.is_writable(a_conn));
+    // Everything acknowledged: A is writable again, and says so (the only
+    // event after the Connects: B never reached its limit).
     a.send(&Message::cack(a_id, 101 + LIMIT as u64));
+    assert_eq!(
+        next_event_after_connects(&server),
+        ServerEvent::Writable { id: a_conn }
+    );
+    assert!(server.is_writable(a_conn));
+    assert_eq!(server.totals().not_writable, 0);
+    assert!(matches!(server.try_next_event(), Ok(None)));
     let _ = server.close_timeout(p.epoch() * 5);
 }
 
+/// `write` never waits: past the limit it queues, the connection is not
+/// writable and the messages its peer sends are held back from the
+/// application (still acknowledged) until its buffer drains to half the
+/// limit; they then arrive, in order, followed by `Writable`.
 #[test]
-fn server_blocked_writer_wakes_when_its_connection_is_closed() {
+fn server_write_past_the_limit_queues_and_holds_back_the_peers_messages() {
+    let p = params(200, 30, 8, 8);
+    let server = limited_server(p);
+    let (mut a, a_id, _heartbeats) = raw_client(&server, p, 100);
+    let conn = ConnId::from(a_id);
+    let mut seen = BTreeMap::new();
+    for i in 0..2 * LIMIT {
+        server.write(conn, &payload(1, i, 300)).unwrap();
+        assert_eq!(server.is_writable(conn), i + 1 < LIMIT, "after {i}");
+    }
+    let s = server.stats(conn).unwrap();
+    assert_eq!(s.unacked + s.queued, 2 * LIMIT);
+    assert!(matches!(
+        server.try_write(conn, b"more"),
+        Err(Error::BufferFull)
+    ));
+    // The window (8) sends them all.
+    for i in 0..2 * LIMIT {
+        let m = next_new_data(&mut a, &mut seen);
+        assert_eq!(m, Message::data(a_id, 101 + i as u64, &payload(1, i, 300)));
+    }
+    // A's own messages (its sequence numbers follow its isn too) are taken,
+    // but held back from the application while A is not writable.
+    let from_a = |i: usize| payload(9, i, 100);
+    assert_eq!(
+        server.next_event_timeout(WAIT).unwrap().conn_id(),
+        conn,
+        "Connected"
+    );
+    for i in 0..3 {
+        a.send(&Message::data(a_id, 101 + i as u64, &from_a(i)));
+    }
+    poll_until(WAIT, || server.stats(conn).unwrap().messages_received == 3)
+        .expect("A's messages are taken");
+    assert_eq!(server.try_next_event().unwrap(), None, "held back");
+    // Acks down to three buffered: above half the limit, still held back.
+    a.send(&Message::cack(a_id, 100 + 2 * LIMIT as u64 - 3));
+    poll_until(WAIT, || server.stats(conn).unwrap().unacked == 3).expect("the CAck");
+    assert!(!server.is_writable(conn));
+    assert_eq!(server.try_next_event().unwrap(), None, "still held back");
+    // Half the limit: A's messages, in order, then Writable.
+    a.send(&Message::ack(a_id, 100 + 2 * LIMIT as u64 - 2));
+    for i in 0..3 {
+        assert_eq!(
+            server.next_event_timeout(WAIT).unwrap(),
+            ServerEvent::Message {
+                id: conn,
+                payload: from_a(i)
+            }
+        );
+    }
+    assert_eq!(
+        server.next_event_timeout(WAIT).unwrap(),
+        ServerEvent::Writable { id: conn }
+    );
+    assert!(server.is_writable(conn));
+    a.send(&Message::cack(a_id, 100 + 2 * LIMIT as u64));
+    server.close().unwrap();
+}
+
+#[test]
+fn server_waiting_writer_wakes_when_its_connection_is_closed() {
     let p = params(1000, 30, 8, 8);
     let server = limited_server(p);
     let (mut a, a_id, _heartbeats) = raw_client(&server, p, 100);
@@ -307,51 +405,125 @@ fn server_blocked_writer_wakes_when_its_connection_is_closed() {
     fill_server(&server, &mut a, a_id, 100, 1);
     let result = {
         let server = server.clone();
-        spawn_writer(move || server.write(conn, b"never"))
+        spawn_writer(move || server.write_timeout(conn, b"never", WAIT))
     };
     // close_conn: what was written still drains (A acknowledges nothing,
-    // so it drains for as long as A lives), but a blocked write fails now.
+    // so it drains for as long as A lives), but a waiting write fails now.
     server.close_conn(conn).unwrap();
     assert!(matches!(
         result.recv_timeout(WAIT).unwrap(),
         Err(Error::ConnectionClosed(id)) if id == conn
     ));
     assert_eq!(server.state(conn), Some(liveseq::ConnState::Closing));
-    assert!(matches!(
-        server.try_write(conn, b"x"),
-        Err(Error::ConnectionClosed(id)) if id == conn
-    ));
+    assert!(!server.is_writable(conn));
+    for write in [Server::write, Server::try_write] {
+        assert!(matches!(
+            write(&server, conn, b"x"),
+            Err(Error::ConnectionClosed(id)) if id == conn
+        ));
+    }
     a.send(&Message::cack(a_id, 100 + LIMIT as u64));
     server.close().unwrap();
 }
 
+/// A writer waiting on a connection whose peer falls silent wakes with
+/// `ConnectionLost` when the connection is lost; writes fail so for
+/// `epoch_limit` epochs, then with `UnknownConnection`.
 #[test]
-fn server_blocked_writer_wakes_when_its_connection_is_lost() {
-    let p = params(20, 30, 8, 8);
+fn server_waiting_writer_wakes_when_its_connection_is_lost() {
+    // The back-off cap puts the slow-consumer rule (epoch_limit + 10 epochs
+    // without an ack, counted from the fill) well behind the loss
+    // (epoch_limit silent epochs, counted from the last heartbeat, just
+    // after the fill), so the connection is lost, not ended as slow.
+    let p = Params {
+        max_backoff_interval: 10,
+        ..params(20, 30, 8, 8)
+    };
     let server = limited_server(p);
     let (mut a, a_id, heartbeats) = raw_client(&server, p, 100);
     let conn = ConnId::from(a_id);
     fill_server(&server, &mut a, a_id, 100, 1);
     let result = {
         let server = server.clone();
-        spawn_writer(move || server.write(conn, b"never"))
+        spawn_writer(move || server.write_timeout(conn, b"never", WAIT))
     };
     // A falls silent: after epoch_limit epochs the connection is gone.
     heartbeats.stop();
     assert!(matches!(
         result.recv_timeout(WAIT).unwrap(),
-        Err(Error::UnknownConnection(id)) if id == conn
+        Err(Error::ConnectionLost(id)) if id == conn
     ));
+    let woke = Instant::now();
     assert!(matches!(server.read(), Err(Error::ConnectionLost(id)) if id == conn));
+    assert_eq!(server.totals().slow_consumers, 0);
+    for write in [Server::write, Server::try_write] {
+        assert!(matches!(
+            write(&server, conn, b"x"),
+            Err(Error::ConnectionLost(id)) if id == conn
+        ));
+    }
+    // Forgotten after epoch_limit epochs (the first may tick at once).
+    let mut last = None;
+    poll_until(WAIT, || {
+        last = Some(server.write(conn, b"x"));
+        !matches!(last, Some(Err(Error::ConnectionLost(id))) if id == conn)
+    })
+    .expect("the server forgets the connection");
+    assert!(
+        matches!(last, Some(Err(Error::UnknownConnection(id))) if id == conn),
+        "{last:?}"
+    );
+    assert!(woke.elapsed() >= p.epoch() * (p.epoch_limit - 2));
+    server.close().unwrap();
+}
+
+/// A peer that heartbeats but acknowledges nothing while its connection is
+/// over its limit is ended as a slow consumer after `epoch_limit` epochs
+/// (plus the back-off cap, here 0): a waiting writer wakes with
+/// `SlowConsumer`, the connection ends `Lost`, and writes fail with
+/// `SlowConsumer` until the server forgets it.
+#[test]
+fn server_waiting_writer_wakes_when_its_peer_is_a_slow_consumer() {
+    let p = params(5, 30, 8, 8);
+    let server = limited_server(p);
+    let (mut a, a_id, _heartbeats) = raw_client(&server, p, 100);
+    let conn = ConnId::from(a_id);
+    let filled = Instant::now();
+    fill_server(&server, &mut a, a_id, 100, 1);
+    let result = {
+        let server = server.clone();
+        spawn_writer(move || server.write_timeout(conn, b"never", WAIT))
+    };
     assert!(matches!(
-        server.write(conn, b"x"),
-        Err(Error::UnknownConnection(id)) if id == conn
+        result.recv_timeout(WAIT).unwrap(),
+        Err(Error::SlowConsumer(id)) if id == conn
     ));
+    // epoch_limit epochs without an ack, the first possibly cut short.
+    assert!(filled.elapsed() >= p.epoch() * (p.epoch_limit - 1));
+    assert!(matches!(server.read(), Err(Error::ConnectionLost(id)) if id == conn));
+    let totals = server.totals();
+    assert_eq!((totals.slow_consumers, totals.lost), (1, 1), "{totals:?}");
+    for write in [Server::write, Server::try_write] {
+        assert!(matches!(
+            write(&server, conn, b"x"),
+            Err(Error::SlowConsumer(id)) if id == conn
+        ));
+    }
+    let mut last = None;
+    poll_until(WAIT, || {
+        last = Some(server.write(conn, b"x"));
+        !matches!(last, Some(Err(Error::SlowConsumer(id))) if id == conn)
+    })
+    .expect("the server forgets the connection");
+    assert!(
+        matches!(last, Some(Err(Error::UnknownConnection(id))) if id == conn),
+        "{last:?}"
+    );
     server.close().unwrap();
 }
 
 #[test]
-fn server_blocked_writer_wakes_when_the_server_closes() {
+fn server_waiting_writer_wakes_when_the_server_closes() {
     let p = params(1000, 30, 8, 8);
     let server = limited_server(p);
     let (mut a, a_id, _heartbeats) = raw_client(&server, p, 100);
@@ -359,7 +531,7 @@ fn server_blocked_writer_wakes_when_the_server_closes() {
     fill_server(&server, &mut a, a_id, 100, 1);
     let result = {
         let server = server.clone();
-        spawn_writer(move || server.write(conn, b"never"))
+        spawn_writer(move || server.write_timeout(conn, b"never", WAIT))
     };
     let closing = {
         let server = server.clone();
@@ -451,8 +623,14 @@ fn a_reader_a_hundred_times_slower_than_its_writer() {
     server.close().unwrap();
 }
 
-/// The same the other way round: a server writes as fast as `write` lets it
-/// to a client whose reader is a hundred times slower.
+/// The same the other way round, where `Server::write` never waits: a
+/// server queues a thousand messages at once for a client whose reader is a
+/// hundred times slower. The connection is then not writable; the client
+/// holds its inbox plus at most a window's worth held back unacknowledged
+/// (never more: the server has no more than a window in flight, so nothing
+/// is turned away), reads are paced by the hold-back, every message arrives
+/// in order, byte for byte, exactly once, and once the client has read
+/// everything the connection is writable again.
 #[test]
 fn a_client_reader_a_hundred_times_slower_than_its_server() {
     const INBOX: usize = 16;
@@ -471,39 +649,40 @@ fn a_client_reader_a_hundred_times_slower_than_its_server() {
         .connect(server.local_addr().unwrap())
         .unwrap();
     let id = client.conn_id();
-    let writer = thread::spawn(move || {
-        for i in 0..N {
-            server.write(id, &payload(5, i, 500)).unwrap();
-            let s = server.stats(id).unwrap();
-            assert!(s.unacked + s.queued <= SEND_BUFFER);
-        }
-        server
-    });
+    for i in 0..N {
+        server.write(id, &payload(5, i, 500)).unwrap();
+    }
+    // Every write returned at once, with nothing read: the client has
+    // acknowledged at most its inbox, so nearly everything is queued.
+    let s = server.stats(id).unwrap();
+    assert!(s.unacked <= WINDOW as usize, "{s:?}");
+    assert!(s.unacked + s.queued >= N - INBOX, "{s:?}");
+    assert!(!server.is_writable(id));
+    assert_eq!(server.totals().not_writable, 1);
     poll_until(WAIT, || client.stats().messages_received >= INBOX as u64).expect("the inbox fills");
     thread::sleep(p.epoch() * 3); // the workload: a reader that is not reading
     let idle = client.stats();
-    assert!(
-        (INBOX..INBOX + WINDOW as usize).contains(&(idle.messages_received as usize)),
-        "{idle:?}"
-    );
+    assert_eq!(idle.messages_received as usize, INBOX, "{idle:?}");
     for i in 0..N {
         assert_eq!(client.read().unwrap(), payload(5, i, 500), "message {i}");
         let unread = client.stats().messages_received as usize - (i + 1);
-        assert!(
-            unread < INBOX + WINDOW as usize,
-            "{unread} unread after {i}"
-        );
+        assert!(unread <= INBOX, "{unread} unread after {i}");
         thread::sleep(Duration::from_millis(1)); // the workload: a slow reader
     }
-    let server = writer.join().unwrap();
-    // Without loss, a retransmission means Data was turned away unacknowledged.
+    // Drained: writable again, and the server says so.
+    assert_eq!(
+        next_event_after_connects(&server),
+        ServerEvent::Writable { id }
+    );
+    assert!(server.is_writable(id));
+    let received = client.stats();
+    assert_eq!(received.paused_drops, 0, "{received:?}");
+    assert!(received.held_back >= u64::from(WINDOW), "{received:?}");
+    assert_eq!(received.rejected, 0, "flow control is not the peer's fault");
+    // Without loss, a retransmission means Data was held unacknowledged
+    // (for the three epochs nothing was read).
     let sent = server.stats(id).unwrap();
     assert!(sent.retransmissions > 0, "{sent:?}");
-    assert_eq!(
-        client.stats().rejected,
-        0,
-        "flow control is not the peer's fault"
-    );
     server.close().unwrap();
     assert!(matches!(client.read(), Err(Error::ConnectionLost(_))));
 }
@@ -521,9 +700,12 @@ fn next_ack(raw: &mut RawPeer, isn: u64) -> Message<'static> {
 
 /// A raw writer that behaves like the Go client (a window of `window`,
 /// every unacknowledged message resent each epoch, acks counted) against a
-/// server whose inbox holds `inbox` (messages, bytes): while the inbox is
-/// full the server leaves Data unacknowledged; reads let more in, exactly as
-/// many as there is room for.
+/// server whose inbox holds `inbox` (messages, bytes) and whose window is 8.
+/// While the inbox is full the server holds new Data unacknowledged, up to
+/// its window's worth (a resent held message is a duplicate, still not
+/// acknowledged), and drops what does not fit unacknowledged; each read
+/// takes held Data, in order, as far as there is room, and acknowledges it
+/// at once, before the writer's next retransmission.
 fn go_like_writer_against_a_full_inbox(window: u64, inbox: (usize, usize)) {
     const M: u64 = 24;
     const ISN: u64 = 1000;
@@ -542,8 +724,15 @@ fn go_like_writer_against_a_full_inbox(window: u64, inbox: (usize, usize)) {
     let mut next = 0u64;
     let mut unacked = BTreeSet::new();
     let mut acks = Vec::new();
-    // Delivered and read so far, in messages; unread bytes.
+    // The model of the server: delivered and read so far, in messages;
+    // unread bytes; the messages it holds unacknowledged; and its counters
+    // (held, dropped for lack of room, duplicates).
     let (mut delivered, mut read, mut unread_bytes) = (0u64, 0u64, 0usize);
+    let mut held = BTreeSet::new();
+    let (mut held_back, mut paused_drops, mut duplicates) = (0u64, 0u64, 0u64);
+    let fits = |delivered: u64, read: u64, unread_bytes: usize| {
+        ((delivered - read) as usize) < inbox.0 && unread_bytes < inbox.1
+    };
     let mut turned_away_rounds = 0;
     let reads_per_round = [0u64, 0, 1, 0, 0, 3];
     for round in 0.. {
@@ -561,29 +750,65 @@ fn go_like_writer_against_a_full_inbox(window: u64, inbox: (usize, usize)) {
         for &i in &burst {
             raw.send(&Message::data(id, ISN + 1 + i, &msg(i)));
         }
-        // The server takes them in order while its inbox is not full, and
-        // turns the rest away without an ack.
-        let mut taken = 0;
+        // The server takes them in order while its inbox is not full
+        // (nothing is held then: a read takes held Data first), holds what
+        // follows up to its window, and drops the rest without an ack.
+        let mut taken = Vec::new();
         for &i in &burst {
-            let unread = (delivered - read) as usize;
-            if unread >= inbox.0 || unread_bytes >= inbox.1 {
-                break;
+            if held.contains(&i) {
+                duplicates += 1;
+            } else if fits(delivered, read, unread_bytes) {
+                assert!(held.is_empty());
+                delivered += 1;
+                unread_bytes += msg(i).len();
+                taken.push(i);
+            } else if held.len() < p.window_size as usize {
+                held.insert(i);
+                held_back += 1;
+            } else {
+                paused_drops += 1;
             }
-            delivered += 1;
-            unread_bytes += msg(i).len();
-            taken += 1;
         }
         // A heartbeat after the burst: once the server has counted it, it
         // has handled the whole burst (one socket, one order on loopback).
         // (`connect` sent one after the Ack, and each round one more.)
         raw.send(&Message::ack(id, 0));
         let heartbeats = 2 + round as u64;
+        let model = (delivered, heartbeats, held_back, paused_drops, duplicates);
         poll_until(WAIT, || {
             let s = server.stats(conn).unwrap();
-            (s.messages_received, s.heartbeats_received) == (delivered, heartbeats)
+            let counted = (
+                s.messages_received,
+                s.heartbeats_received,
+                s.held_back,
+                s.paused_drops,
+                s.duplicates_received,
+            );
+            counted == model
         })
-        .unwrap_or_else(|| panic!("round {round}: {:?}", server.stats(conn)));
-        for &i in &burst[..taken] {
+        .unwrap_or_else(|| panic!("round {round}: {model:?} {:?}", server.stats(conn)));
+        if taken.is_empty() {
+            turned_away_rounds += 1;
+        }
+        // The application reads a little, sometimes nothing. Each read
+        // makes room for held Data, which is taken and acknowledged at once.
+        for _ in 0..reads_per_round[round % reads_per_round.len()] {
+            if read == delivered {
+                break;
+            }
+            assert_eq!(server.read().unwrap(), (conn, msg(read)));
+            unread_bytes -= msg(read).len();
+            read += 1;
+            while fits(delivered, read, unread_bytes) {
+                let Some(i) = held.pop_first() else {
+                    break;
+                };
+                delivered += 1;
+                unread_bytes += msg(i).len();
+                taken.push(i);
+            }
+        }
+        for &i in &taken {
             assert_eq!(
                 next_ack(&mut raw, ISN),
                 Message::ack(id, ISN + 1 + i),
@@ -591,16 +816,6 @@ fn go_like_writer_against_a_full_inbox(window: u64, inbox: (usize, usize)) {
             );
             unacked.remove(&i);
             acks.push(i);
-        }
-        if taken == 0 {
-            turned_away_rounds += 1;
-        }
-        // The application reads a little, sometimes nothing.
-        let reads = reads_per_round[round % reads_per_round.len()].min(delivered - read);
-        for _ in 0..reads {
-            assert_eq!(server.read().unwrap(), (conn, msg(read)));
-            unread_bytes -= msg(read).len();
-            read += 1;
         }
     }
     while read < M {
@@ -613,11 +828,23 @@ fn go_like_writer_against_a_full_inbox(window: u64, inbox: (usize, usize)) {
         "each acknowledged once, in order"
     );
     assert!(turned_away_rounds >= 2, "{turned_away_rounds}");
-    assert_eq!(
-        server.stats(conn).unwrap().rejected,
-        0,
-        "flow control is not the peer's fault"
+    // The writer's window never exceeds the server's, so the hold-back
+    // always has room: nothing is dropped.
+    assert!(
+        held_back > 0 && paused_drops == 0,
+        "{held_back} {paused_drops}"
     );
+    let s = server.stats(conn).unwrap();
+    assert_eq!(
+        (
+            s.messages_received,
+            s.held_back,
+            s.paused_drops,
+            s.duplicates_received
+        ),
+        (M, held_back, 0, duplicates)
+    );
+    assert_eq!(s.rejected, 0, "flow control is not the peer's fault");
     // Nothing but heartbeats follows: no ack was owed.
     for m in raw.gather(p.epoch() * 2, Some(id)) {
         assert_eq!((m.kind, m.seq_num), (MsgType::Ack, 0), "{m:?}");
