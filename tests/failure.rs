@@ -50,7 +50,8 @@ fn a_panicking_thread_fails_the_instance_and_leaves_nothing_behind() {
     let p = params(1000, 30, 4, 4);
 
     // A server with a reader blocked in `read` (its raw client sends no
-    // Data) and a writer blocked on a full send buffer (nothing is acked).
+    // Data) and a writer waiting for room in a full send buffer in
+    // `write_timeout` (nothing is acked; `write` would queue and return).
     let server = Arc::new(
         Server::builder()
             .params(p)
@@ -75,18 +76,22 @@ fn a_panicking_thread_fails_the_instance_and_leaves_nothing_behind() {
     };
     let writer = {
         let server = server.clone();
-        spawn_call(move || server.write(conn, b"three"))
+        spawn_call(move || server.write_timeout(conn, b"three", WAIT))
     };
     // Two epochs of retransmissions pass; both calls still wait.
     raw.gather(p.epoch() * 2, None);
     assert!(reader.try_recv().is_err() && writer.try_recv().is_err());
     server.fail_for_tests();
     assert_failed(reader.recv_timeout(WAIT).unwrap(), "blocked server read");
-    assert_failed(writer.recv_timeout(WAIT).unwrap(), "blocked server write");
+    assert_failed(writer.recv_timeout(WAIT).unwrap(), "waiting server write");
     assert_failed(server.read(), "server read");
     assert_failed(server.next_event(), "server next_event");
     assert_failed(server.write(conn, b"x"), "server write");
     assert_failed(server.try_write(conn, b"x"), "server try_write");
+    assert_failed(
+        server.write_timeout(conn, b"x", WAIT),
+        "server write_timeout",
+    );
     // The instance closed itself: no thread of it is left (the heartbeats'
     // remains), and its port is free, before anyone calls close.
     settle_threads(baseline + 1, "after the server failed");
