@@ -886,7 +886,8 @@ impl ServerCore {
     // ----- internals -----
 
     fn on_connect(&mut self, now: Instant, from: SocketAddr, isn: u64, len: usize) {
-        if let Some(&id) = self.by_addr.get(&from) {
+        let live = self.by_addr.get(&from).copied();
+        if let Some(id) = live {
             if let Some(slot) = self.conns.get_mut(&id) {
                 slot.bytes_in = slot.bytes_in.saturating_add(len as u64);
                 if slot.conn.isn() == isn {
@@ -896,22 +897,6 @@ impl ServerCore {
                     self.after(now, id);
                     return;
                 }
-                if self.ended.contains_key(&(from, isn)) {
-                    self.totals.duplicate_connects += 1;
-                    return;
-                }
-                if self.closing {
-                    self.refuse(now, from);
-                    return;
-                }
-                if slot.challenge.is_none() {
-                    log::debug!(
-                        "a Connect with isn {isn} from {from}, whose connection {id} is live: challenged"
-                    );
-                    slot.challenge = Some(CHALLENGE_EPOCHS);
-                    self.totals.challenged_connects += 1;
-                }
-                return;
             }
         }
         if self.ended.contains_key(&(from, isn)) {
@@ -922,6 +907,17 @@ impl ServerCore {
         }
         if self.closing {
             self.refuse(now, from);
+            return;
+        }
+        if let Some(slot) = live.and_then(|id| self.conns.get_mut(&id)) {
+            if slot.challenge.is_none() {
+                log::debug!(
+                    "a Connect with isn {isn} from {from}, whose connection {} is live: challenged",
+                    slot.conn.conn_id()
+                );
+                slot.challenge = Some(CHALLENGE_EPOCHS);
+                self.totals.challenged_connects += 1;
+            }
             return;
         }
         // Unvalidated connections are the first to go. (Not for the budget:
@@ -1037,13 +1033,7 @@ impl ServerCore {
         slot.conn.abort();
         self.totals.lost += 1;
         if reading {
-            for payload in slot.held.drain(..) {
-                self.outputs
-                    .push_back(ServerOutput::App(ServerEvent::Message {
-                        id: ConnId(id),
-                        payload,
-                    }));
-            }
+            self.hand_out(id, &mut slot.held);
             self.app(ServerEvent::Lost { id: ConnId(id) });
         }
         self.state_change(now, Some(ConnId(id)), slot.addr, ConnState::Lost);
@@ -1083,6 +1073,16 @@ impl ServerCore {
             state,
             at: now,
         });
+    }
+
+    /// Hands messages held back from connection `id` to the application.
+    fn hand_out(&mut self, id: u32, held: &mut VecDeque<Vec<u8>>) {
+        self.outputs.extend(held.drain(..).map(|payload| {
+            ServerOutput::App(ServerEvent::Message {
+                id: ConnId(id),
+                payload,
+            })
+        }));
     }
 
     /// Queues a connection's `Connected` or terminal event. Both were
@@ -1194,15 +1194,11 @@ impl ServerCore {
                 self.unwritable -= 1;
                 now_writable = true;
             }
+            let open = slot.conn.phase() == Phase::Open;
+            let mut held = std::mem::take(&mut slot.held);
             if now_writable {
-                for payload in slot.held.drain(..) {
-                    self.outputs
-                        .push_back(ServerOutput::App(ServerEvent::Message {
-                            id: ConnId(id),
-                            payload,
-                        }));
-                }
-                if slot.conn.phase() == Phase::Open {
+                self.hand_out(id, &mut held);
+                if open {
                     if self.config.charge_events {
                         self.events_unread += 1;
                     }
@@ -1210,6 +1206,10 @@ impl ServerCore {
                         .push_back(ServerOutput::App(ServerEvent::Writable { id: ConnId(id) }));
                 }
             }
+            let Some(slot) = self.conns.get_mut(&id) else {
+                return;
+            };
+            slot.held = held;
             // Charge what it holds now.
             let charged = charge(slot);
             let (old, new) = (
@@ -1276,13 +1276,7 @@ impl ServerCore {
             }
         }
         if !slot.conn.closed_by_app() {
-            for payload in slot.held.drain(..) {
-                self.outputs
-                    .push_back(ServerOutput::App(ServerEvent::Message {
-                        id: ConnId(id),
-                        payload,
-                    }));
-            }
+            self.hand_out(id, &mut slot.held);
             if state == ConnState::Lost {
                 self.app(ServerEvent::Lost { id: ConnId(id) });
             }
