@@ -1,0 +1,794 @@
+//! The SPEC checker: an I/O-free judge of what each side of each connection
+//! sent, fed with every datagram as the proxy received it ([`Checker::sent`])
+//! and as the proxy passed it on ([`Checker::delivered`]).
+//!
+//! Every rule fires only when the traffic *proves* a breach. The checker
+//! never knows what an endpoint knows, only bounds on it: an endpoint can
+//! have heard at most what the proxy delivered to it, and has sent at least
+//! what the proxy received from it. So a sender's oldest unacknowledged
+//! message is at most the oldest one no delivered acknowledgement covers, it
+//! has at least as many messages in flight as the proxy saw unacknowledged,
+//! it heard last no later than the proxy's last delivery to it, and so on.
+//! Timer-based rules allow `jitter` for an endpoint's late epoch timer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use liveseq::proto::{checksum, DecodeError, Message, MsgType};
+
+/// Which end of a connection sent a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Side {
+    /// The LSP client (its datagrams go to the server).
+    Client,
+    /// The LSP server (its datagrams go to a client).
+    Server,
+}
+
+impl Side {
+    /// The other end.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Server,
+            Side::Server => Side::Client,
+        }
+    }
+
+    /// Lower-case name, as written in logs and summaries.
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Server => "server",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A SPEC rule the checker enforces. [`Rule::name`] is what reports print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rule {
+    /// A datagram that is not an LSP message (bad JSON, unknown type, bad base64).
+    Malformed,
+    /// Data whose payload length differs from its `Size`.
+    BadSize,
+    /// Data whose checksum does not match its header and payload.
+    BadChecksum,
+    /// Data numbered at or beyond oldest unacknowledged + `WindowSize`.
+    BeyondWindow,
+    /// New Data sent while `MaxUnackedMessages` were already unacknowledged.
+    MaxUnacked,
+    /// An Ack or CAck of a sequence number the other side never sent.
+    AckUnsent,
+    /// Data retransmitted sooner than the back-off schedule allows.
+    EarlyRetransmit,
+    /// More than two epochs without sending anything while hearing nothing.
+    Silent,
+    /// A message on a connection the sender must already have declared lost.
+    AfterLost,
+    /// A repeated Connect answered with a new ConnID while the old one lived.
+    ConnectReanswered,
+    /// A ConnID the server had given to another client address.
+    ConnIdReused,
+}
+
+impl Rule {
+    /// The rule's short name, as printed in reports and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::Malformed => "malformed",
+            Rule::BadSize => "bad-size",
+            Rule::BadChecksum => "bad-checksum",
+            Rule::BeyondWindow => "beyond-window",
+            Rule::MaxUnacked => "max-unacked",
+            Rule::AckUnsent => "ack-unsent",
+            Rule::EarlyRetransmit => "early-retransmit",
+            Rule::Silent => "silent",
+            Rule::AfterLost => "after-lost",
+            Rule::ConnectReanswered => "connect-reanswered",
+            Rule::ConnIdReused => "conn-id-reused",
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The protocol parameters the endpoints run with, and the timer slack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckParams {
+    /// `EpochMillis` as a duration.
+    pub epoch: Duration,
+    /// `EpochLimit`.
+    pub epoch_limit: u32,
+    /// `WindowSize`.
+    pub window: u64,
+    /// `MaxUnackedMessages`.
+    pub max_unacked: u64,
+    /// `MaxBackOffInterval`.
+    pub max_backoff: u32,
+    /// How late an endpoint's epoch timer may fire (scheduling, load).
+    pub jitter: Duration,
+}
+
+impl CheckParams {
+    /// The default timer slack for an epoch length: 50 ms plus half an
+    /// epoch. Generous on purpose: a loaded machine delays timer threads,
+    /// and a false report costs more than a late one.
+    pub fn default_jitter(epoch: Duration) -> Duration {
+        Duration::from_millis(50) + epoch / 2
+    }
+}
+
+/// One breach of a rule, by one side, proven by one datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The rule broken.
+    pub rule: Rule,
+    /// The side that broke it.
+    pub side: Side,
+    /// The connection, when the datagram named one.
+    pub conn: Option<u32>,
+    /// Index of the datagram that proves it (the proxy numbers every datagram).
+    pub datagram: usize,
+    /// When the proxy received that datagram.
+    pub at: Duration,
+    /// What happened, in words.
+    pub detail: String,
+}
+
+/// What the checker made of one datagram.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// The connection it belongs to, if it names one.
+    pub conn: Option<u32>,
+    /// For Data: how many times the proxy had seen it before (0: first transmission).
+    pub retransmission: u32,
+    /// Rules it broke.
+    pub violations: Vec<Violation>,
+}
+
+/// Sequence numbers acknowledged to a sender by what the proxy delivered.
+#[derive(Debug, Default)]
+struct AckSet {
+    /// Everything at or below this was covered by a CAck.
+    through: u64,
+    /// Plain Acks above `through`.
+    single: BTreeSet<u64>,
+}
+
+impl AckSet {
+    fn ack(&mut self, sn: u64) {
+        if sn > self.through {
+            self.single.insert(sn);
+        }
+    }
+
+    fn ack_through(&mut self, sn: u64) {
+        if sn > self.through {
+            self.through = sn;
+            self.single = self.single.split_off(&sn.saturating_add(1));
+        }
+    }
+
+    fn contains(&self, sn: u64) -> bool {
+        sn <= self.through || self.single.contains(&sn)
+    }
+
+    /// The smallest sequence number at or above `lo` not acknowledged.
+    fn first_unacked(&self, lo: u64) -> u64 {
+        let mut n = lo.max(self.through.saturating_add(1));
+        while self.single.contains(&n) {
+            n = n.saturating_add(1);
+        }
+        n
+    }
+}
+
+/// Transmissions kept per Data message for the back-off check; beyond
+/// this many resends of one message its schedule is no longer checked.
+const MAX_TIMES: usize = 64;
+
+/// Data messages remembered per side before the oldest acknowledged are forgotten.
+const MAX_SENT: usize = 4096;
+
+/// One Data message a side sent.
+#[derive(Debug, Default)]
+struct Tx {
+    /// When the proxy saw each transmission (the first one first).
+    times: Vec<Duration>,
+    early_reported: bool,
+    reported: bool,
+}
+
+/// What the checker knows about one side of one connection.
+#[derive(Debug, Default)]
+struct SideState {
+    /// Data this side sent, by sequence number.
+    sent: BTreeMap<u64, Tx>,
+    /// Everything below this was sent and forgotten (see [`MAX_SENT`]).
+    forgotten_below: u64,
+    /// Acknowledgements of this side's Data that the proxy delivered to it.
+    acked: AckSet,
+    last_sent: Option<Duration>,
+    /// Last time the proxy delivered anything of this connection to this side.
+    last_heard: Option<Duration>,
+    lost_reported: bool,
+    /// This side's Data delivered once and not yet acknowledged: when.
+    rtt_pending: HashMap<u64, Duration>,
+    reported_acks: BTreeSet<u64>,
+}
+
+impl SideState {
+    fn was_sent(&self, sn: u64) -> bool {
+        sn < self.forgotten_below || self.sent.contains_key(&sn)
+    }
+
+    fn forget_old(&mut self, lo: u64) {
+        let n = self.acked.first_unacked(lo);
+        while self.sent.len() > MAX_SENT {
+            match self.sent.first_key_value() {
+                Some((&sn, _)) if sn < n => {
+                    self.sent.remove(&sn);
+                    self.forgotten_below = self.forgotten_below.max(sn.saturating_add(1));
+                    self.rtt_pending.remove(&sn);
+                }
+                _ => break,
+            }
+        }
+        if self.rtt_pending.len() > MAX_SENT {
+            self.rtt_pending.clear();
+        }
+    }
+}
+
+/// One connection (one ConnID on one client address).
+#[derive(Debug)]
+struct ConnState {
+    /// The client's ISN, when it is known for sure.
+    isn: Option<u64>,
+    sides: [SideState; 2],
+    /// Something of this connection reached the client (it knows its id).
+    client_connected: bool,
+    /// Something other than a Connect reached the server from the client.
+    server_validated: bool,
+}
+
+/// A ConnID the server gave in answer to a Connect.
+#[derive(Debug)]
+struct Answer {
+    isn: u64,
+    id: u32,
+}
+
+/// A repeated Connect answered with `newer` although `older` answered the same ISN before.
+#[derive(Debug)]
+struct Contested {
+    older: u32,
+    newer: u32,
+    isn: u64,
+    at: Duration,
+    datagram: usize,
+    reported: bool,
+}
+
+/// Everything known about one client address.
+#[derive(Debug, Default)]
+struct Flow {
+    /// Distinct ISNs of the client's Connects, in order.
+    isns: Vec<u64>,
+    last_client_sent: Option<Duration>,
+    last_connect_delivered: Option<Duration>,
+    conns: HashMap<u32, ConnState>,
+    answers: Vec<Answer>,
+    contested: Vec<Contested>,
+}
+
+/// Round-trip samples through the proxy: from delivering a first
+/// transmission of Data to one side until that side's acknowledgement of it
+/// came back, per side.
+#[derive(Debug, Default, Clone)]
+pub struct RttSamples {
+    /// Samples of the client's half (proxy to client and back).
+    pub client: Vec<Duration>,
+    /// Samples of the server's half.
+    pub server: Vec<Duration>,
+}
+
+/// Samples kept per side for the RTT estimate.
+const MAX_RTT_SAMPLES: usize = 100_000;
+
+/// The checker. See the module documentation.
+#[derive(Debug)]
+pub struct Checker {
+    params: CheckParams,
+    flows: HashMap<usize, Flow>,
+    /// Which client address (flow) the server first gave each ConnID to.
+    owners: HashMap<u32, usize>,
+    rtt: RttSamples,
+}
+
+fn later(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Epochs that must separate resend `i` from resend `j` (`1 <= i < j`,
+/// transmission 0 being the first) under the back-off rule of SPEC: after
+/// each resend the message waits `backoff + 1` epochs, `backoff` going
+/// 0, 1, 2, 4, ... capped at `max_backoff`.
+fn required_epochs(max_backoff: u32, i: usize, j: usize) -> u64 {
+    let mut backoff: u64 = 0;
+    let mut total = 0;
+    for k in 1..j {
+        backoff = if backoff == 0 { 1 } else { backoff * 2 }.min(u64::from(max_backoff));
+        if k >= i {
+            total += backoff + 1;
+        }
+    }
+    total
+}
+
+impl Checker {
+    /// A checker for endpoints running with `params`.
+    pub fn new(params: CheckParams) -> Checker {
+        Checker {
+            params,
+            flows: HashMap::new(),
+            owners: HashMap::new(),
+            rtt: RttSamples::default(),
+        }
+    }
+
+    /// The parameters it checks against.
+    pub fn params(&self) -> &CheckParams {
+        &self.params
+    }
+
+    /// Round-trip samples gathered so far.
+    pub fn rtt(&self) -> &RttSamples {
+        &self.rtt
+    }
+
+    /// Judges one datagram `from` one side of client address `flow`
+    /// (a small number the caller gives each client address), numbered
+    /// `datagram`, received by the proxy at `at`, before any fault.
+    pub fn sent(
+        &mut self,
+        at: Duration,
+        flow: usize,
+        from: Side,
+        datagram: usize,
+        msg: Result<&Message<'_>, DecodeError>,
+    ) -> Seen {
+        let mut seen = Seen::default();
+        let p = self.params;
+        let report = |seen: &mut Seen, rule: Rule, conn: Option<u32>, detail: String| {
+            seen.violations.push(Violation {
+                rule,
+                side: from,
+                conn,
+                datagram,
+                at,
+                detail,
+            });
+        };
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(e) => {
+                report(
+                    &mut seen,
+                    Rule::Malformed,
+                    None,
+                    format!("not an LSP message: {e}"),
+                );
+                return seen;
+            }
+        };
+        let fl = self.flows.entry(flow).or_default();
+        if msg.kind == MsgType::Connect {
+            if from == Side::Client {
+                if !fl.isns.contains(&msg.seq_num) {
+                    fl.isns.push(msg.seq_num);
+                }
+                fl.last_client_sent = Some(at);
+            }
+            // Connect resends follow no schedule the checker holds them to.
+            return seen;
+        }
+        let id = msg.conn_id;
+        seen.conn = Some(id);
+        let connect_isn = fl.isns.contains(&msg.seq_num).then_some(msg.seq_num);
+        let is_connect_ack =
+            from == Side::Server && msg.kind == MsgType::Ack && connect_isn.is_some();
+
+        if from == Side::Server {
+            match self.owners.get(&id) {
+                Some(&owner) if owner != flow => report(
+                    &mut seen,
+                    Rule::ConnIdReused,
+                    Some(id),
+                    format!("ConnID {id} was already given to another client address"),
+                ),
+                Some(_) => {}
+                None => {
+                    self.owners.insert(id, flow);
+                }
+            }
+        }
+
+        if !fl.conns.contains_key(&id) {
+            // Which Connect this connection answers: the one whose ISN its
+            // first Ack carries, or the only one this address sent. With
+            // several and no Ack to tell, the ISN stays unknown and the
+            // checks that need it are lenient.
+            let isn = if is_connect_ack {
+                connect_isn
+            } else if fl.isns.len() == 1 {
+                fl.isns.first().copied()
+            } else {
+                None
+            };
+            let mut sides: [SideState; 2] = Default::default();
+            sides[Side::Server.index()].last_heard = fl.last_connect_delivered;
+            fl.conns.insert(
+                id,
+                ConnState {
+                    isn,
+                    sides,
+                    client_connected: false,
+                    server_validated: false,
+                },
+            );
+        }
+
+        // A repeated Connect answered with another ConnID is a breach only
+        // if the older connection provably lived on: the server uses it
+        // after giving out the newer one.
+        if from == Side::Server {
+            for c in fl.contested.iter_mut() {
+                if c.older == id && !c.reported && at > c.at {
+                    c.reported = true;
+                    report(
+                        &mut seen,
+                        Rule::ConnectReanswered,
+                        Some(id),
+                        format!(
+                            "Connect with ISN {} was answered with ConnID {} (datagram #{}) while connection {} from the same address was still live",
+                            c.isn, c.newer, c.datagram, c.older
+                        ),
+                    );
+                }
+            }
+            if let (true, Some(isn)) = (is_connect_ack, connect_isn) {
+                let known = fl.answers.iter().any(|a| a.isn == isn && a.id == id);
+                if !known {
+                    if let Some(older) = fl.answers.iter().find(|a| a.isn == isn).map(|a| a.id) {
+                        fl.contested.push(Contested {
+                            older,
+                            newer: id,
+                            isn,
+                            at,
+                            datagram,
+                            reported: false,
+                        });
+                    }
+                    fl.answers.push(Answer { isn, id });
+                }
+            }
+        }
+
+        let Some(conn) = fl.conns.get_mut(&id) else {
+            return seen;
+        };
+        let isn = conn.isn;
+        let applies_silent = match from {
+            Side::Client => conn.client_connected,
+            Side::Server => conn.server_validated,
+        };
+        let [client, server] = &mut conn.sides;
+        let (me, other) = match from {
+            Side::Client => (client, server),
+            Side::Server => (server, client),
+        };
+
+        // The sender must have declared the connection lost epoch_limit
+        // epochs after it last heard anything of it.
+        match me.last_heard {
+            Some(heard) => {
+                let limit = p.epoch * p.epoch_limit + p.jitter;
+                if !me.lost_reported && at > heard + limit {
+                    me.lost_reported = true;
+                    report(
+                        &mut seen,
+                        Rule::AfterLost,
+                        Some(id),
+                        format!(
+                            "sent {} after hearing nothing of the connection for {} (epoch limit {} x {} + {} jitter): it must have declared the connection lost",
+                            kind_name(msg),
+                            ms(at - heard),
+                            p.epoch_limit,
+                            ms(p.epoch),
+                            ms(p.jitter)
+                        ),
+                    );
+                }
+            }
+            // It has heard nothing we know of: treat now as its last
+            // hearing, an upper bound.
+            None => me.last_heard = Some(at),
+        }
+
+        // Each epoch in which a side heard nothing and sent no Data ends
+        // with a heartbeat, so silence on both ways longer than two epochs
+        // (any such stretch holds a whole epoch) is a skipped heartbeat,
+        // proven by the side speaking again on the same connection.
+        if applies_silent {
+            let last_sent = match from {
+                Side::Client => later(me.last_sent, fl.last_client_sent),
+                Side::Server => me.last_sent,
+            };
+            if let Some(quiet_since) = later(last_sent, me.last_heard) {
+                let allowed = p.epoch * 2 + p.jitter;
+                if at > quiet_since + allowed {
+                    report(
+                        &mut seen,
+                        Rule::Silent,
+                        Some(id),
+                        format!(
+                            "sent nothing for {} while hearing nothing (at most 2 epochs of {} + {} jitter)",
+                            ms(at - quiet_since),
+                            ms(p.epoch),
+                            ms(p.jitter)
+                        ),
+                    );
+                }
+            }
+        }
+        me.last_sent = Some(at);
+        if from == Side::Client {
+            fl.last_client_sent = Some(at);
+        }
+
+        match msg.kind {
+            MsgType::Connect => {}
+            MsgType::Data => {
+                check_data(at, &p, isn, me, msg, &mut seen, &mut |s, rule, detail| {
+                    report(s, rule, Some(id), detail)
+                });
+            }
+            MsgType::Ack if msg.seq_num == 0 => {} // a heartbeat
+            MsgType::Ack if is_connect_ack => {}
+            MsgType::Ack | MsgType::CAck => {
+                let sn = msg.seq_num;
+                if !other.was_sent(sn) && other.reported_acks.insert(sn) {
+                    report(
+                        &mut seen,
+                        Rule::AckUnsent,
+                        Some(id),
+                        format!(
+                            "{} {sn} acknowledges Data the {} never sent",
+                            kind_name(msg),
+                            from.other().name()
+                        ),
+                    );
+                }
+                if let Some(delivered) = other.rtt_pending.remove(&sn) {
+                    let samples = match from {
+                        Side::Client => &mut self.rtt.client,
+                        Side::Server => &mut self.rtt.server,
+                    };
+                    if samples.len() < MAX_RTT_SAMPLES {
+                        samples.push(at.saturating_sub(delivered));
+                    }
+                }
+            }
+        }
+        seen
+    }
+
+    /// Notes that the proxy passed a datagram on `to` one side of `flow`
+    /// at `at` (after faults: what that side can have heard).
+    pub fn delivered(
+        &mut self,
+        at: Duration,
+        flow: usize,
+        to: Side,
+        msg: Result<&Message<'_>, DecodeError>,
+    ) {
+        let Ok(msg) = msg else { return };
+        let Some(fl) = self.flows.get_mut(&flow) else {
+            return;
+        };
+        if msg.kind == MsgType::Connect {
+            if to == Side::Server {
+                // A repeated Connect counts as hearing from the client.
+                fl.last_connect_delivered = Some(at);
+                for conn in fl.conns.values_mut() {
+                    if conn.isn.is_none_or(|isn| isn == msg.seq_num) {
+                        conn.sides[Side::Server.index()].last_heard = Some(at);
+                    }
+                }
+            }
+            return;
+        }
+        let Some(conn) = fl.conns.get_mut(&msg.conn_id) else {
+            return;
+        };
+        match to {
+            Side::Client => conn.client_connected = true,
+            Side::Server => conn.server_validated = true,
+        }
+        let isn = conn.isn;
+        let [client, server] = &mut conn.sides;
+        let (me, other) = match to {
+            Side::Client => (client, server),
+            Side::Server => (server, client),
+        };
+        me.last_heard = Some(at);
+        match msg.kind {
+            MsgType::Ack if msg.seq_num != 0 => me.acked.ack(msg.seq_num),
+            MsgType::CAck => me.acked.ack_through(msg.seq_num),
+            MsgType::Data => {
+                let sn = msg.seq_num;
+                let first = other.sent.get(&sn).is_some_and(|tx| tx.times.len() == 1);
+                if first {
+                    other.rtt_pending.entry(sn).or_insert(at);
+                }
+            }
+            _ => {}
+        }
+        let lo = isn.map_or(0, |isn| isn.saturating_add(1));
+        me.forget_old(lo);
+    }
+}
+
+fn kind_name(msg: &Message<'_>) -> String {
+    match msg.kind {
+        MsgType::Ack if msg.seq_num == 0 => "a heartbeat".to_string(),
+        MsgType::Connect => "Connect".to_string(),
+        MsgType::Data => format!("Data {}", msg.seq_num),
+        MsgType::Ack => "Ack".to_string(),
+        MsgType::CAck => "CAck".to_string(),
+    }
+}
+
+/// The Data rules: integrity, window, unacknowledged limit, back-off.
+fn check_data(
+    at: Duration,
+    p: &CheckParams,
+    isn: Option<u64>,
+    me: &mut SideState,
+    msg: &Message<'_>,
+    seen: &mut Seen,
+    report: &mut dyn FnMut(&mut Seen, Rule, String),
+) {
+    let sn = msg.seq_num;
+    let len = msg.payload.len() as u64;
+    if len != msg.size {
+        report(
+            seen,
+            Rule::BadSize,
+            format!("Data {sn} has Size {} but {len} payload bytes", msg.size),
+        );
+    }
+    if !msg.clone().verify_data() {
+        if len >= msg.size {
+            let want = checksum(msg.conn_id, sn, msg.size, &msg.payload[..msg.size as usize]);
+            report(
+                seen,
+                Rule::BadChecksum,
+                format!(
+                    "Data {sn} has checksum {} where {want} is due",
+                    msg.checksum
+                ),
+            );
+        }
+        // A receiver drops it: it tells nothing about windows.
+        return;
+    }
+
+    if let Some(tx) = me.sent.get_mut(&sn) {
+        seen.retransmission = tx.times.len() as u32;
+        me.rtt_pending.remove(&sn); // Karn: no samples from resent messages
+        if tx.times.len() >= MAX_TIMES {
+            return;
+        }
+        tx.times.push(at);
+        let j = tx.times.len() - 1;
+        if tx.early_reported || j < 2 {
+            return;
+        }
+        // Resends happen on epoch ticks: resend j may come at most one
+        // late tick (the jitter) sooner than the schedule after resend i.
+        let now = tx.times[j];
+        for i in 1..j {
+            let epochs = required_epochs(p.max_backoff, i, j);
+            let due = p.epoch * epochs as u32;
+            let gap = now.saturating_sub(tx.times[i]);
+            if gap + p.jitter < due {
+                tx.early_reported = true;
+                report(
+                    seen,
+                    Rule::EarlyRetransmit,
+                    format!(
+                        "Data {sn} sent for the {} time {} after its {} transmission; back-off (max {}) allows no sooner than {epochs} epochs ({} less {} jitter)",
+                        ordinal(j + 1),
+                        ms(gap),
+                        ordinal(i + 1),
+                        p.max_backoff,
+                        ms(due),
+                        ms(p.jitter)
+                    ),
+                );
+                break;
+            }
+        }
+        return;
+    }
+    if sn < me.forgotten_below {
+        seen.retransmission = 1;
+        return;
+    }
+
+    // A first transmission. `lo` is the first sequence number of this side;
+    // with the ISN unknown, the lowest seen stands in (higher: lenient).
+    let lo = match isn {
+        Some(isn) if sn > isn => isn + 1,
+        _ => me.sent.keys().next().copied().unwrap_or(sn).min(sn),
+    };
+    let n = me.acked.first_unacked(lo);
+    let mut tx = Tx::default();
+    if sn >= n.saturating_add(p.window) {
+        tx.reported = true;
+        report(
+            seen,
+            Rule::BeyondWindow,
+            format!(
+                "Data {sn} sent while {n} was unacknowledged: window {} allows at most {}",
+                p.window,
+                n + p.window - 1
+            ),
+        );
+    }
+    let in_flight = me
+        .sent
+        .range(n..sn)
+        .filter(|(s, _)| !me.acked.contains(**s))
+        .count() as u64;
+    if in_flight >= p.max_unacked && !tx.reported {
+        report(
+            seen,
+            Rule::MaxUnacked,
+            format!(
+                "Data {sn} sent while {in_flight} messages were unacknowledged (max unacked {})",
+                p.max_unacked
+            ),
+        );
+    }
+    tx.times.push(at);
+    me.sent.insert(sn, tx);
+}
+
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (1, 11) | (2, 12) | (3, 13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
