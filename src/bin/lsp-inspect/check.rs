@@ -150,6 +150,9 @@ pub struct Seen {
     pub conn: Option<u32>,
     /// For Data: how many times the proxy had seen it before (0: first transmission).
     pub retransmission: u32,
+    /// A server's `(Ack, id, isn)` answering a Connect of this address
+    /// (with ISN 0 it looks like a heartbeat).
+    pub connect_ack: bool,
     /// Rules it broke.
     pub violations: Vec<Violation>,
 }

@@ -44,13 +44,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn of(msg: Result<&Message<'_>, DecodeError>) -> Kind {
+    fn of(msg: Result<&Message<'_>, DecodeError>, seen: &Seen) -> Kind {
         match msg {
             Err(_) => Kind::Malformed,
             Ok(m) => match m.kind {
                 MsgType::Connect => Kind::Connect,
                 MsgType::Data => Kind::Data,
-                MsgType::Ack if m.seq_num == 0 => Kind::Heartbeat,
+                MsgType::Ack if m.seq_num == 0 && !seen.connect_ack => Kind::Heartbeat,
                 MsgType::Ack => Kind::Ack,
                 MsgType::CAck => Kind::CAck,
             },
@@ -113,6 +113,26 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// What they count, in a sentence (all but `datagrams`).
+    pub fn describe(&self) -> String {
+        format!(
+            "{} Data ({} retransmissions), {} Acks, {} CAcks, {} heartbeats, {} Connects, {} undecodable; \
+             proxy faults: {} dropped, {} duplicated, {} delayed, {} corrupted; {} violations",
+            self.data,
+            self.retransmissions,
+            self.acks,
+            self.cacks,
+            self.heartbeats,
+            self.connects,
+            self.malformed,
+            self.dropped,
+            self.duplicated,
+            self.delayed,
+            self.corrupted,
+            self.violations
+        )
+    }
+
     fn add(&mut self, row: &Row, decision: &Decision) {
         self.datagrams += 1;
         match row.kind {
@@ -179,12 +199,13 @@ pub fn shown_payload(payload: &[u8]) -> String {
     s
 }
 
-fn label(msg: Result<&Message<'_>, DecodeError>, raw: &[u8]) -> String {
+fn label(msg: Result<&Message<'_>, DecodeError>, raw: &[u8], seen: &Seen) -> String {
     match msg {
         Err(e) => format!("{e} ({} bytes)", raw.len()),
         Ok(m) => match m.kind {
             MsgType::Connect => format!("Connect isn {}", m.seq_num),
             MsgType::Data => format!("Data {} \"{}\"", m.seq_num, shown_payload(&m.payload)),
+            MsgType::Ack if seen.connect_ack => format!("Ack {} (answers Connect)", m.seq_num),
             MsgType::Ack if m.seq_num == 0 => "heartbeat".to_string(),
             MsgType::Ack => format!("Ack {}", m.seq_num),
             MsgType::CAck => format!("CAck {}", m.seq_num),
@@ -253,6 +274,8 @@ impl Recorder {
                     if seen.retransmission > 0 {
                         line["retransmission"] = json!(seen.retransmission);
                     }
+                } else if seen.connect_ack {
+                    line["connect_ack"] = json!(true);
                 } else if m.kind == MsgType::Ack && m.seq_num == 0 {
                     line["heartbeat"] = json!(true);
                 }
@@ -295,8 +318,8 @@ impl Recorder {
             index,
             at,
             from,
-            kind: Kind::of(msg),
-            label: label(msg, raw),
+            kind: Kind::of(msg, seen),
+            label: label(msg, raw, seen),
             fate,
             dropped: decision.dropped.is_some(),
             retransmission: seen.retransmission > 0,
@@ -368,21 +391,11 @@ impl Recorder {
             let c = &self.counts[side as usize];
             let _ = writeln!(
                 s,
-                "  {} -> {}: {} datagrams: {} Data ({} retransmissions), {} Acks, {} CAcks, {} heartbeats, {} Connects, {} undecodable; proxy faults: {} dropped, {} duplicated, {} delayed, {} corrupted",
+                "  {} -> {}: {} datagrams: {}",
                 side.name(),
                 side.other().name(),
                 c.datagrams,
-                c.data,
-                c.retransmissions,
-                c.acks,
-                c.cacks,
-                c.heartbeats,
-                c.connects,
-                c.malformed,
-                c.dropped,
-                c.duplicated,
-                c.delayed,
-                c.corrupted
+                c.describe()
             );
         }
         let median = |v: &[Duration]| -> Option<Duration> {

@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 
 use crate::check::{CheckParams, Side};
-use crate::record::{Counts, FlowRecord, Kind, Recorder, Row};
+use crate::record::{FlowRecord, Kind, Recorder, Row};
 
 /// Height of one datagram's row, in pixels.
 const ROW: usize = 18;
@@ -168,28 +168,9 @@ fn flow_section(h: &mut String, i: usize, flow: &FlowRecord) {
             "<p><b>{} more datagrams not drawn</b> (up to {:.3} s): {}</p>",
             flow.omitted.datagrams,
             flow.last_at.as_secs_f64(),
-            escape(&describe(&flow.omitted))
+            escape(&flow.omitted.describe())
         );
     }
-}
-
-fn describe(c: &Counts) -> String {
-    format!(
-        "{} Data ({} retransmissions), {} Acks, {} CAcks, {} heartbeats, {} Connects, {} undecodable; \
-         {} dropped, {} duplicated, {} delayed, {} corrupted by the proxy; {} violations",
-        c.data,
-        c.retransmissions,
-        c.acks,
-        c.cacks,
-        c.heartbeats,
-        c.connects,
-        c.malformed,
-        c.dropped,
-        c.duplicated,
-        c.delayed,
-        c.corrupted,
-        c.violations
-    )
 }
 
 fn draw_row(h: &mut String, flow: usize, r: usize, row: &Row) {
