@@ -133,6 +133,8 @@ pub struct Violation {
     pub rule: Rule,
     /// The side that broke it.
     pub side: Side,
+    /// The client address (flow number) it happened on.
+    pub flow: usize,
     /// The connection, when the datagram named one.
     pub conn: Option<u32>,
     /// Index of the datagram that proves it (the proxy numbers every datagram).
@@ -382,6 +384,7 @@ impl Checker {
             seen.violations.push(Violation {
                 rule,
                 side: from,
+                flow,
                 conn,
                 datagram,
                 at,
@@ -615,24 +618,27 @@ impl Checker {
         let Some(fl) = self.flows.get_mut(&flow) else {
             return;
         };
+        // Whatever reaches an address may count as hearing for any of its
+        // connections (a repeated Connect does; an implementation may count
+        // more): crediting all of them only makes the timer rules lenient.
+        for conn in fl.conns.values_mut() {
+            conn.sides[to.index()].last_heard = Some(at);
+        }
         if msg.kind == MsgType::Connect {
             if to == Side::Server {
-                // A repeated Connect counts as hearing from the client.
                 fl.last_connect_delivered = Some(at);
-                for conn in fl.conns.values_mut() {
-                    if conn.isn.is_none_or(|isn| isn == msg.seq_num) {
-                        conn.sides[Side::Server.index()].last_heard = Some(at);
-                    }
-                }
             }
             return;
         }
         let Some(conn) = fl.conns.get_mut(&msg.conn_id) else {
             return;
         };
-        match to {
-            Side::Client => conn.client_connected = true,
-            Side::Server => conn.server_validated = true,
+        // Damaged Data proves nothing to its receiver: it is dropped unread.
+        if intact(msg) {
+            match to {
+                Side::Client => conn.client_connected = true,
+                Side::Server => conn.server_validated = true,
+            }
         }
         let isn = conn.isn;
         let [client, server] = &mut conn.sides;
@@ -640,7 +646,6 @@ impl Checker {
             Side::Client => (client, server),
             Side::Server => (server, client),
         };
-        me.last_heard = Some(at);
         match msg.kind {
             MsgType::Ack if msg.seq_num != 0 => me.acked.ack(msg.seq_num),
             MsgType::CAck => me.acked.ack_through(msg.seq_num),
@@ -655,6 +660,20 @@ impl Checker {
         }
         let lo = isn.map_or(0, |isn| isn.saturating_add(1));
         me.forget_old(lo);
+    }
+}
+
+/// Whether a receiver would take `msg`: anything but Data that fails the
+/// integrity rules.
+fn intact(msg: &Message<'_>) -> bool {
+    if msg.kind != MsgType::Data {
+        return true;
+    }
+    match usize::try_from(msg.size) {
+        Ok(size) if size <= msg.payload.len() => {
+            checksum(msg.conn_id, msg.seq_num, msg.size, &msg.payload[..size]) == msg.checksum
+        }
+        _ => false,
     }
 }
 
@@ -687,7 +706,7 @@ fn check_data(
             format!("Data {sn} has Size {} but {len} payload bytes", msg.size),
         );
     }
-    if !msg.clone().verify_data() {
+    if !intact(msg) {
         if len >= msg.size {
             let want = checksum(msg.conn_id, sn, msg.size, &msg.payload[..msg.size as usize]);
             report(

@@ -138,6 +138,8 @@ pub struct Outcome {
     pub violation_count: u64,
     /// The first violations, with details.
     pub violations: Vec<Violation>,
+    /// Each flow's client address (index: [`Violation::flow`]).
+    pub clients: Vec<SocketAddr>,
     /// Problems writing the log or the timeline.
     pub errors: Vec<String>,
 }
@@ -280,6 +282,7 @@ impl Proxy {
             summary,
             violation_count: st.recorder.violation_count(),
             violations: st.recorder.violations.clone(),
+            clients: st.recorder.flows.iter().map(|f| f.client).collect(),
             errors,
         }
     }
