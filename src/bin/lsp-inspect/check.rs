@@ -122,7 +122,7 @@ impl CheckParams {
     /// epoch. Generous on purpose: a loaded machine delays timer threads,
     /// and a false report costs more than a late one.
     pub fn default_jitter(epoch: Duration) -> Duration {
-        Duration::from_millis(50) + epoch / 2
+        Duration::from_millis(50).saturating_add(epoch / 2)
     }
 }
 
@@ -336,11 +336,11 @@ fn ms(d: Duration) -> String {
 /// 0, 1, 2, 4, ... capped at `max_backoff`.
 fn required_epochs(max_backoff: u32, i: usize, j: usize) -> u64 {
     let mut backoff: u64 = 0;
-    let mut total = 0;
+    let mut total: u64 = 0;
     for k in 1..j {
         backoff = if backoff == 0 { 1 } else { backoff * 2 }.min(u64::from(max_backoff));
         if k >= i {
-            total += backoff + 1;
+            total = total.saturating_add(backoff + 1);
         }
     }
     total
@@ -499,6 +499,9 @@ impl Checker {
         let Some(conn) = fl.conns.get_mut(&id) else {
             return seen;
         };
+        // With ISN 0 an answer to the Connect and a heartbeat are the same
+        // datagram: call it an answer until the client has been heard.
+        seen.connect_ack = is_connect_ack && (msg.seq_num != 0 || !conn.server_validated);
         let isn = conn.isn;
         let applies_silent = match from {
             Side::Client => conn.client_connected,
@@ -514,8 +517,12 @@ impl Checker {
         // epochs after it last heard anything of it.
         match me.last_heard {
             Some(heard) => {
-                let limit = p.epoch * p.epoch_limit + p.jitter;
-                if !me.lost_reported && at > heard + limit {
+                let limit = p
+                    .epoch
+                    .checked_mul(p.epoch_limit)
+                    .and_then(|d| d.checked_add(p.jitter))
+                    .unwrap_or(Duration::MAX);
+                if !me.lost_reported && at.saturating_sub(heard) > limit {
                     me.lost_reported = true;
                     report(
                         &mut seen,
@@ -547,8 +554,12 @@ impl Checker {
                 Side::Server => me.last_sent,
             };
             if let Some(quiet_since) = later(last_sent, me.last_heard) {
-                let allowed = p.epoch * 2 + p.jitter;
-                if at > quiet_since + allowed {
+                let allowed = p
+                    .epoch
+                    .checked_mul(2)
+                    .and_then(|d| d.checked_add(p.jitter))
+                    .unwrap_or(Duration::MAX);
+                if at.saturating_sub(quiet_since) > allowed {
                     report(
                         &mut seen,
                         Rule::Silent,
@@ -738,9 +749,12 @@ fn check_data(
         let now = tx.times[j];
         for i in 1..j {
             let epochs = required_epochs(p.max_backoff, i, j);
-            let due = p.epoch * epochs as u32;
+            let due = u32::try_from(epochs)
+                .ok()
+                .and_then(|e| p.epoch.checked_mul(e))
+                .unwrap_or(Duration::MAX);
             let gap = now.saturating_sub(tx.times[i]);
-            if gap + p.jitter < due {
+            if gap.saturating_add(p.jitter) < due {
                 tx.early_reported = true;
                 report(
                     seen,
@@ -781,7 +795,7 @@ fn check_data(
             format!(
                 "Data {sn} sent while {n} was unacknowledged: window {} allows at most {}",
                 p.window,
-                n + p.window - 1
+                n.saturating_add(p.window - 1)
             ),
         );
     }
@@ -867,6 +881,25 @@ mod tests {
             self.n += 1;
             seen.violations.iter().map(|v| v.rule).collect()
         }
+    }
+
+    #[test]
+    fn a_connect_ack_is_told_from_a_heartbeat() {
+        let z = Duration::ZERO;
+        let mut c = Checker::new(params(0));
+        let connect = Message::connect(0);
+        assert!(!c.sent(z, 0, Side::Client, 0, Ok(&connect)).connect_ack);
+        c.delivered(z, 0, Side::Server, Ok(&connect));
+        // With ISN 0 the answer is (Ack, id, 0), like a heartbeat.
+        assert!(
+            c.sent(z, 0, Side::Server, 1, Ok(&Message::ack(3, 0)))
+                .connect_ack
+        );
+        // The client's heartbeat is not one.
+        assert!(
+            !c.sent(z, 0, Side::Client, 2, Ok(&Message::ack(3, 0)))
+                .connect_ack
+        );
     }
 
     #[test]

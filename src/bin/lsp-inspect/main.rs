@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     };
     println!("listening on {}", proxy.local_addr());
     let _ = std::io::stdout().flush();
-    let deadline = duration.map(|d| Instant::now() + d);
+    let deadline = duration.and_then(|d| Instant::now().checked_add(d));
     while !INTERRUPTED.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
         let left = deadline.map_or(Duration::from_millis(50), |d| {
             d.saturating_duration_since(Instant::now())

@@ -430,10 +430,14 @@ fn handle(shared: &Shared, flow: usize, client: SocketAddr, from: Side, bytes: &
         let now = Instant::now();
         let mut q = shared.held.lock().unwrap_or_else(|e| e.into_inner());
         for (delay, bytes) in held {
+            // A delay beyond what a clock can hold is a drop.
+            let Some(due) = now.checked_add(delay) else {
+                continue;
+            };
             q.1 += 1;
             let order = q.1;
             q.0.push(Held {
-                due: now + delay,
+                due,
                 order,
                 index,
                 flow,

@@ -113,10 +113,11 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// What they count, in a sentence (all but `datagrams`).
-    pub fn describe(&self) -> String {
+    /// What they count (all but `datagrams`): the kinds of datagram, then
+    /// `sep`, then the proxy's faults and the violations.
+    pub fn describe(&self, sep: &str) -> String {
         format!(
-            "{} Data ({} retransmissions), {} Acks, {} CAcks, {} heartbeats, {} Connects, {} undecodable; \
+            "{} Data ({} retransmissions), {} Acks, {} CAcks, {} heartbeats, {} Connects, {} undecodable{sep}\
              proxy faults: {} dropped, {} duplicated, {} delayed, {} corrupted; {} violations",
             self.data,
             self.retransmissions,
@@ -395,7 +396,7 @@ impl Recorder {
                 side.name(),
                 side.other().name(),
                 c.datagrams,
-                c.describe()
+                c.describe("\n      ")
             );
         }
         let median = |v: &[Duration]| -> Option<Duration> {
@@ -416,7 +417,7 @@ impl Recorder {
                 let total = c.unwrap_or_default() + sv.unwrap_or_default();
                 let _ = writeln!(
                     s,
-                    "  RTT estimate (medians of Data-to-Ack times through the proxy, first transmissions only): client side {} ({} samples), server side {} ({} samples), end to end about {:.3} ms",
+                    "  RTT (median Data-to-Ack through the proxy, first transmissions): client side {} ({} samples), server side {} ({} samples), end to end about {:.3} ms",
                     show(c),
                     rtt.client.len(),
                     show(sv),

@@ -72,7 +72,7 @@ svg .connect { stroke: #8a2be2; fill: #8a2be2; }
 svg .re { stroke: #e07b00; fill: #e07b00; }
 svg .bad { stroke: #d00; fill: #d00; }
 svg line { stroke-width: 1.5; }
-svg line.re { stroke-dasharray: 6 3; }
+svg line.re, svg line.dashed { stroke-dasharray: 6 3; }
 svg text.data, svg text.ack, svg text.hb, svg text.connect, svg text.re, svg text.bad { stroke: none; }
 svg .fate { fill: #b00; font-style: italic; }
 svg .rule { fill: #d00; font-weight: bold; }
@@ -168,7 +168,7 @@ fn flow_section(h: &mut String, i: usize, flow: &FlowRecord) {
             "<p><b>{} more datagrams not drawn</b> (up to {:.3} s): {}</p>",
             flow.omitted.datagrams,
             flow.last_at.as_secs_f64(),
-            escape(&flow.omitted.describe())
+            escape(&flow.omitted.describe("; "))
         );
     }
 }
@@ -217,9 +217,11 @@ fn draw_row(h: &mut String, flow: usize, r: usize, row: &Row) {
     } else {
         format!(" marker-end=\"url(#m{flow}-{class})\"")
     };
+    // A retransmission stays dashed when it is also a violation.
+    let dashed = if row.retransmission { " dashed" } else { "" };
     let _ = write!(
         h,
-        "<line class=\"{class}\" x1=\"{from_x}\" y1=\"{line_y}\" x2=\"{end_x}\" y2=\"{line_y}\"{marker}/>"
+        "<line class=\"{class}{dashed}\" x1=\"{from_x}\" y1=\"{line_y}\" x2=\"{end_x}\" y2=\"{line_y}\"{marker}/>"
     );
     if row.dropped {
         let _ = write!(
