@@ -242,7 +242,7 @@ const EPOCH: Duration = Duration::from_millis(50);
 fn rig_params() -> CheckParams {
     CheckParams {
         epoch: EPOCH,
-        // Far beyond the sleeps of the silence scenarios (6 epochs), so a
+        // Far beyond the sleeps of the silence scenarios (8 epochs), so a
         // late wake-up cannot add an after-lost to them.
         epoch_limit: 20,
         window: 4,
@@ -444,17 +444,18 @@ fn each_rule_broken_by_a_raw_peer_is_caught_and_named() {
             1,
             |r| {
                 r.connect(0, ISN, ID);
-                // Back-off 0: one epoch between resends; four sends at once.
-                for _ in 0..4 {
+                // Back-off 0: one epoch between resends; eight sends at once
+                // (caught from the fourth, or later if the proxy was held up).
+                for _ in 0..8 {
                     r.client(0, &data(ID, ISN + 1, b"again"));
                 }
             },
         ),
         ("a heartbeat skipped", Rule::Silent, Side::Client, 1, |r| {
             r.connect(0, ISN, ID);
-            // Six epochs of silence both ways (more than 2 + jitter, less
+            // Eight epochs of silence both ways (more than 2 + jitter, less
             // than the epoch limit), then the client speaks again.
-            thread::sleep(EPOCH * 6);
+            thread::sleep(EPOCH * 8);
             r.client(0, &Message::ack(ID, 0));
         }),
         (
@@ -466,7 +467,7 @@ fn each_rule_broken_by_a_raw_peer_is_caught_and_named() {
                 r.connect(0, ISN, ID);
                 // The client heartbeats but hears nothing for more than
                 // epoch_limit epochs: by then it must have given up.
-                let until = Instant::now() + EPOCH * 24;
+                let until = Instant::now() + EPOCH * 30;
                 while Instant::now() < until {
                     thread::sleep(EPOCH / 2);
                     r.client(0, &Message::ack(ID, 0));

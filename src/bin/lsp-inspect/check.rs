@@ -306,6 +306,25 @@ pub struct RttSamples {
     pub server: Vec<Duration>,
 }
 
+/// Stall stretches remembered (older ones are forgotten: the timer rules
+/// look back a few epochs at most).
+const MAX_STALLS: usize = 4096;
+
+/// Stall time within `from..to`.
+fn stall_within(stalls: &[(Duration, Duration)], from: Duration, to: Duration) -> Duration {
+    let mut total = Duration::ZERO;
+    for &(a, b) in stalls.iter().rev() {
+        if b <= from {
+            break;
+        }
+        let (a, b) = (a.max(from), b.min(to));
+        if b > a {
+            total += b - a;
+        }
+    }
+    total
+}
+
 /// Samples kept per side for the RTT estimate.
 const MAX_RTT_SAMPLES: usize = 100_000;
 
@@ -317,6 +336,10 @@ pub struct Checker {
     /// Which client address (flow) the server first gave each ConnID to.
     owners: HashMap<u32, usize>,
     rtt: RttSamples,
+    /// Stretches in which the proxy itself was held up, oldest first.
+    stalls: Vec<(Duration, Duration)>,
+    stall_count: u64,
+    stall_max: Duration,
 }
 
 fn later(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
@@ -354,7 +377,34 @@ impl Checker {
             flows: HashMap::new(),
             owners: HashMap::new(),
             rtt: RttSamples::default(),
+            stalls: Vec::new(),
+            stall_count: 0,
+            stall_max: Duration::ZERO,
         }
+    }
+
+    /// Notes that the proxy was held up (not scheduled) from `from` to `to`.
+    /// A machine that starves the proxy may starve the endpoints' timers
+    /// too, and the proxy's own timestamps bunch up after a stall: the
+    /// timer rules add any stall time inside the stretch they judge.
+    pub fn stalled(&mut self, from: Duration, to: Duration) {
+        if to <= from {
+            return;
+        }
+        self.stall_count += 1;
+        self.stall_max = self.stall_max.max(to - from);
+        match self.stalls.last_mut() {
+            Some(last) if last.1 >= from => last.1 = last.1.max(to),
+            _ => self.stalls.push((from, to)),
+        }
+        if self.stalls.len() > MAX_STALLS {
+            self.stalls.drain(..MAX_STALLS / 2);
+        }
+    }
+
+    /// How many stalls were noted, and the longest.
+    pub fn stalls(&self) -> (u64, Duration) {
+        (self.stall_count, self.stall_max)
     }
 
     /// The parameters it checks against.
@@ -403,6 +453,7 @@ impl Checker {
                 return seen;
             }
         };
+        let stalls = &self.stalls[..];
         let fl = self.flows.entry(flow).or_default();
         if msg.kind == MsgType::Connect {
             if from == Side::Client {
@@ -521,7 +572,8 @@ impl Checker {
                     .epoch
                     .checked_mul(p.epoch_limit)
                     .and_then(|d| d.checked_add(p.jitter))
-                    .unwrap_or(Duration::MAX);
+                    .unwrap_or(Duration::MAX)
+                    .saturating_add(stall_within(stalls, heard, at));
                 if !me.lost_reported && at.saturating_sub(heard) > limit {
                     me.lost_reported = true;
                     report(
@@ -558,7 +610,8 @@ impl Checker {
                     .epoch
                     .checked_mul(2)
                     .and_then(|d| d.checked_add(p.jitter))
-                    .unwrap_or(Duration::MAX);
+                    .unwrap_or(Duration::MAX)
+                    .saturating_add(stall_within(stalls, quiet_since, at));
                 if at.saturating_sub(quiet_since) > allowed {
                     report(
                         &mut seen,
@@ -582,9 +635,16 @@ impl Checker {
         match msg.kind {
             MsgType::Connect => {}
             MsgType::Data => {
-                check_data(at, &p, isn, me, msg, &mut seen, &mut |s, rule, detail| {
-                    report(s, rule, Some(id), detail)
-                });
+                check_data(
+                    at,
+                    &p,
+                    stalls,
+                    isn,
+                    me,
+                    msg,
+                    &mut seen,
+                    &mut |s, rule, detail| report(s, rule, Some(id), detail),
+                );
             }
             MsgType::Ack if msg.seq_num == 0 => {} // a heartbeat
             MsgType::Ack if is_connect_ack => {}
@@ -699,9 +759,11 @@ fn kind_name(msg: &Message<'_>) -> String {
 }
 
 /// The Data rules: integrity, window, unacknowledged limit, back-off.
+#[allow(clippy::too_many_arguments)]
 fn check_data(
     at: Duration,
     p: &CheckParams,
+    stalls: &[(Duration, Duration)],
     isn: Option<u64>,
     me: &mut SideState,
     msg: &Message<'_>,
@@ -754,7 +816,10 @@ fn check_data(
                 .and_then(|e| p.epoch.checked_mul(e))
                 .unwrap_or(Duration::MAX);
             let gap = now.saturating_sub(tx.times[i]);
-            if gap.saturating_add(p.jitter) < due {
+            let slack =
+                p.jitter
+                    .saturating_add(stall_within(stalls, tx.times[i].saturating_sub(due), now));
+            if gap.saturating_add(slack) < due {
                 tx.early_reported = true;
                 report(
                     seen,
@@ -974,6 +1039,32 @@ mod tests {
         );
         // Reported once per connection and side.
         assert_eq!(s.both(E * 6, Side::Client, &Message::ack(7, 0)), []);
+    }
+
+    #[test]
+    fn the_proxy_held_up_excuses_that_long() {
+        let ms = Duration::from_millis;
+        let late = E * 2 + J + ms(50);
+        let mut s = Script::new(0);
+        assert_eq!(
+            s.both(late, Side::Client, &Message::ack(7, 0)),
+            [Rule::Silent]
+        );
+        let mut s = Script::new(0);
+        s.c.stalled(ms(100), ms(160));
+        assert_eq!(s.both(late, Side::Client, &Message::ack(7, 0)), []);
+        assert_eq!(s.c.stalls(), (1, ms(60)));
+        // A stall outside the stretch judged excuses nothing.
+        let mut s = Script::new(0);
+        s.c.stalled(late + ms(1), late + ms(100));
+        assert_eq!(
+            s.both(late, Side::Client, &Message::ack(7, 0)),
+            [Rule::Silent]
+        );
+        assert_eq!(
+            stall_within(&[(ms(0), ms(10)), (ms(20), ms(40))], ms(5), ms(30)),
+            ms(15)
+        );
     }
 
     #[test]

@@ -28,6 +28,11 @@ use crate::timeline;
 /// How often blocked threads look at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
 
+/// The stall monitor's period, and the lateness it reports as a stall
+/// (below it, the timer jitter covers it).
+const STALL_TICK: Duration = Duration::from_millis(5);
+const STALL_MIN: Duration = Duration::from_millis(10);
+
 /// Violations printed as they happen; later ones are only counted.
 const PRINTED: usize = 100;
 
@@ -189,6 +194,7 @@ impl Proxy {
         for (name, run) in [
             ("inspect-clients", clients_loop as fn(&Arc<Shared>)),
             ("inspect-held", held_loop),
+            ("inspect-stalls", stall_loop),
         ] {
             let s = shared.clone();
             threads.push(
@@ -267,7 +273,9 @@ impl Proxy {
         }
         let elapsed = self.shared.start.elapsed();
         let mut st = self.shared.lock();
-        let summary = st.recorder.summary(elapsed, st.checker.rtt());
+        let summary = st
+            .recorder
+            .summary(elapsed, st.checker.rtt(), st.checker.stalls());
         let mut errors = Vec::new();
         if let Err(e) = st.recorder.finish() {
             errors.push(format!("log: {e}"));
@@ -479,5 +487,21 @@ fn held_loop(shared: &Arc<Shared>) {
                     .0;
             }
         }
+    }
+}
+
+/// Watches for the proxy being held up: it wakes every [`STALL_TICK`] and
+/// tells the checker whenever a wake-up came [`STALL_MIN`] or more late.
+fn stall_loop(shared: &Arc<Shared>) {
+    let mut last = Instant::now();
+    while !shared.stop.load(Ordering::SeqCst) {
+        thread::sleep(STALL_TICK);
+        let now = Instant::now();
+        if now.saturating_duration_since(last) >= STALL_TICK + STALL_MIN {
+            let from = last.saturating_duration_since(shared.start);
+            let to = now.saturating_duration_since(shared.start);
+            shared.lock().checker.stalled(from, to);
+        }
+        last = now;
     }
 }

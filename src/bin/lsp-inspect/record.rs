@@ -378,7 +378,8 @@ impl Recorder {
     }
 
     /// The text summary; its last line is `violations: N`.
-    pub fn summary(&self, elapsed: Duration, rtt: &RttSamples) -> String {
+    /// `stalls` is how many times the proxy was held up and the longest.
+    pub fn summary(&self, elapsed: Duration, rtt: &RttSamples, stalls: (u64, Duration)) -> String {
         let mut s = String::new();
         let conns: usize = self.flows.iter().map(|f| f.conns.len()).sum();
         let _ = writeln!(
@@ -425,6 +426,14 @@ impl Recorder {
                     total.as_secs_f64() * 1e3
                 );
             }
+        }
+        if stalls.0 > 0 {
+            let _ = writeln!(
+                s,
+                "  the proxy was held up {} times (longest {:.0} ms): the timer rules allowed for it",
+                stalls.0,
+                stalls.1.as_secs_f64() * 1e3
+            );
         }
         if self.by_rule.is_empty() {
             let _ = writeln!(s, "  no rule broken");
