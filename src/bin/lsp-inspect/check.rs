@@ -306,6 +306,9 @@ pub struct RttSamples {
     pub server: Vec<Duration>,
 }
 
+/// Connect answers (and contested ones) remembered per client address.
+const MAX_ANSWERS: usize = 256;
+
 /// Stall stretches remembered (older ones are forgotten: the timer rules
 /// look back a few epochs at most).
 const MAX_STALLS: usize = 4096;
@@ -532,7 +535,8 @@ impl Checker {
             if let (true, Some(isn)) = (is_connect_ack, connect_isn) {
                 let known = fl.answers.iter().any(|a| a.isn == isn && a.id == id);
                 if !known {
-                    if let Some(older) = fl.answers.iter().find(|a| a.isn == isn).map(|a| a.id) {
+                    let older = fl.answers.iter().find(|a| a.isn == isn).map(|a| a.id);
+                    if let Some(older) = older.filter(|_| fl.contested.len() < MAX_ANSWERS) {
                         fl.contested.push(Contested {
                             older,
                             newer: id,
@@ -542,7 +546,9 @@ impl Checker {
                             reported: false,
                         });
                     }
-                    fl.answers.push(Answer { isn, id });
+                    if fl.answers.len() < MAX_ANSWERS {
+                        fl.answers.push(Answer { isn, id });
+                    }
                 }
             }
         }
@@ -650,7 +656,10 @@ impl Checker {
             MsgType::Ack if is_connect_ack => {}
             MsgType::Ack | MsgType::CAck => {
                 let sn = msg.seq_num;
-                if !other.was_sent(sn) && other.reported_acks.insert(sn) {
+                // Each unsent number is reported once; a peer spraying
+                // numbers is reported on every one beyond what is remembered.
+                let new = other.reported_acks.len() >= MAX_SENT || other.reported_acks.insert(sn);
+                if !other.was_sent(sn) && new {
                     report(
                         &mut seen,
                         Rule::AckUnsent,

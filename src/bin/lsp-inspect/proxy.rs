@@ -33,6 +33,10 @@ const POLL: Duration = Duration::from_millis(50);
 const STALL_TICK: Duration = Duration::from_millis(5);
 const STALL_MIN: Duration = Duration::from_millis(10);
 
+/// Client addresses served; datagrams from further ones are dropped (each
+/// costs a socket and a thread).
+const MAX_CLIENTS: usize = 4096;
+
 /// Violations printed as they happen; later ones are only counted.
 const PRINTED: usize = 100;
 
@@ -337,6 +341,15 @@ fn clients_loop(shared: &Arc<Shared>) {
         };
         let (flow, out) = match clients.get(&from) {
             Some(c) => c.clone(),
+            None if clients.len() >= MAX_CLIENTS => {
+                if !warned {
+                    warned = true;
+                    eprintln!(
+                        "lsp-inspect: more than {MAX_CLIENTS} client addresses: ignoring new ones"
+                    );
+                }
+                continue;
+            }
             None => {
                 match open_upstream(shared.server) {
                     Ok(up) => {

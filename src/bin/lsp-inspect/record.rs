@@ -430,8 +430,11 @@ impl Recorder {
         if stalls.0 > 0 {
             let _ = writeln!(
                 s,
-                "  the proxy was held up {} times (longest {:.0} ms): the timer rules allowed for it",
-                stalls.0,
+                "  the proxy was held up {} (longest {:.0} ms): the timer rules allowed for it",
+                match stalls.0 {
+                    1 => "once".to_string(),
+                    n => format!("{n} times"),
+                },
                 stalls.1.as_secs_f64() * 1e3
             );
         }
