@@ -189,8 +189,10 @@ impl AckSet {
     /// The smallest sequence number at or above `lo` not acknowledged.
     fn first_unacked(&self, lo: u64) -> u64 {
         let mut n = lo.max(self.through.saturating_add(1));
-        while self.single.contains(&n) {
-            n = n.saturating_add(1);
+        // Bounded by the set's size, and by the last number (an Ack of
+        // u64::MAX must not keep a saturating count going forever).
+        while self.single.contains(&n) && n < u64::MAX {
+            n += 1;
         }
         n
     }
@@ -873,11 +875,16 @@ fn check_data(
             ),
         );
     }
-    let in_flight = me
-        .sent
-        .range(n..sn)
-        .filter(|(s, _)| !me.acked.contains(**s))
-        .count() as u64;
+    // Data numbered below everything acknowledged has nothing in flight
+    // before it (and an empty range: found by the hostile-traffic test).
+    let in_flight = if n < sn {
+        me.sent
+            .range(n..sn)
+            .filter(|(s, _)| !me.acked.contains(**s))
+            .count() as u64
+    } else {
+        0
+    };
     if in_flight >= p.max_unacked && !tx.reported {
         report(
             seen,
@@ -1095,5 +1102,82 @@ mod tests {
         // A CAck of 102 delivered moves it to 105: up to 108, two in flight.
         s.both(z, Side::Server, &Message::cack(7, 102));
         assert_eq!(s.both(z, Side::Client, &Message::data(7, 108, b"x")), []);
+    }
+
+    /// Random traffic with extreme values in every field, in any order, from
+    /// any side, delivered or not, at any time: the checker never panics
+    /// (debug builds check every addition), whatever it reports.
+    #[test]
+    fn hostile_traffic_never_panics() {
+        let mut x: u64 = 0x1234_5678;
+        let mut next = move || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let extremes = [
+            0,
+            1,
+            2,
+            99,
+            100,
+            101,
+            102,
+            u64::from(u32::MAX),
+            i64::MAX as u64 - 1,
+            i64::MAX as u64,
+            u64::MAX,
+        ];
+        for (epoch_limit, max_backoff, window) in
+            [(1, 0, 1), (5, 8, 4), (u32::MAX, u32::MAX, u64::MAX)]
+        {
+            let mut c = Checker::new(CheckParams {
+                epoch: E,
+                epoch_limit,
+                window,
+                max_unacked: window,
+                max_backoff,
+                jitter: J,
+            });
+            let mut at = Duration::ZERO;
+            for i in 0..20_000 {
+                let pick = |r: u64| extremes[(r % extremes.len() as u64) as usize];
+                let seq = if next() % 2 == 0 {
+                    pick(next())
+                } else {
+                    100 + next() % 20
+                };
+                let id = [0, 1, 7, u32::MAX][(next() % 4) as usize];
+                let payload = vec![0xA5; (next() % 4) as usize];
+                let mut msg = match next() % 5 {
+                    0 => Message::connect(seq),
+                    1 => Message::ack(id, seq),
+                    2 => Message::cack(id, seq),
+                    _ => Message::data(id, seq, &payload),
+                };
+                if next() % 8 == 0 {
+                    msg.size = pick(next());
+                }
+                if next() % 8 == 0 {
+                    msg.checksum ^= 1;
+                }
+                let from = if next() % 2 == 0 {
+                    Side::Client
+                } else {
+                    Side::Server
+                };
+                let flow = (next() % 3) as usize;
+                at += Duration::from_millis(next() % 80);
+                if next() % 50 == 0 {
+                    c.stalled(at.saturating_sub(E), at);
+                }
+                c.sent(at, flow, from, i, Ok(&msg));
+                if next() % 3 != 0 {
+                    c.delivered(at, flow, from.other(), Ok(&msg));
+                }
+            }
+        }
     }
 }

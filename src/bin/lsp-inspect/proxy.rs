@@ -124,6 +124,8 @@ struct Shared {
     server: SocketAddr,
     start: Instant,
     stop: AtomicBool,
+    /// A datagram's handling panicked (reported once).
+    panicked: AtomicBool,
     held: Mutex<(BinaryHeap<Held>, u64)>,
     held_changed: Condvar,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -190,6 +192,7 @@ impl Proxy {
             server: config.server,
             start: Instant::now(),
             stop: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
             held: Mutex::new((BinaryHeap::new(), 0)),
             held_changed: Condvar::new(),
             threads: Mutex::new(Vec::new()),
@@ -379,7 +382,7 @@ fn clients_loop(shared: &Arc<Shared>) {
                 }
             }
         };
-        handle(shared, flow, from, Side::Client, &buf[..n], &out);
+        guarded(shared, flow, from, Side::Client, &buf[..n], &out);
     }
 }
 
@@ -396,8 +399,23 @@ fn server_loop(shared: &Arc<Shared>, up: &UdpSocket, flow: usize, client: Socket
     };
     while !shared.stop.load(Ordering::SeqCst) {
         if let Ok(n) = up.recv(&mut buf) {
-            handle(shared, flow, client, Side::Server, &buf[..n], &out);
+            guarded(shared, flow, client, Side::Server, &buf[..n], &out);
         }
+    }
+}
+
+/// [`handle`], surviving a bug: a panic while handling one datagram costs
+/// that datagram (LSP resends it) and is reported once, instead of ending
+/// the thread that forwards everything else.
+fn guarded(shared: &Shared, flow: usize, client: SocketAddr, from: Side, bytes: &[u8], out: &Out) {
+    let run = || handle(shared, flow, client, from, bytes, out);
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err()
+        && !shared.panicked.swap(true, Ordering::SeqCst)
+    {
+        eprintln!(
+            "lsp-inspect: internal error handling a datagram from the {}; carrying on",
+            from.name()
+        );
     }
 }
 
