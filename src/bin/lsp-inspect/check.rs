@@ -1109,14 +1109,8 @@ mod tests {
     /// (debug builds check every addition), whatever it reports.
     #[test]
     fn hostile_traffic_never_panics() {
-        let mut x: u64 = 0x1234_5678;
-        let mut next = move || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
+        let mut rng = crate::faults::Rng(0x1234_5678);
+        let mut next = move || rng.next();
         let extremes = [
             0,
             1,
