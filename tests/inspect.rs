@@ -494,6 +494,8 @@ fn each_rule_broken_by_a_raw_peer_is_caught_and_named() {
             |r| {
                 r.connect(0, ISN, ID);
                 r.connect(1, ISN + 50, ID);
+                r.server(1, &Message::ack(ID, 0)); // reported once per address
+                r.server(0, &Message::ack(ID, 0));
             },
         ),
     ];

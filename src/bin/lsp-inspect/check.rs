@@ -11,7 +11,7 @@
 //! it heard last no later than the proxy's last delivery to it, and so on.
 //! Timer-based rules allow `jitter` for an endpoint's late epoch timer.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -340,6 +340,8 @@ pub struct Checker {
     flows: HashMap<usize, Flow>,
     /// Which client address (flow) the server first gave each ConnID to.
     owners: HashMap<u32, usize>,
+    /// (ConnID, flow) pairs reported as reused, each once.
+    reused: HashSet<(u32, usize)>,
     rtt: RttSamples,
     /// Stretches in which the proxy itself was held up, oldest first.
     stalls: Vec<(Duration, Duration)>,
@@ -381,6 +383,7 @@ impl Checker {
             params,
             flows: HashMap::new(),
             owners: HashMap::new(),
+            reused: HashSet::new(),
             rtt: RttSamples::default(),
             stalls: Vec::new(),
             stall_count: 0,
@@ -478,12 +481,16 @@ impl Checker {
 
         if from == Side::Server {
             match self.owners.get(&id) {
-                Some(&owner) if owner != flow => report(
-                    &mut seen,
-                    Rule::ConnIdReused,
-                    Some(id),
-                    format!("ConnID {id} was already given to another client address"),
-                ),
+                Some(&owner) if owner != flow => {
+                    if self.reused.len() < MAX_SENT && self.reused.insert((id, flow)) {
+                        report(
+                            &mut seen,
+                            Rule::ConnIdReused,
+                            Some(id),
+                            format!("ConnID {id} was already given to another client address"),
+                        );
+                    }
+                }
                 Some(_) => {}
                 None => {
                     self.owners.insert(id, flow);
