@@ -294,14 +294,18 @@ fn server_write_timeout_waits_only_for_that_connection() {
         spawn_writer(move || server.write_timeout(a_conn, &payload(1, LIMIT, 300), WAIT))
     };
 
-    // Meanwhile B, which acknowledges, takes three buffers' worth through
-    // plain writes, in order, byte for byte, and stays writable.
+    // Meanwhile B, which acknowledges each message before the next is
+    // written, takes three buffers' worth through plain writes, in order,
+    // byte for byte, and stays writable. (Without the wait for the ack a
+    // quick writer could get ahead of B's acks and fill its buffer too.)
     let mut b_seen = BTreeMap::new();
     for i in 0..3 * LIMIT {
         server.write(b_conn, &payload(2, i, 300)).unwrap();
+        assert!(server.is_writable(b_conn));
         let m = next_new_data(&mut b, &mut b_seen);
         assert_eq!(m, Message::data(b_id, 201 + i as u64, &payload(2, i, 300)));
         b.send(&Message::ack(b_id, m.seq_num));
+        poll_until(WAIT, || server.stats(b_conn).unwrap().unacked == 0).expect("B's ack");
     }
     assert!(result.try_recv().is_err(), "A's writer still waits");
     only_retransmissions(&mut a, p.epoch() * 2, &a_seen);
