@@ -22,7 +22,9 @@
 //! let mut core = ServerCore::new(ServerConfig::new(Params::default()));
 //! core.handle(now, client, &encode(&Message::connect(7)));
 //! let (to, ack) = core.poll_transmit().map(|(to, m)| (to, m.into_owned())).unwrap();
-//! assert_eq!((to, ack), (client, Message::ack(1, 7)));
+//! // The id is random: the Ack carries it, and the Connect's ISN.
+//! assert_eq!((to, ack), (client, Message::ack(ack.conn_id, 7)));
+//! assert!(ack.conn_id >= 1);
 //! assert!(matches!(core.poll_output(), Some(ServerOutput::State { state: ConnState::Connected, .. })));
 //! assert!(matches!(core.poll_output(), Some(ServerOutput::App(ServerEvent::Connected { .. }))));
 //!
@@ -287,6 +289,9 @@ struct Slot {
     holding: bool,
     /// Admission order, for evicting the oldest unvalidated connection.
     admitted: u64,
+    /// Datagrams of this connection were held back since the last epoch (the
+    /// 3x limit, a challenge): that epoch does not count toward its stall.
+    held_back: bool,
 }
 
 /// Totals kept by the core.
@@ -487,6 +492,13 @@ impl ServerCore {
         self.conns.get(&id.0).is_some_and(|s| s.validated)
     }
 
+    /// Whether datagrams of connection `id` were held back since the last
+    /// epoch (the 3x limit, a challenge): its next epoch does not count
+    /// toward its stall limit (see [`Conn::excuse_stall`]).
+    pub fn held_back_this_epoch(&self, id: ConnId) -> bool {
+        self.conns.get(&id.0).is_some_and(|s| s.held_back)
+    }
+
     /// Connection `id`'s state machine, for tests and tools.
     pub fn conn(&self, id: ConnId) -> Option<&Conn> {
         self.conns.get(&id.0).map(|s| &s.conn)
@@ -614,6 +626,7 @@ impl ServerCore {
             slot.validated = true;
             self.unvalidated.remove(&slot.admitted);
         }
+
         if msg.kind == MsgType::Data {
             if self.config.coalesce_acks && !self.batch.contains(&id) {
                 self.batch.push(id);
@@ -674,6 +687,10 @@ impl ServerCore {
                     continue;
                 }
                 slot.challenge = Some(left - 1);
+            }
+            if std::mem::take(&mut slot.held_back) {
+                // Its peer could not have acknowledged what never left.
+                slot.conn.excuse_stall();
             }
             slot.conn.on_epoch();
             if slot.unwritable
@@ -851,6 +868,7 @@ impl ServerCore {
                 // Challenged: nothing for this connection goes to its
                 // address, which may now belong to a restarted client.
                 while slot.conn.poll_transmit().is_some() {}
+                slot.held_back = true;
                 self.ready.pop_front();
                 continue;
             }
@@ -872,6 +890,7 @@ impl ServerCore {
             // The protocol sends it again; by then the peer may have proven
             // its address, or sent more.
             self.totals.amplification_held_bytes += len;
+            slot.held_back = true;
         };
         let slot = self.conns.get_mut(&id)?;
         let to = slot.addr;
@@ -958,6 +977,7 @@ impl ServerCore {
                 charged: 0,
                 holding: false,
                 admitted: self.admissions,
+                held_back: false,
             },
         );
         self.unvalidated.insert(self.admissions, id);

@@ -2154,7 +2154,9 @@ impl Sim {
         for id in ids {
             let conn = self.server.conn(ConnId::from(id)).expect("live");
             let in_flight: BTreeSet<u64> = conn.in_flight().collect();
-            let stall_due = stall_due(conn);
+            // An epoch whose datagrams were held back does not count.
+            let excused = self.server.held_back_this_epoch(ConnId::from(id));
+            let stall_due = stall_due(conn, excused);
             let t = self.sconns.get_mut(&id).expect("live");
             // An unanswered challenge ends it before it ticks; otherwise
             // one epoch less to answer.
@@ -2234,7 +2236,7 @@ impl Sim {
             if ticking {
                 let in_flight: BTreeSet<u64> = conn.in_flight().collect();
                 let connecting = conn.phase() == Phase::Connecting;
-                let stalled = stall_due(conn);
+                let stalled = stall_due(conn, false);
                 self.pre_epoch =
                     Some((conn.oldest_unacked(), conn.next_unsent(), in_flight.clone()));
                 let t = &mut self.cconns[index];
@@ -2405,11 +2407,12 @@ enum Held {
 }
 
 /// Whether `conn`'s next epoch ends it for a stalled close: closing, with
-/// messages in flight and nothing newly acknowledged for its stall limit.
-fn stall_due(conn: &liveseq::proto::Conn) -> bool {
+/// messages in flight and nothing newly acknowledged for its stall limit
+/// (less one epoch if it is `excused`: its datagrams were held back).
+fn stall_due(conn: &liveseq::proto::Conn, excused: bool) -> bool {
     conn.phase() == Phase::Closing
         && conn.unacked() > 0
-        && conn.epochs_stalled() + 1 >= conn.stall_limit()
+        && conn.epochs_stalled().saturating_sub(u32::from(excused)) + 1 >= conn.stall_limit()
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
