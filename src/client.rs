@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::driver::endpoint::{self, Core, Empty, Endpoint, Inbox, Role};
+use crate::driver::endpoint::{Core, Endpoint, Role};
+use crate::driver::inbox::{Empty, Inbox};
 use crate::driver::time::deadline;
+use crate::driver::{checks, endpoint, io};
 use crate::lifecycle::{ConnEvent, ConnState, ReconnectPolicy, Subscribers};
 use crate::proto::{
     max_payload, ClientConfig, ClientCore, ClientOutput, Limit, Message, DEFAULT_INBOX,
@@ -352,11 +354,11 @@ impl ClientBuilder {
     pub fn connect(self, addr: impl ToSocketAddrs) -> Result<Client, Error> {
         self.params.validate()?;
         let max_datagram = self.max_datagram_size.unwrap_or(DEFAULT_MAX_DATAGRAM);
-        endpoint::check_datagram_size(max_datagram)?;
+        checks::check_datagram_size(max_datagram)?;
         let send_buffer = self.send_buffer.unwrap_or(DEFAULT_SEND_BUFFER);
         let inbox = self.inbox.unwrap_or(DEFAULT_INBOX);
-        endpoint::check_limit("send_buffer", send_buffer)?;
-        endpoint::check_limit("inbox", inbox)?;
+        checks::check_limit("send_buffer", send_buffer)?;
+        checks::check_limit("inbox", inbox)?;
         if self.events.iter().any(|tx| tx.capacity().is_some()) {
             // Events are sent while the client's state is locked: a full
             // channel would stall the client, and dropping an event would
@@ -388,7 +390,7 @@ impl ClientBuilder {
         if resolved.is_empty() {
             return Err(no_address());
         }
-        let (socket, addrs) = endpoint::bind_client_socket(&resolved)?;
+        let (socket, addrs) = io::bind_client_socket(&resolved)?;
         let Some((&server, fallbacks)) = addrs.split_first() else {
             return Err(no_address());
         };
@@ -670,7 +672,7 @@ impl Client {
     /// # drop(server);
     /// ```
     pub fn try_write(&self, payload: &[u8]) -> Result<(), Error> {
-        endpoint::check_payload(payload.len(), self.max_payload)?;
+        checks::check_payload(payload.len(), self.max_payload)?;
         self.endpoint.check_open()?;
         self.endpoint
             .shared
@@ -685,7 +687,7 @@ impl Client {
     }
 
     fn write_inner(&self, payload: &[u8], deadline: Option<Instant>) -> Result<(), Error> {
-        endpoint::check_payload(payload.len(), self.max_payload)?;
+        checks::check_payload(payload.len(), self.max_payload)?;
         self.endpoint.check_open()?;
         let written = self.endpoint.shared.with_core_when(
             // A close makes every later write fail: a waiting one fails now.

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
-use crate::driver::endpoint::{self, Core, Empty, Endpoint, Inbox, Role};
+use crate::driver::endpoint::{Core, Endpoint, Role};
+use crate::driver::inbox::{Empty, Inbox};
 use crate::driver::time;
+use crate::driver::{checks, endpoint, io};
 use crate::lifecycle::{ConnEvent, ConnState, Subscribers};
 use crate::listener::{Listener, Router};
 use crate::proto::{
@@ -382,14 +384,14 @@ impl ServerBuilder {
     fn start(self, addr: impl ToSocketAddrs, router: Option<Router>) -> Result<Server, Error> {
         self.params.validate()?;
         let max_datagram = self.max_datagram_size.unwrap_or(DEFAULT_MAX_DATAGRAM);
-        endpoint::check_datagram_size(max_datagram)?;
+        checks::check_datagram_size(max_datagram)?;
         let send_buffer = self.send_buffer.unwrap_or(DEFAULT_SEND_BUFFER);
         let inbox = self.inbox.unwrap_or(DEFAULT_INBOX);
-        endpoint::check_limit("send_buffer", send_buffer)?;
-        endpoint::check_limit("inbox", inbox)?;
+        checks::check_limit("send_buffer", send_buffer)?;
+        checks::check_limit("inbox", inbox)?;
         let mut last_err = None;
         for addr in addr.to_socket_addrs()? {
-            match endpoint::bind_socket(addr) {
+            match io::bind_socket(addr) {
                 Ok(socket) => {
                     let mut config = ServerConfig::new(self.params);
                     config.max_connections = self.max_connections.unwrap_or(usize::MAX);
@@ -687,7 +689,7 @@ impl Server {
     /// # }
     /// ```
     pub fn write(&self, id: ConnId, payload: &[u8]) -> Result<(), Error> {
-        endpoint::check_payload(payload.len(), self.max_payload)?;
+        checks::check_payload(payload.len(), self.max_payload)?;
         self.endpoint.check_open()?;
         self.endpoint
             .shared
@@ -715,7 +717,7 @@ impl Server {
     /// }
     /// ```
     pub fn try_write(&self, id: ConnId, payload: &[u8]) -> Result<(), Error> {
-        endpoint::check_payload(payload.len(), self.max_payload)?;
+        checks::check_payload(payload.len(), self.max_payload)?;
         self.endpoint.check_open()?;
         self.endpoint
             .shared
@@ -742,7 +744,7 @@ impl Server {
         payload: &[u8],
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
-        endpoint::check_payload(payload.len(), self.max_payload)?;
+        checks::check_payload(payload.len(), self.max_payload)?;
         self.endpoint.check_open()?;
         let shared = &self.endpoint.shared;
         // Only a write that could succeed once there is room waits: one to a
