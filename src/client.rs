@@ -11,62 +11,18 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::driver::endpoint::{Core, Endpoint, Role};
+use crate::driver::cores::canonical;
+use crate::driver::endpoint::{Endpoint, Role};
 use crate::driver::inbox::{Empty, Inbox};
 use crate::driver::time::deadline;
 use crate::driver::{checks, endpoint, io};
 use crate::lifecycle::{ConnEvent, ConnState, ReconnectPolicy, Subscribers};
 use crate::proto::{
-    max_payload, ClientConfig, ClientCore, ClientOutput, Limit, Message, DEFAULT_INBOX,
+    max_payload, ClientConfig, ClientCore, ClientOutput, Limit, DEFAULT_INBOX,
     DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
 };
 use crate::stats::ConnStats;
 use crate::{ConnId, Error, Faults, Params};
-
-impl Core for ClientCore {
-    type Output = ClientOutput;
-    type Inbox = ();
-    fn read_done(&mut self, now: Instant, _: (), messages: usize, bytes: usize) {
-        ClientCore::read_done(self, now, messages, bytes);
-    }
-    fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        // A dual-stack socket names IPv4 senders in their IPv4-mapped form.
-        ClientCore::handle(self, now, canonical(from), datagram);
-    }
-    fn handle_refused(&mut self, now: Instant) {
-        ClientCore::handle_refused(self, now);
-    }
-    fn end_batch(&mut self, now: Instant) {
-        ClientCore::end_batch(self, now);
-    }
-    fn handle_epoch(&mut self, now: Instant) {
-        ClientCore::handle_epoch(self, now);
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        ClientCore::poll_timeout(self)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        ClientCore::handle_timeout(self, now);
-    }
-    fn close(&mut self, now: Instant) {
-        ClientCore::close(self, now);
-    }
-    fn abort(&mut self, now: Instant) -> usize {
-        ClientCore::abort(self, now)
-    }
-    fn poll_transmit(&mut self) -> Option<(SocketAddr, Message<'_>)> {
-        ClientCore::poll_transmit(self)
-    }
-    fn poll_output(&mut self) -> Option<ClientOutput> {
-        ClientCore::poll_output(self)
-    }
-}
-
-/// `addr` with an IPv4-mapped IPv6 address as the IPv4 address it stands
-/// for, the form the core knows its server by.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
 
 /// What `read` returns, in order.
 enum Item {

@@ -12,15 +12,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
-use crate::driver::endpoint::{Core, Endpoint, Role};
+use crate::driver::endpoint::{Endpoint, Role};
 use crate::driver::inbox::{Empty, Inbox};
 use crate::driver::time;
 use crate::driver::{checks, endpoint, io};
 use crate::lifecycle::{ConnEvent, ConnState, Subscribers};
 use crate::listener::{Listener, Router};
 use crate::proto::{
-    max_payload, Limit, Message, ServerConfig, ServerCore, ServerOutput, DEFAULT_BUDGET,
-    DEFAULT_INBOX, DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
+    max_payload, Limit, ServerConfig, ServerCore, ServerOutput, DEFAULT_BUDGET, DEFAULT_INBOX,
+    DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
 };
 use crate::stats::{ConnStats, ServerStats};
 use crate::{Error, Faults, Params, ServerEvent};
@@ -54,43 +54,6 @@ impl From<ConnId> for u32 {
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl Core for ServerCore {
-    type Output = ServerOutput;
-    /// The connection a message was read from, or `None` for another event.
-    type Inbox = Option<ConnId>;
-    fn read_done(&mut self, now: Instant, id: Option<ConnId>, messages: usize, bytes: usize) {
-        match id {
-            Some(id) => ServerCore::read_done(self, now, id, messages, bytes),
-            None => ServerCore::event_read(self),
-        }
-    }
-    fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        ServerCore::handle(self, now, from, datagram);
-    }
-    fn end_batch(&mut self, now: Instant) {
-        ServerCore::end_batch(self, now);
-    }
-    fn handle_epoch(&mut self, now: Instant) {
-        ServerCore::handle_epoch(self, now);
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        None
-    }
-    fn handle_timeout(&mut self, _now: Instant) {}
-    fn close(&mut self, now: Instant) {
-        ServerCore::close(self, now);
-    }
-    fn abort(&mut self, now: Instant) -> usize {
-        ServerCore::abort(self, now)
-    }
-    fn poll_transmit(&mut self) -> Option<(SocketAddr, Message<'_>)> {
-        ServerCore::poll_transmit(self)
-    }
-    fn poll_output(&mut self) -> Option<ServerOutput> {
-        ServerCore::poll_output(self)
     }
 }
 

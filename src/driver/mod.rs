@@ -7,6 +7,7 @@
 //!
 //! * [`endpoint`]: the core behind its lock, the [`Core`](endpoint::Core)
 //!   and [`Role`](endpoint::Role) traits, starting and closing an instance;
+//! * [`cores`]: the [`Core`](endpoint::Core) impls of the two cores of `proto`;
 //! * [`io`]: the socket, binding, batched never-blocking sends, the fault plumbing;
 //! * [`threads`]: the receive loop, the epoch loop and the close manager;
 //! * [`inbox`]: the queue a handle reads from;
@@ -14,6 +15,7 @@
 //! * [`faults`], [`sys`], [`time`]: the fault injector, `recvmmsg`, deadlines.
 
 pub(crate) mod checks;
+pub(crate) mod cores;
 pub(crate) mod endpoint;
 pub(crate) mod faults;
 pub(crate) mod inbox;
