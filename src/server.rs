@@ -61,9 +61,12 @@ impl fmt::Display for ConnId {
 pub(crate) struct ServerRole {
     inbox: Inbox<ServerEvent>,
     events: Subscribers,
-    /// Ids passed to `close_conn` whose `Closed` event has not been read
-    /// yet: their messages still in the inbox are skipped.
-    user_closed: Mutex<HashSet<ConnId>>,
+    /// Connections the core said to discard ([`ServerOutput::Discard`],
+    /// after `close_conn`) whose `Closed` event has not been read yet:
+    /// their messages already in the inbox are skipped. Counted apart, as
+    /// `holding` is, so that a read costs one atomic load when there are none.
+    discarding: Mutex<HashSet<ConnId>>,
+    discarding_count: AtomicUsize,
     /// Connections holding Data for lack of room ([`ServerOutput::Holding`]):
     /// a read from one of them tells the core at once, since its peer
     /// waits for the acknowledgements that follow. Counted apart so that
@@ -99,6 +102,15 @@ impl Role for ServerRole {
                     set.remove(&id);
                 }
                 self.holding_count.store(set.len(), Ordering::Relaxed);
+            }
+            ServerOutput::Discard { id } => {
+                // A listener routes each connection's events to its own
+                // handle, which the router ends at once.
+                if self.router.is_none() {
+                    let mut set = self.discarding.lock();
+                    set.insert(id);
+                    self.discarding_count.store(set.len(), Ordering::Relaxed);
+                }
             }
             ServerOutput::Drained => return true,
         }
@@ -369,7 +381,8 @@ impl ServerBuilder {
                     let role = ServerRole {
                         inbox: Inbox::new(),
                         events: Subscribers::default(),
-                        user_closed: Mutex::new(HashSet::new()),
+                        discarding: Mutex::new(HashSet::new()),
+                        discarding_count: AtomicUsize::new(0),
                         holding: Mutex::new(HashSet::new()),
                         holding_count: AtomicUsize::new(0),
                         router,
@@ -573,14 +586,20 @@ impl Server {
             };
             match &event {
                 ServerEvent::Message { id, payload } => {
-                    if role.user_closed.lock().contains(id) {
+                    if role.discarding_count.load(Ordering::Relaxed) > 0
+                        && role.discarding.lock().contains(id)
+                    {
                         continue;
                     }
                     // Room in the connection's inbox again (flow control).
                     self.note_read(*id, payload.len());
                 }
                 ServerEvent::Closed { id } => {
-                    role.user_closed.lock().remove(id);
+                    if role.discarding_count.load(Ordering::Relaxed) > 0 {
+                        let mut set = role.discarding.lock();
+                        set.remove(id);
+                        role.discarding_count.store(set.len(), Ordering::Relaxed);
+                    }
                     shared.read_done(None, 0);
                 }
                 _ => shared.read_done(None, 0),
@@ -777,13 +796,7 @@ impl Server {
     pub fn close_conn(&self, id: ConnId) -> Result<(), Error> {
         self.endpoint.check_open()?;
         let shared = &self.endpoint.shared;
-        shared.with_core(|core, now| {
-            let open = core.state(id) == Some(ConnState::Connected);
-            if open {
-                shared.role.user_closed.lock().insert(id);
-            }
-            core.close_conn(now, id)
-        })
+        shared.with_core(|core, now| core.close_conn(now, id))
     }
 
     /// Closes the server: blocks until every message written to every client
