@@ -23,39 +23,7 @@ use crate::proto::{
     DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
 };
 use crate::stats::{ConnStats, ServerStats};
-use crate::{Error, Faults, Params, ServerEvent};
-
-/// Identifies one client connection of a [`Server`].
-///
-/// # Examples
-///
-/// ```
-/// use liveseq::ConnId;
-///
-/// let id = ConnId::from(7);
-/// assert_eq!(u32::from(id), 7);
-/// assert_eq!(id.to_string(), "7");
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub(crate) u32);
-
-impl From<u32> for ConnId {
-    fn from(id: u32) -> Self {
-        ConnId(id)
-    }
-}
-
-impl From<ConnId> for u32 {
-    fn from(id: ConnId) -> Self {
-        id.0
-    }
-}
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
+use crate::{ConnId, Error, Faults, Params, ServerEvent};
 
 /// The server's application side: where the core's outputs go.
 pub(crate) struct ServerRole {

@@ -42,8 +42,9 @@ use rand::{Rng, SeedableRng};
 
 use super::conn::{Conn, Event, Phase, Rejected, Room, MAX_ISN, MESSAGE_OVERHEAD};
 use super::message::{max_payload, DecodeError, Message, MsgType, DEFAULT_MAX_DATAGRAM};
+use super::ConnId;
 use crate::stats::{ConnStats, ServerStats, Timing};
-use crate::{ConnId, ConnState, Error, Params, ServerEvent};
+use crate::{ConnState, Error, Params, ServerEvent};
 
 /// How much a connection may hold on each side before flow control acts.
 ///
