@@ -18,7 +18,11 @@
 //! the subscribers, which keeps them in order), send its datagrams, unlock.
 //! Nothing under the lock can block: channels are unbounded, and datagrams
 //! are sent with `MSG_DONTWAIT` (a full send buffer drops the datagram, which
-//! the protocol sends again). Sending before the unlock is measured to pay:
+//! the protocol sends again). The other locks taken under it are held only
+//! for a table update or a send, never across a wait: the socket's read
+//! lock, the peer a client socket follows, the role's tables and the
+//! subscribers' list. Datagrams the delay and reorder faults hold back are
+//! sent later by the epoch thread, without the core's lock. Sending before the unlock is measured to pay:
 //! sending after it halved one client's window-32 echo rate (43k against
 //! 79k messages/s), as the thread that took the lock over raced the sender.
 //!
