@@ -8,6 +8,7 @@
 //! cargo run --release --example bench -- --clients 4 --messages 50000 --size 512 --window 16
 //! cargo run --release --example bench -- --sweep-svg docs/window-sweep.svg
 //! cargo run --release --example bench -- --flow                 # flow control and drop figures
+//! cargo run --release --example bench -- --many-clients 96 --receive-threads 4
 //! ```
 //!
 //! Baselines: raw UDP ping-pong (round trips per second and latency) and a
@@ -16,6 +17,16 @@
 //! echo at window 1, echo at window 32 with 1 and 8 clients, a one-way
 //! stream at window 32, and the custom echo given by the flags. Every
 //! workload runs `--runs` times and reports its median.
+//!
+//! The standard run ends with the rows that show how a server scales with
+//! clients and cores (they add about five seconds on two cores): `--many-clients` clients
+//! (default 48), each keeping 32 echoes in flight, against one liveseq
+//! server; the same against a raw UDP echo on one server socket with
+//! `--receive-threads` threads receiving and echoing (default the available
+//! parallelism, at most 8); and the same against a TCP echo with a thread
+//! per connection and length-prefixed messages, what users would pick
+//! instead. A liveseq server has one receive thread today, whatever
+//! `--receive-threads` says: the output says so.
 //!
 //! `--flow` measures memory and shutdown instead, with the default buffers:
 //! peak resident memory while one client writes 200,000 messages of 1,000
@@ -68,6 +79,26 @@ struct Args {
     /// the time a dropped server holds its port.
     #[arg(long)]
     flow: bool,
+    /// Clients of the many-clients rows.
+    #[arg(long, default_value_t = 48)]
+    many_clients: usize,
+    /// Receive threads of the raw UDP echo baseline (default: the available
+    /// parallelism, at most 8). A liveseq server has one.
+    #[arg(long)]
+    receive_threads: Option<usize>,
+}
+
+/// Window of the many-clients rows.
+const MANY_WINDOW: usize = 32;
+
+/// The many-clients rows, measured in the same run.
+#[derive(Clone, Copy)]
+struct Many {
+    clients: usize,
+    receive_threads: usize,
+    liveseq: Figures,
+    udp: Figures,
+    tcp: Figures,
 }
 
 /// One workload's figures.
@@ -122,10 +153,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rows.push(("echo_w32_8clients", median(&|| echo(&args, 8, 32, n / 2))));
         rows.push(("stream_w32", median(&|| stream(&args, 32, n * 5))));
     }
+    let many = (!args.custom_only).then(|| {
+        let clients = args.many_clients.max(1);
+        let receive_threads = args
+            .receive_threads
+            .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get().min(8)));
+        // About twice the messages of one default row, shared by the clients.
+        let per_client = (n * 2 / clients).max(200);
+        Many {
+            clients,
+            receive_threads,
+            liveseq: median(&|| echo(&args, clients, MANY_WINDOW as u32, per_client)),
+            udp: median(&|| udp_echo(clients, receive_threads, per_client, size)),
+            tcp: median(&|| tcp_echo(clients, per_client, size)),
+        }
+    });
     if args.json {
-        print_json(&args, pingpong, oneway, &rows);
+        print_json(&args, pingpong, oneway, &rows, many);
     } else {
         print_table(&args, pingpong, oneway, &rows);
+        if let Some(m) = many {
+            print_many(m);
+        }
     }
     Ok(())
 }
@@ -172,7 +221,38 @@ fn print_table(args: &Args, pingpong: Figures, oneway: Figures, rows: &[(&str, F
     }
 }
 
-fn print_json(args: &Args, pingpong: Figures, oneway: Figures, rows: &[(&str, Figures)]) {
+fn print_many(m: Many) {
+    println!(
+        "many clients: {} clients, window {MANY_WINDOW}, echoes/s of all clients together",
+        m.clients
+    );
+    println!(
+        "  liveseq server     {:>10.0} echoes/s   (1 receive thread: a liveseq server has one)",
+        m.liveseq.per_sec
+    );
+    println!(
+        "  raw UDP echo       {:>10.0} echoes/s   (one socket, {} receive threads)   liveseq {:.2} x",
+        m.udp.per_sec,
+        m.receive_threads,
+        m.liveseq.per_sec / m.udp.per_sec
+    );
+    println!(
+        "  TCP echo           {:>10.0} echoes/s   (a thread per connection)   liveseq {:.2} x",
+        m.tcp.per_sec,
+        m.liveseq.per_sec / m.tcp.per_sec
+    );
+    if m.udp.retransmissions > 0 {
+        println!("  (raw UDP lost {} datagrams)", m.udp.retransmissions);
+    }
+}
+
+fn print_json(
+    args: &Args,
+    pingpong: Figures,
+    oneway: Figures,
+    rows: &[(&str, Figures)],
+    many: Option<Many>,
+) {
     let mut fields = vec![
         ("size".to_string(), args.size as f64),
         ("loss_percent".to_string(), f64::from(args.loss)),
@@ -198,6 +278,32 @@ fn print_json(args: &Args, pingpong: Figures, oneway: Figures, rows: &[(&str, Fi
     }
     if let Some((_, w1)) = rows.iter().find(|(n, _)| *n == "echo_w1") {
         fields.push(("echo_w1_p99_ratio".to_string(), w1.p99_us / pingpong.p99_us));
+    }
+    if let Some(m) = many {
+        fields.extend([
+            ("many_clients".to_string(), m.clients as f64),
+            ("many_window".to_string(), MANY_WINDOW as f64),
+            ("many_liveseq_receive_threads".to_string(), 1.0),
+            ("many_liveseq_per_sec".to_string(), m.liveseq.per_sec),
+            (
+                "many_udp_echo_receive_threads".to_string(),
+                m.receive_threads as f64,
+            ),
+            ("many_udp_echo_per_sec".to_string(), m.udp.per_sec),
+            (
+                "many_udp_echo_lost".to_string(),
+                m.udp.retransmissions as f64,
+            ),
+            ("many_tcp_echo_per_sec".to_string(), m.tcp.per_sec),
+            (
+                "many_liveseq_udp_ratio".to_string(),
+                m.liveseq.per_sec / m.udp.per_sec,
+            ),
+            (
+                "many_liveseq_tcp_ratio".to_string(),
+                m.liveseq.per_sec / m.tcp.per_sec,
+            ),
+        ]);
     }
     let body: Vec<String> = fields
         .iter()
@@ -298,6 +404,168 @@ fn udp_oneway(n: usize, size: usize) -> Figures {
     let (got, took) = counting.join().unwrap_or_default();
     Figures {
         per_sec: got.saturating_sub(1) as f64 / took.as_secs_f64().max(1e-9),
+        ..Figures::default()
+    }
+}
+
+/// Raw UDP echo: one server socket, `threads` threads each receiving and
+/// echoing; `clients` clients (a thread and a socket each) keep
+/// [`MANY_WINDOW`] datagrams in flight until `n` came back. A lost datagram
+/// is not resent: a client that hears nothing for 200 ms sends afresh, and
+/// the losses are counted (in `retransmissions`).
+fn udp_echo(clients: usize, threads: usize, n: usize, size: usize) -> Figures {
+    let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let _ = socket2::SockRef::from(&server).set_recv_buffer_size(8 << 20);
+    server
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let to = server.local_addr().expect("addr");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let echoes: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            let socket = server.try_clone().expect("clone");
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok((len, from)) = socket.recv_from(&mut buf) {
+                        let _ = socket.send_to(&buf[..len], from);
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let per_client: Vec<_> = (0..clients)
+        .map(|_| {
+            thread::spawn(move || {
+                let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(200)))
+                    .expect("timeout");
+                let payload = vec![0x42u8; size];
+                let mut buf = [0u8; 65536];
+                let (mut sent, mut got, mut lost) = (0, 0, 0u64);
+                while sent < n.min(MANY_WINDOW) {
+                    let _ = socket.send_to(&payload, to);
+                    sent += 1;
+                }
+                while got < n {
+                    if socket.recv_from(&mut buf).is_ok() {
+                        got += 1;
+                        if sent < n {
+                            let _ = socket.send_to(&payload, to);
+                            sent += 1;
+                        }
+                    } else {
+                        // Everything in flight is lost: count it, refill.
+                        let in_flight = sent.saturating_sub(got);
+                        lost += in_flight as u64;
+                        got += in_flight;
+                        while sent < n && sent.saturating_sub(got) < MANY_WINDOW {
+                            let _ = socket.send_to(&payload, to);
+                            sent += 1;
+                        }
+                    }
+                }
+                lost
+            })
+        })
+        .collect();
+    let lost: u64 = per_client
+        .into_iter()
+        .map(|h| h.join().expect("client"))
+        .sum();
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in echoes {
+        let _ = h.join();
+    }
+    let echoed = (clients * n) as u64 - lost;
+    Figures {
+        per_sec: echoed as f64 / took.as_secs_f64().max(1e-9),
+        retransmissions: lost,
+        ..Figures::default()
+    }
+}
+
+/// TCP echo with a thread per connection and messages framed by a 4-byte
+/// length, as a user would write it; `clients` clients keep
+/// [`MANY_WINDOW`] messages in flight until `n` came back.
+fn tcp_echo(clients: usize, n: usize, size: usize) -> Figures {
+    use std::io::{BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len)?;
+        buf.resize(u32::from_be_bytes(len) as usize, 0);
+        r.read_exact(buf)
+    }
+    fn write_frame(w: &mut impl Write, payload: &[u8]) -> std::io::Result<()> {
+        let mut frame = Vec::with_capacity(4 + payload.len());
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(payload);
+        w.write_all(&frame)
+    }
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let to = listener.local_addr().expect("addr");
+    let accepting = thread::spawn(move || {
+        let mut conns = Vec::new();
+        for _ in 0..clients {
+            let Ok((stream, _)) = listener.accept() else {
+                break;
+            };
+            conns.push(thread::spawn(move || {
+                let _ = stream.set_nodelay(true);
+                let mut writer = stream.try_clone().expect("clone");
+                let mut reader = BufReader::new(stream);
+                let mut buf = Vec::new();
+                while read_frame(&mut reader, &mut buf).is_ok() {
+                    if write_frame(&mut writer, &buf).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        conns
+    });
+    let started = Instant::now();
+    let per_client: Vec<_> = (0..clients)
+        .map(|_| {
+            thread::spawn(move || {
+                let stream = TcpStream::connect(to).expect("connect");
+                let _ = stream.set_nodelay(true);
+                let mut writer = stream.try_clone().expect("clone");
+                let mut reader = BufReader::new(stream);
+                let payload = vec![0x42u8; size];
+                let mut buf = Vec::new();
+                let mut sent = 0;
+                while sent < n.min(MANY_WINDOW) {
+                    write_frame(&mut writer, &payload).expect("write");
+                    sent += 1;
+                }
+                for _ in 0..n {
+                    read_frame(&mut reader, &mut buf).expect("read");
+                    assert_eq!(buf.len(), size);
+                    if sent < n {
+                        write_frame(&mut writer, &payload).expect("write");
+                        sent += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in per_client {
+        h.join().expect("client");
+    }
+    let took = started.elapsed();
+    for h in accepting.join().expect("accept") {
+        let _ = h.join();
+    }
+    Figures {
+        per_sec: (clients * n) as f64 / took.as_secs_f64().max(1e-9),
         ..Figures::default()
     }
 }

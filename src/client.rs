@@ -11,60 +11,18 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::driver::endpoint::{self, Core, Empty, Endpoint, Inbox, Role};
+use crate::driver::cores::canonical;
+use crate::driver::endpoint::{Endpoint, Role};
+use crate::driver::inbox::{Empty, Inbox};
 use crate::driver::time::deadline;
+use crate::driver::{checks, endpoint, io};
 use crate::lifecycle::{ConnEvent, ConnState, ReconnectPolicy, Subscribers};
 use crate::proto::{
-    max_payload, ClientConfig, ClientCore, ClientOutput, Limit, Message, DEFAULT_INBOX,
+    max_payload, ClientConfig, ClientCore, ClientOutput, Limit, DEFAULT_INBOX,
     DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
 };
 use crate::stats::ConnStats;
 use crate::{ConnId, Error, Faults, Params};
-
-impl Core for ClientCore {
-    type Output = ClientOutput;
-    type Inbox = ();
-    fn read_done(&mut self, now: Instant, _: (), messages: usize, bytes: usize) {
-        ClientCore::read_done(self, now, messages, bytes);
-    }
-    fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        // A dual-stack socket names IPv4 senders in their IPv4-mapped form.
-        ClientCore::handle(self, now, canonical(from), datagram);
-    }
-    fn handle_refused(&mut self, now: Instant) {
-        ClientCore::handle_refused(self, now);
-    }
-    fn end_batch(&mut self, now: Instant) {
-        ClientCore::end_batch(self, now);
-    }
-    fn handle_epoch(&mut self, now: Instant) {
-        ClientCore::handle_epoch(self, now);
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        ClientCore::poll_timeout(self)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        ClientCore::handle_timeout(self, now);
-    }
-    fn close(&mut self, now: Instant) {
-        ClientCore::close(self, now);
-    }
-    fn abort(&mut self, now: Instant) -> usize {
-        ClientCore::abort(self, now)
-    }
-    fn poll_transmit(&mut self) -> Option<(SocketAddr, Message<'_>)> {
-        ClientCore::poll_transmit(self)
-    }
-    fn poll_output(&mut self) -> Option<ClientOutput> {
-        ClientCore::poll_output(self)
-    }
-}
-
-/// `addr` with an IPv4-mapped IPv6 address as the IPv4 address it stands
-/// for, the form the core knows its server by.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
 
 /// What `read` returns, in order.
 enum Item {
@@ -352,11 +310,11 @@ impl ClientBuilder {
     pub fn connect(self, addr: impl ToSocketAddrs) -> Result<Client, Error> {
         self.params.validate()?;
         let max_datagram = self.max_datagram_size.unwrap_or(DEFAULT_MAX_DATAGRAM);
-        endpoint::check_datagram_size(max_datagram)?;
+        checks::check_datagram_size(max_datagram)?;
         let send_buffer = self.send_buffer.unwrap_or(DEFAULT_SEND_BUFFER);
         let inbox = self.inbox.unwrap_or(DEFAULT_INBOX);
-        endpoint::check_limit("send_buffer", send_buffer)?;
-        endpoint::check_limit("inbox", inbox)?;
+        checks::check_limit("send_buffer", send_buffer)?;
+        checks::check_limit("inbox", inbox)?;
         if self.events.iter().any(|tx| tx.capacity().is_some()) {
             // Events are sent while the client's state is locked: a full
             // channel would stall the client, and dropping an event would
@@ -388,7 +346,7 @@ impl ClientBuilder {
         if resolved.is_empty() {
             return Err(no_address());
         }
-        let (socket, addrs) = endpoint::bind_client_socket(&resolved)?;
+        let (socket, addrs) = io::bind_client_socket(&resolved)?;
         let Some((&server, fallbacks)) = addrs.split_first() else {
             return Err(no_address());
         };
@@ -670,7 +628,7 @@ impl Client {
     /// # drop(server);
     /// ```
     pub fn try_write(&self, payload: &[u8]) -> Result<(), Error> {
-        endpoint::check_payload(payload.len(), self.max_payload)?;
+        checks::check_payload(payload.len(), self.max_payload)?;
         self.endpoint.check_open()?;
         self.endpoint
             .shared
@@ -685,7 +643,7 @@ impl Client {
     }
 
     fn write_inner(&self, payload: &[u8], deadline: Option<Instant>) -> Result<(), Error> {
-        endpoint::check_payload(payload.len(), self.max_payload)?;
+        checks::check_payload(payload.len(), self.max_payload)?;
         self.endpoint.check_open()?;
         let written = self.endpoint.shared.with_core_when(
             // A close makes every later write fail: a waiting one fails now.

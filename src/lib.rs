@@ -141,7 +141,8 @@ pub use event::ServerEvent;
 pub use lifecycle::{ConnEvent, ConnState, ReconnectPolicy};
 pub use listener::{Connection, Incoming, Listener};
 pub use params::Params;
-pub use server::{ConnId, Server, ServerBuilder};
+pub use proto::ConnId;
+pub use server::{Server, ServerBuilder};
 pub use stats::{ConnStats, Rtt, ServerStats};
 
 /// The channels of [`Server::subscribe`], [`Client::subscribe`] and

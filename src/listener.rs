@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::driver::endpoint::{Empty, Inbox};
+use crate::driver::inbox::{Empty, Inbox};
 use crate::driver::time;
 use crate::{ConnId, ConnStats, Error, Params, Server, ServerEvent, ServerStats};
 

@@ -12,93 +12,29 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
-use crate::driver::endpoint::{self, Core, Empty, Endpoint, Inbox, Role};
+use crate::driver::endpoint::{Endpoint, Role};
+use crate::driver::inbox::{Empty, Inbox};
 use crate::driver::time;
+use crate::driver::{checks, endpoint, io};
 use crate::lifecycle::{ConnEvent, ConnState, Subscribers};
 use crate::listener::{Listener, Router};
 use crate::proto::{
-    max_payload, Limit, Message, ServerConfig, ServerCore, ServerOutput, DEFAULT_BUDGET,
-    DEFAULT_INBOX, DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
+    max_payload, Limit, ServerConfig, ServerCore, ServerOutput, DEFAULT_BUDGET, DEFAULT_INBOX,
+    DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
 };
 use crate::stats::{ConnStats, ServerStats};
-use crate::{Error, Faults, Params, ServerEvent};
-
-/// Identifies one client connection of a [`Server`].
-///
-/// # Examples
-///
-/// ```
-/// use liveseq::ConnId;
-///
-/// let id = ConnId::from(7);
-/// assert_eq!(u32::from(id), 7);
-/// assert_eq!(id.to_string(), "7");
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub(crate) u32);
-
-impl From<u32> for ConnId {
-    fn from(id: u32) -> Self {
-        ConnId(id)
-    }
-}
-
-impl From<ConnId> for u32 {
-    fn from(id: ConnId) -> Self {
-        id.0
-    }
-}
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl Core for ServerCore {
-    type Output = ServerOutput;
-    /// The connection a message was read from, or `None` for another event.
-    type Inbox = Option<ConnId>;
-    fn read_done(&mut self, now: Instant, id: Option<ConnId>, messages: usize, bytes: usize) {
-        match id {
-            Some(id) => ServerCore::read_done(self, now, id, messages, bytes),
-            None => ServerCore::event_read(self),
-        }
-    }
-    fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        ServerCore::handle(self, now, from, datagram);
-    }
-    fn end_batch(&mut self, now: Instant) {
-        ServerCore::end_batch(self, now);
-    }
-    fn handle_epoch(&mut self, now: Instant) {
-        ServerCore::handle_epoch(self, now);
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        None
-    }
-    fn handle_timeout(&mut self, _now: Instant) {}
-    fn close(&mut self, now: Instant) {
-        ServerCore::close(self, now);
-    }
-    fn abort(&mut self, now: Instant) -> usize {
-        ServerCore::abort(self, now)
-    }
-    fn poll_transmit(&mut self) -> Option<(SocketAddr, Message<'_>)> {
-        ServerCore::poll_transmit(self)
-    }
-    fn poll_output(&mut self) -> Option<ServerOutput> {
-        ServerCore::poll_output(self)
-    }
-}
+use crate::{ConnId, Error, Faults, Params, ServerEvent};
 
 /// The server's application side: where the core's outputs go.
 pub(crate) struct ServerRole {
     inbox: Inbox<ServerEvent>,
     events: Subscribers,
-    /// Ids passed to `close_conn` whose `Closed` event has not been read
-    /// yet: their messages still in the inbox are skipped.
-    user_closed: Mutex<HashSet<ConnId>>,
+    /// Connections the core said to discard ([`ServerOutput::Discard`],
+    /// after `close_conn`) whose `Closed` event has not been read yet:
+    /// their messages already in the inbox are skipped. Counted apart, as
+    /// `holding` is, so that a read costs one atomic load when there are none.
+    discarding: Mutex<HashSet<ConnId>>,
+    discarding_count: AtomicUsize,
     /// Connections holding Data for lack of room ([`ServerOutput::Holding`]):
     /// a read from one of them tells the core at once, since its peer
     /// waits for the acknowledgements that follow. Counted apart so that
@@ -134,6 +70,15 @@ impl Role for ServerRole {
                     set.remove(&id);
                 }
                 self.holding_count.store(set.len(), Ordering::Relaxed);
+            }
+            ServerOutput::Discard { id } => {
+                // A listener routes each connection's events to its own
+                // handle, which the router ends at once.
+                if self.router.is_none() {
+                    let mut set = self.discarding.lock();
+                    set.insert(id);
+                    self.discarding_count.store(set.len(), Ordering::Relaxed);
+                }
             }
             ServerOutput::Drained => return true,
         }
@@ -382,14 +327,14 @@ impl ServerBuilder {
     fn start(self, addr: impl ToSocketAddrs, router: Option<Router>) -> Result<Server, Error> {
         self.params.validate()?;
         let max_datagram = self.max_datagram_size.unwrap_or(DEFAULT_MAX_DATAGRAM);
-        endpoint::check_datagram_size(max_datagram)?;
+        checks::check_datagram_size(max_datagram)?;
         let send_buffer = self.send_buffer.unwrap_or(DEFAULT_SEND_BUFFER);
         let inbox = self.inbox.unwrap_or(DEFAULT_INBOX);
-        endpoint::check_limit("send_buffer", send_buffer)?;
-        endpoint::check_limit("inbox", inbox)?;
+        checks::check_limit("send_buffer", send_buffer)?;
+        checks::check_limit("inbox", inbox)?;
         let mut last_err = None;
         for addr in addr.to_socket_addrs()? {
-            match endpoint::bind_socket(addr) {
+            match io::bind_socket(addr) {
                 Ok(socket) => {
                     let mut config = ServerConfig::new(self.params);
                     config.max_connections = self.max_connections.unwrap_or(usize::MAX);
@@ -404,7 +349,8 @@ impl ServerBuilder {
                     let role = ServerRole {
                         inbox: Inbox::new(),
                         events: Subscribers::default(),
-                        user_closed: Mutex::new(HashSet::new()),
+                        discarding: Mutex::new(HashSet::new()),
+                        discarding_count: AtomicUsize::new(0),
                         holding: Mutex::new(HashSet::new()),
                         holding_count: AtomicUsize::new(0),
                         router,
@@ -608,14 +554,20 @@ impl Server {
             };
             match &event {
                 ServerEvent::Message { id, payload } => {
-                    if role.user_closed.lock().contains(id) {
+                    if role.discarding_count.load(Ordering::Relaxed) > 0
+                        && role.discarding.lock().contains(id)
+                    {
                         continue;
                     }
                     // Room in the connection's inbox again (flow control).
                     self.note_read(*id, payload.len());
                 }
                 ServerEvent::Closed { id } => {
-                    role.user_closed.lock().remove(id);
+                    if role.discarding_count.load(Ordering::Relaxed) > 0 {
+                        let mut set = role.discarding.lock();
+                        set.remove(id);
+                        role.discarding_count.store(set.len(), Ordering::Relaxed);
+                    }
                     shared.read_done(None, 0);
                 }
                 _ => shared.read_done(None, 0),
@@ -687,7 +639,7 @@ impl Server {
     /// # }
     /// ```
     pub fn write(&self, id: ConnId, payload: &[u8]) -> Result<(), Error> {
-        endpoint::check_payload(payload.len(), self.max_payload)?;
+        checks::check_payload(payload.len(), self.max_payload)?;
         self.endpoint.check_open()?;
         self.endpoint
             .shared
@@ -715,7 +667,7 @@ impl Server {
     /// }
     /// ```
     pub fn try_write(&self, id: ConnId, payload: &[u8]) -> Result<(), Error> {
-        endpoint::check_payload(payload.len(), self.max_payload)?;
+        checks::check_payload(payload.len(), self.max_payload)?;
         self.endpoint.check_open()?;
         self.endpoint
             .shared
@@ -742,7 +694,7 @@ impl Server {
         payload: &[u8],
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
-        endpoint::check_payload(payload.len(), self.max_payload)?;
+        checks::check_payload(payload.len(), self.max_payload)?;
         self.endpoint.check_open()?;
         let shared = &self.endpoint.shared;
         // Only a write that could succeed once there is room waits: one to a
@@ -812,13 +764,7 @@ impl Server {
     pub fn close_conn(&self, id: ConnId) -> Result<(), Error> {
         self.endpoint.check_open()?;
         let shared = &self.endpoint.shared;
-        shared.with_core(|core, now| {
-            let open = core.state(id) == Some(ConnState::Connected);
-            if open {
-                shared.role.user_closed.lock().insert(id);
-            }
-            core.close_conn(now, id)
-        })
+        shared.with_core(|core, now| core.close_conn(now, id))
     }
 
     /// Closes the server: blocks until every message written to every client

@@ -209,6 +209,38 @@ fn an_unanswered_challenge_ends_the_connection_and_the_next_connect_gets_in() {
     );
 }
 
+/// `close_conn` is the decision to show the application nothing more of a
+/// connection but its `Closed`: messages not yet polled are dropped (and no
+/// longer count as unread), and `Discard` tells the driver to drop those it
+/// already passed on.
+#[test]
+fn close_conn_drops_unpolled_messages_and_says_to_discard_the_rest() {
+    let now = Instant::now();
+    let (a, b) = (addr(1), addr(2));
+    let mut s = server_with(seq_config(params(5)), now, a, 100);
+    s.handle_message(now, b, Message::connect(200));
+    outputs(&mut s);
+    s.handle_message(now, a, Message::data(1, 101, b"one"));
+    s.handle_message(now, b, Message::data(2, 201, b"other"));
+    s.handle_message(now, a, Message::data(1, 102, b"two"));
+    sent(&mut s);
+    s.close_conn(now, id(1)).unwrap();
+    assert_eq!(
+        outputs(&mut s),
+        [
+            ServerOutput::App(ServerEvent::Message {
+                id: id(2),
+                payload: b"other".to_vec(),
+            }),
+            ServerOutput::Discard { id: id(1) },
+            state(Some(1), a, ConnState::Closing, now),
+            ServerOutput::App(ServerEvent::Closed { id: id(1) }),
+            // Nothing it wrote waits for an acknowledgement.
+            state(Some(1), a, ConnState::Closed, now),
+        ]
+    );
+}
+
 /// A connection the application closed ends without an application event
 /// when it leaves to an unanswered challenge: its `Closed` was its last one.
 #[test]
@@ -221,6 +253,7 @@ fn a_closed_connection_ended_by_a_challenge_reports_no_second_app_event() {
     assert_eq!(
         outputs(&mut s),
         [
+            ServerOutput::Discard { id: id(1) },
             state(Some(1), a, ConnState::Closing, now),
             ServerOutput::App(ServerEvent::Closed { id: id(1) }),
         ]

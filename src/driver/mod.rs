@@ -4,8 +4,22 @@
 //! It makes no protocol decision: it moves datagrams, epoch ticks and user
 //! calls into the cores of [`proto`](crate::proto) and carries out what they
 //! return.
+//!
+//! * [`endpoint`]: the core behind its lock, the [`Core`](endpoint::Core)
+//!   and [`Role`](endpoint::Role) traits, starting and closing an instance;
+//! * [`cores`]: the [`Core`](endpoint::Core) impls of the two cores of `proto`;
+//! * [`io`]: the socket, binding, batched never-blocking sends, the fault plumbing;
+//! * [`threads`]: the receive loop, the epoch loop and the close manager;
+//! * [`inbox`]: the queue a handle reads from;
+//! * [`checks`]: parameter checks shared by the builders;
+//! * [`faults`], [`sys`], [`time`]: the fault injector, `recvmmsg`, deadlines.
 
+pub(crate) mod checks;
+pub(crate) mod cores;
 pub(crate) mod endpoint;
 pub(crate) mod faults;
+pub(crate) mod inbox;
+pub(crate) mod io;
 pub(crate) mod sys;
+pub(crate) mod threads;
 pub(crate) mod time;

@@ -40,8 +40,9 @@ use rand::{Rng, SeedableRng};
 use super::conn::{Conn, Event, Phase, Rejected, Room};
 use super::message::{Message, MsgType};
 use super::server::{Limit, DEFAULT_INBOX, DEFAULT_SEND_BUFFER};
+use super::ConnId;
 use crate::stats::{ConnStats, Timing};
-use crate::{ConnId, ConnState, Error, Params, ReconnectPolicy};
+use crate::{ConnState, Error, Params, ReconnectPolicy};
 
 /// What a [`ClientCore`] is set up with.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -28,6 +28,7 @@
 mod checksum;
 mod client;
 mod conn;
+mod id;
 mod message;
 mod server;
 
@@ -37,6 +38,7 @@ pub use conn::{
     Conn, Counters, Event, Phase, Rejected, Room, CONNECT_REACKS, MAX_ISN, MAX_SEQ_NUM,
     MESSAGE_OVERHEAD,
 };
+pub use id::ConnId;
 pub use message::{max_payload, DecodeError, Message, MsgType, DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM};
 pub use server::{
     Limit, ServerConfig, ServerCore, ServerOutput, AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS,

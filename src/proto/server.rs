@@ -44,8 +44,9 @@ use rand::{Rng, SeedableRng};
 
 use super::conn::{Conn, Event, Phase, Rejected, Room, MAX_ISN, MESSAGE_OVERHEAD};
 use super::message::{max_payload, DecodeError, Message, MsgType, DEFAULT_MAX_DATAGRAM};
+use super::ConnId;
 use crate::stats::{ConnStats, ServerStats, Timing};
-use crate::{ConnId, ConnState, Error, Params, ServerEvent};
+use crate::{ConnState, Error, Params, ServerEvent};
 
 /// How much a connection may hold on each side before flow control acts.
 ///
@@ -247,6 +248,16 @@ pub enum ServerOutput {
         id: ConnId,
         /// Whether it holds Data now.
         holding: bool,
+    },
+    /// The application closed connection `id` with
+    /// [`ServerCore::close_conn`]: from here on the core hands out nothing
+    /// more of it but the [`ServerEvent::Closed`] that follows, and a driver
+    /// that already passed messages of `id` towards the application must
+    /// not let them reach it either (the guarantee of `close_conn`: after
+    /// it, a read returns nothing more from `id` except one `Closed`).
+    Discard {
+        /// The connection.
+        id: ConnId,
     },
     /// A close asked for with [`ServerCore::close`] has finished: every
     /// connection has ended.
@@ -782,7 +793,9 @@ impl ServerCore {
     }
 
     /// Closes connection `id`: what was written is still delivered, but
-    /// nothing more is read from it. Its last application event is
+    /// nothing more is read from it. Its messages not yet polled are
+    /// dropped, [`ServerOutput::Discard`] tells the driver to drop those it
+    /// already took, and its last application event is
     /// [`ServerEvent::Closed`], produced now.
     pub fn close_conn(&mut self, now: Instant, id: ConnId) -> Result<(), Error> {
         let slot = self
@@ -800,7 +813,20 @@ impl ServerCore {
             .1
             .saturating_sub(slot.held.iter().map(Vec::len).sum());
         slot.held.clear();
+        // So are its messages handed out but not yet polled.
+        let (mut messages, mut bytes) = (0, 0);
+        self.outputs.retain(|output| match output {
+            ServerOutput::App(ServerEvent::Message { id: of, payload }) if *of == id => {
+                messages += 1;
+                bytes += payload.len();
+                false
+            }
+            _ => true,
+        });
+        slot.unread.0 = slot.unread.0.saturating_sub(messages);
+        slot.unread.1 = slot.unread.1.saturating_sub(bytes);
         let peer = slot.addr;
+        self.outputs.push_back(ServerOutput::Discard { id });
         self.state_change(now, Some(id), peer, ConnState::Closing);
         self.app(ServerEvent::Closed { id });
         self.after(now, id.0);

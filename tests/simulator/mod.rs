@@ -1369,6 +1369,11 @@ impl Sim {
                     _ => unreachable!(),
                 }
             }
+            ServerOutput::Discard { id } => {
+                if self.closing_conn != Some(u32::from(*id)) {
+                    fail(self, "a discard without close_conn".into());
+                }
+            }
             ServerOutput::Drained => {
                 if !self.server_closing || self.server_drained || !self.live.is_empty() {
                     fail(

@@ -1,0 +1,328 @@
+//! The socket and everything that sends on it: binding, the batch of
+//! datagrams encoded under the core's lock and sent before it is released,
+//! sends that never block, a client socket that follows its peer, waking
+//! the receive thread, and the plumbing of the delay and reorder faults
+//! (the epoch thread releases what they hold).
+
+use std::cell::RefCell;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+use parking_lot::{Mutex, RwLock};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+use super::faults::{Injector, Plan};
+use super::time::deadline;
+use crate::proto::Message;
+use crate::{Faults, Params};
+
+/// Flags of every send: never block (see [`Io::send_raw`]).
+#[cfg(unix)]
+const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT;
+#[cfg(not(unix))]
+const SEND_FLAGS: i32 = 0;
+
+/// Socket buffer size we ask the kernel for.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Socket-level counters of one instance.
+#[derive(Debug, Default)]
+pub(crate) struct IoCounters {
+    pub datagrams_received: AtomicU64,
+    pub datagrams_sent: AtomicU64,
+    pub send_errors: AtomicU64,
+}
+
+/// A datagram held back by the delay fault.
+pub(super) struct Delayed {
+    pub(super) due: Instant,
+    pub(super) bytes: Vec<u8>,
+    pub(super) to: SocketAddr,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        self.due == other.due
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.due.cmp(&other.due)
+    }
+}
+
+/// Datagrams encoded under the core's lock and sent before it is released
+/// (never blocking: see [`Io::send_raw`]).
+#[derive(Default)]
+pub(super) struct SendBatch {
+    bytes: Vec<u8>,
+    /// Destination and end offset in `bytes` of each datagram.
+    items: Vec<(SocketAddr, usize)>,
+}
+
+thread_local! {
+    /// Reused by every input from this thread: no allocation per datagram.
+    pub(super) static SEND_BATCH: RefCell<SendBatch> = RefCell::new(SendBatch::default());
+}
+
+/// The socket and everything needed to send on it.
+pub(crate) struct Io {
+    /// `None` once the instance is closed, which releases the port.
+    pub(super) socket: RwLock<Option<UdpSocket>>,
+    local_addr: SocketAddr,
+    pub params: Params,
+    pub(super) faults: Option<Injector>,
+    delayed: Sender<Delayed>,
+    /// Datagrams the reorder fault holds until the next send (or epoch).
+    held_back: Mutex<Vec<(Vec<u8>, SocketAddr)>>,
+    pub counters: IoCounters,
+    /// Signalled when a close has drained the core.
+    pub(super) drained: Sender<()>,
+    /// Set by [`follow_peer`](Io::follow_peer): the socket is connected to
+    /// where the core sends.
+    pub(super) follows_peer: AtomicBool,
+    /// The address the socket is connected to, once it follows the peer.
+    peer: Mutex<Option<SocketAddr>>,
+}
+
+impl Io {
+    /// Wraps `socket`; `delayed` goes to the epoch thread, `drained` to the
+    /// close manager.
+    pub(super) fn new(
+        socket: UdpSocket,
+        params: Params,
+        faults: Faults,
+        delayed: Sender<Delayed>,
+        drained: Sender<()>,
+    ) -> io::Result<Io> {
+        Ok(Io {
+            local_addr: socket.local_addr()?,
+            socket: RwLock::new(Some(socket)),
+            params,
+            faults: Injector::new(faults),
+            delayed,
+            held_back: Mutex::new(Vec::new()),
+            counters: IoCounters::default(),
+            drained,
+            follows_peer: AtomicBool::new(false),
+            peer: Mutex::new(None),
+        })
+    }
+
+    /// Encodes `msg` for `to` into `batch`, through the instance's faults.
+    pub(super) fn queue(&self, msg: &Message<'_>, to: SocketAddr, batch: &mut SendBatch) {
+        let Some(faults) = &self.faults else {
+            msg.encode(&mut batch.bytes);
+            batch.items.push((to, batch.bytes.len()));
+            return;
+        };
+        let (replacement, delay, duplicate, reorder) = match faults.plan(msg, self.params.epoch()) {
+            Plan::Drop => {
+                log::trace!("fault: dropped outgoing {msg:?}");
+                return;
+            }
+            Plan::Send {
+                msg,
+                delay,
+                duplicate,
+                reorder,
+            } => (msg, delay, duplicate, reorder),
+        };
+        let mut bytes = Vec::new();
+        replacement.as_ref().unwrap_or(msg).encode(&mut bytes);
+        for _ in 0..if duplicate { 2 } else { 1 } {
+            if let Some(delay) = delay {
+                // Delayed past the clock's end: lost.
+                let Some(due) = deadline(delay) else { continue };
+                let _ = self.delayed.send(Delayed {
+                    due,
+                    bytes: bytes.clone(),
+                    to,
+                });
+            } else if reorder {
+                self.held_back.lock().push((bytes.clone(), to));
+            } else {
+                batch.bytes.extend_from_slice(&bytes);
+                batch.items.push((to, batch.bytes.len()));
+                for (held, to) in std::mem::take(&mut *self.held_back.lock()) {
+                    batch.bytes.extend_from_slice(&held);
+                    batch.items.push((to, batch.bytes.len()));
+                }
+            }
+        }
+    }
+
+    /// Sends and empties `batch`.
+    pub(super) fn flush(&self, batch: &mut SendBatch) {
+        let mut start = 0;
+        for &(to, end) in &batch.items {
+            self.send_raw(&batch.bytes[start..end], to);
+            start = end;
+        }
+        batch.bytes.clear();
+        batch.items.clear();
+    }
+
+    /// Sends the datagrams the reorder fault held back.
+    pub(super) fn release_held_back(&self) {
+        let held = std::mem::take(&mut *self.held_back.lock());
+        for (bytes, to) in held {
+            self.send_raw(&bytes, to);
+        }
+    }
+
+    /// Sends without ever blocking (`MSG_DONTWAIT`): a datagram that finds
+    /// the socket's send buffer full is dropped, as a network would drop it,
+    /// and the protocol sends it again. That is what lets the driver send
+    /// while it holds the core's lock. Send errors are counted and logged,
+    /// never returned: for a datagram protocol they are indistinguishable
+    /// from loss.
+    pub(super) fn send_raw(&self, bytes: &[u8], to: SocketAddr) {
+        let guard = self.socket.read();
+        let Some(socket) = guard.as_ref() else { return };
+        let sent = if self.follows_peer.load(Ordering::Relaxed) {
+            self.send_connected(socket, bytes, to)
+        } else {
+            SockRef::from(socket).send_to_with_flags(bytes, &to.into(), SEND_FLAGS)
+        };
+        match sent {
+            Ok(_) => {
+                self.counters.datagrams_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) => {
+                self.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                log::debug!("send to {to} failed: {err}");
+            }
+        }
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Makes the socket follow the peer: before a datagram goes out it is
+    /// connected to the datagram's destination. A connected UDP socket is
+    /// told when the peer's host answers "port unreachable" (the receive
+    /// thread gets `ConnectionRefused` and hands it to the core), which is
+    /// how a client learns at once that nothing listens at an address.
+    /// Call before the first send.
+    pub(crate) fn follow_peer(&self) {
+        self.follows_peer.store(true, Ordering::Relaxed);
+    }
+
+    fn send_connected(
+        &self,
+        socket: &UdpSocket,
+        bytes: &[u8],
+        to: SocketAddr,
+    ) -> io::Result<usize> {
+        let mut peer = self.peer.lock();
+        if *peer != Some(to) {
+            if peer.take().is_some() {
+                super::sys::disconnect(socket)?;
+            }
+            socket.connect(self.reachable(to))?;
+            *peer = Some(to);
+        }
+        SockRef::from(socket).send_with_flags(bytes, SEND_FLAGS)
+    }
+
+    /// `to` as this socket can reach it: an IPv6 socket reaches IPv4
+    /// addresses in their IPv4-mapped form (a client bound for a list of
+    /// both families is dual-stack).
+    fn reachable(&self, to: SocketAddr) -> SocketAddr {
+        match (self.local_addr, to) {
+            (SocketAddr::V6(_), SocketAddr::V4(v4)) => (v4.ip().to_ipv6_mapped(), v4.port()).into(),
+            _ => to,
+        }
+    }
+}
+
+/// Creates a UDP socket bound to `addr` with large buffers.
+/// Errors name the operation and the address: `cannot bind 127.0.0.1:9999:
+/// address already in use`.
+pub(crate) fn bind_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    bind_with(addr, false)
+}
+
+/// [`bind_socket`], for an IPv6 `addr` also reaching IPv4 if `dual_stack`.
+fn bind_with(addr: SocketAddr, dual_stack: bool) -> io::Result<UdpSocket> {
+    let bind = || -> io::Result<UdpSocket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if dual_stack {
+            socket.set_only_v6(false)?;
+        }
+        // Best effort: the kernel caps these at its own maximum.
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+        socket.bind(&addr.into())?;
+        Ok(socket.into())
+    };
+    bind().map_err(|err| crate::error::context(err, format_args!("cannot bind {addr}")))
+}
+
+/// A client's socket for `peers` (never empty), and the peers it can
+/// reach. It binds the unspecified address of their family, port 0; for a
+/// list of both families, an IPv6 socket that also reaches IPv4 (see
+/// [`Io::follow_peer`]), or an IPv4 one for the IPv4 addresses alone where
+/// the host has no IPv6.
+pub(crate) fn bind_client_socket(peers: &[SocketAddr]) -> io::Result<(UdpSocket, Vec<SocketAddr>)> {
+    let v4_any: SocketAddr = (Ipv4Addr::UNSPECIFIED, 0).into();
+    let v6_any: SocketAddr = (Ipv6Addr::UNSPECIFIED, 0).into();
+    let v4_only = || -> io::Result<(UdpSocket, Vec<SocketAddr>)> {
+        let socket = bind_socket(v4_any)?;
+        Ok((
+            socket,
+            peers.iter().copied().filter(SocketAddr::is_ipv4).collect(),
+        ))
+    };
+    if peers.iter().all(SocketAddr::is_ipv4) {
+        return v4_only();
+    }
+    let dual = peers.iter().any(SocketAddr::is_ipv4);
+    match bind_with(v6_any, dual) {
+        Ok(socket) => Ok((socket, peers.to_vec())),
+        Err(err) if dual => {
+            log::debug!("no IPv6 socket ({err}): trying the IPv4 addresses alone");
+            v4_only()
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Wakes the receive thread early by sending an empty datagram to our own
+/// port. Only a speed-up: the thread also wakes every [`RECV_POLL`](super::threads::RECV_POLL).
+pub(super) fn wake_receiver(io: &Io) {
+    if io.follows_peer.load(Ordering::Relaxed) {
+        // A connected socket takes datagrams from its peer alone, so the
+        // wake-up datagram would be filtered out. Shutting reading down
+        // wakes a blocked receive at once; it is only done to stop (or to
+        // panic on request), so nothing is lost.
+        if let Some(socket) = io.socket.read().as_ref() {
+            let _ = SockRef::from(socket).shutdown(std::net::Shutdown::Read);
+        }
+        return;
+    }
+    let mut to = io.local_addr;
+    if to.ip().is_unspecified() {
+        to.set_ip(match to {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let guard = io.socket.read();
+    if let Some(socket) = guard.as_ref() {
+        if let Err(err) = socket.send_to(&[], to) {
+            log::debug!("could not wake the receive thread: {err}");
+        }
+    }
+}
