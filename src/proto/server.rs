@@ -23,8 +23,9 @@
 //! core.handle(now, client, &encode(&Message::connect(7)));
 //! let (to, ack) = core.poll_transmit().map(|(to, m)| (to, m.into_owned())).unwrap();
 //! // The id is random: the Ack carries it, and the Connect's ISN.
-//! assert_eq!((to, ack), (client, Message::ack(ack.conn_id, 7)));
-//! assert!(ack.conn_id >= 1);
+//! let id = ack.conn_id;
+//! assert!(id >= 1);
+//! assert_eq!((to, ack), (client, Message::ack(id, 7)));
 //! assert!(matches!(core.poll_output(), Some(ServerOutput::State { state: ConnState::Connected, .. })));
 //! assert!(matches!(core.poll_output(), Some(ServerOutput::App(ServerEvent::Connected { .. }))));
 //!
