@@ -107,8 +107,12 @@
 //!
 //! # Where to look next
 //!
+//! * [`Listener`]: the same server with a thread per connection, as with
+//!   `TcpListener`: [`Listener::accept`] hands out a [`Connection`] per client.
 //! * `examples/chat.rs` in the repository: a broadcast chat server on
 //!   `next_event`, handling joins, leaves and connections that end mid-broadcast.
+//! * [`ServerBuilder::memory_budget`], [`Server::is_writable`]: how a server
+//!   keeps one peer from hurting the others (see also the README's security model).
 //! * [`Params`]: epochs, windows and back-off, with the reference defaults
 //!   and presets for real networks ([`Params::lan`], [`Params::wan`]);
 //!   [`ServerBuilder`] and [`ClientBuilder`] for datagram size, connection
