@@ -37,6 +37,7 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -265,6 +266,31 @@ pub enum ServerOutput {
     Drained,
 }
 
+/// Maps keyed by connection id. The server draws the ids itself, at
+/// random, so no peer chooses the keys: a multiplicative hash is enough,
+/// and far cheaper than the default SipHash on every datagram's lookups.
+type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+
+/// Fibonacci hashing of a `u32` connection id (see [`IdMap`]).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// How a connection ended, remembered for `epoch_limit` epochs so that a
 /// write to it says why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,13 +406,13 @@ struct Totals {
 #[derive(Debug)]
 pub struct ServerCore {
     config: ServerConfig,
-    conns: HashMap<u32, Slot>,
+    conns: IdMap<Slot>,
     by_addr: HashMap<SocketAddr, u32>,
     /// Recently ended connections by address and ISN: epochs left to
     /// remember them.
     ended: HashMap<(SocketAddr, u64), u32>,
     /// Recently ended connection ids: how they ended and epochs left.
-    retired: HashMap<u32, (Ending, u32)>,
+    retired: IdMap<(Ending, u32)>,
     ids: Option<StdRng>,
     next_id: u32,
     closing: bool,
@@ -429,10 +455,10 @@ impl ServerCore {
     pub fn new(config: ServerConfig) -> ServerCore {
         ServerCore {
             config,
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             by_addr: HashMap::new(),
             ended: HashMap::new(),
-            retired: HashMap::new(),
+            retired: IdMap::default(),
             ids: config.id_seed.map(StdRng::seed_from_u64),
             next_id: 0,
             closing: false,
@@ -1155,16 +1181,7 @@ impl ServerCore {
     /// the shared budget (only its first half for a connection over its
     /// own limits, so that those cannot starve the others).
     fn memory_room(&self, slot: &Slot) -> usize {
-        let over = slot.unwritable || self.config.inbox.reached(slot.unread.0, slot.unread.1);
-        let cap = if over {
-            self.config.budget / 2
-        } else {
-            self.config.budget
-        };
-        self.config
-            .floor
-            .saturating_sub(slot.charged)
-            .saturating_add(cap.saturating_sub(self.pool_in_use()))
+        memory_room(&self.config, self.pool_in_use(), slot)
     }
 
     /// Tells connection `id` how much it may take now: its inbox (the
@@ -1173,25 +1190,9 @@ impl ServerCore {
     /// Done before each Data message too, since other connections may have
     /// used the shared budget since this one's last input.
     fn refresh_room(&mut self, id: u32) {
-        let Some(slot) = self.conns.get(&id) else {
-            return;
-        };
-        let memory = self.memory_room(slot);
-        let (buffered, buffered_bytes) = slot.conn.reorder_buffered();
-        let room = Room {
-            memory,
-            ..self
-                .config
-                .inbox
-                .room(slot.unread.0 + buffered, slot.unread.1 + buffered_bytes)
-        };
-        let hold = Room {
-            messages: (self.config.params.window_size as usize).saturating_sub(slot.conn.held().0),
-            bytes: usize::MAX,
-            memory,
-        };
+        let pool = self.pool_in_use();
         if let Some(slot) = self.conns.get_mut(&id) {
-            slot.conn.set_receive_room(room, hold);
+            set_room(&self.config, pool, slot);
         }
     }
 
@@ -1265,10 +1266,10 @@ impl ServerCore {
             );
             slot.charged = charged;
             self.pool_used = self.pool_used - old + new;
-            self.refresh_room(id);
-            let Some(slot) = self.conns.get_mut(&id) else {
-                return;
-            };
+            let pool = self
+                .pool_used
+                .saturating_add(self.events_unread.saturating_mul(EVENT_COST));
+            set_room(&self.config, pool, slot);
             let holding = slot.conn.held().0 > 0;
             if holding != slot.holding {
                 slot.holding = holding;
@@ -1338,6 +1339,42 @@ impl ServerCore {
             self.outputs.push_back(ServerOutput::Drained);
         }
     }
+}
+
+/// How much more memory `slot` may take when `pool` of the shared budget is
+/// in use: the rest of its floor, then the budget (only its first half for
+/// a connection over its own limits, so that those cannot starve the others).
+fn memory_room(config: &ServerConfig, pool: usize, slot: &Slot) -> usize {
+    let over = slot.unwritable || config.inbox.reached(slot.unread.0, slot.unread.1);
+    let cap = if over {
+        config.budget / 2
+    } else {
+        config.budget
+    };
+    config
+        .floor
+        .saturating_sub(slot.charged)
+        .saturating_add(cap.saturating_sub(pool))
+}
+
+/// Tells `slot`'s connection how much it may take now: its inbox (the
+/// reorder buffer counts against it) and memory; past that, a window's
+/// worth is held unacknowledged so that the next read takes it at once.
+fn set_room(config: &ServerConfig, pool: usize, slot: &mut Slot) {
+    let memory = memory_room(config, pool, slot);
+    let (buffered, buffered_bytes) = slot.conn.reorder_buffered();
+    let room = Room {
+        memory,
+        ..config
+            .inbox
+            .room(slot.unread.0 + buffered, slot.unread.1 + buffered_bytes)
+    };
+    let hold = Room {
+        messages: (config.params.window_size as usize).saturating_sub(slot.conn.held().0),
+        bytes: usize::MAX,
+        memory,
+    };
+    slot.conn.set_receive_room(room, hold);
 }
 
 /// What a connection holds, as charged against the memory budget.
