@@ -225,6 +225,10 @@ fn raw_client(server: &Server, p: Params, isn: u64) -> (RawPeer, u32, Heartbeats
     let mut raw = RawPeer::new();
     let id = raw.connect(addr, isn);
     let heartbeats = Heartbeats::start(&raw.socket, addr, id, p.epoch());
+    // Until its first heartbeat has validated its address, the server sends
+    // it at most 3x what it sent: Data written before then is held back,
+    // and a later message could overtake it on the wire.
+    poll_until(WAIT, || server.totals().unvalidated == 0).expect("validated");
     (raw, id, heartbeats)
 }
 
