@@ -23,6 +23,8 @@
 //!   received from it, for a lone Connect and for a forged session (a
 //!   Connect, then Data and heartbeats naming a guessed connection id).
 
+mod measure;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -275,21 +277,6 @@ fn stall(params: Params) -> Stall {
     }
 }
 
-/// This process's resident memory now and at its peak (since the last
-/// reset), in KiB, from /proc/self/status.
-fn rss_kib() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 struct Memory {
     connected: usize,
     rss_start_kib: u64,
@@ -313,8 +300,8 @@ fn memory(params: Params, peers: usize) -> Memory {
     let addr = server.local_addr().expect("addr");
     let echo = readme_loop(server.clone());
     let good = Client::connect(addr, params).expect("connect");
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let (rss_start_kib, _) = rss_kib();
+    measure::reset_peak_rss();
+    let (rss_start_kib, _) = measure::rss_kib();
     let stop = Arc::new(AtomicBool::new(false));
     // Every peer connects first, then all of them flood at once.
     let go = Arc::new(AtomicBool::new(false));
@@ -331,7 +318,7 @@ fn memory(params: Params, peers: usize) -> Memory {
         longest = longest.max(wait);
         peak_budget = peak_budget.max(server.totals().budget_in_use);
     }
-    let (_, peak_kib) = rss_kib();
+    let (_, peak_kib) = measure::rss_kib();
     stop.store(true, Ordering::SeqCst);
     for h in hogs {
         let _ = h.join();

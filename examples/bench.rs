@@ -36,6 +36,8 @@
 //! acknowledges (default `Params`: the drop drains for at most
 //! `epoch_limit` epochs).
 
+mod measure;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::thread;
@@ -616,21 +618,7 @@ fn echo(args: &Args, clients: usize, window: u32, n: usize) -> Figures {
     let addr = server.local_addr().expect("addr");
     let echoing = {
         let server = server.clone();
-        thread::spawn(move || {
-            // The echo loop ends only with the server: a connection's end
-            // and a failed write concern that client alone.
-            loop {
-                match server.read() {
-                    Ok((id, msg)) => {
-                        let _ = server.write(id, &msg);
-                    }
-                    Err(
-                        liveseq::Error::ConnectionLost(_) | liveseq::Error::ConnectionClosed(_),
-                    ) => {}
-                    Err(_) => break,
-                }
-            }
-        })
+        measure::spawn_echo(server)
     };
     let size = args.size;
     let loss = args.loss;
@@ -736,26 +724,6 @@ const FLOW_MESSAGES: usize = 200_000;
 const FLOW_SIZE: usize = 1000;
 const FLOW_READS_PER_SEC: f64 = 10_000.0;
 
-/// This process's resident memory now and at its peak (since the last
-/// [`reset_peak_rss`]), in KiB, from /proc/self/status.
-fn rss_kib() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// Resets the peak resident memory to the current one (Linux 4.0 and later).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 /// What the slow-reader run measured.
 struct FlowFigures {
     rss_start_kib: u64,
@@ -780,8 +748,8 @@ fn flow_memory() -> FlowFigures {
     let server = Server::bind("127.0.0.1:0", p).expect("bind");
     let client = Client::connect(server.local_addr().expect("addr"), p).expect("connect");
     let id = client.conn_id();
-    reset_peak_rss();
-    let (rss_start_kib, _) = rss_kib();
+    measure::reset_peak_rss();
+    let (rss_start_kib, _) = measure::rss_kib();
     let started = Instant::now();
     let writer = thread::spawn(move || {
         let payload = vec![0x42u8; FLOW_SIZE];
@@ -809,12 +777,12 @@ fn flow_memory() -> FlowFigures {
             }
         }
         if (i + 1) % (FLOW_MESSAGES / 10) == 0 {
-            samples_kib.push(rss_kib().0);
+            samples_kib.push(measure::rss_kib().0);
         }
     }
     let seconds = started.elapsed().as_secs_f64();
     let writer_seconds = writer.join().expect("writer").as_secs_f64();
-    let (_, peak_kib) = rss_kib();
+    let (_, peak_kib) = measure::rss_kib();
     let _ = server.close_timeout(Duration::from_secs(2));
     FlowFigures {
         rss_start_kib,

@@ -15,6 +15,8 @@
 //! driver threads echo messages through all of them at the given window,
 //! reporting aggregate throughput.
 
+mod measure;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -202,21 +204,7 @@ fn busy(
     let addr = server.local_addr()?;
     let echo = {
         let server = server.clone();
-        std::thread::spawn(move || {
-            // The echo loop ends only with the server: a connection's end
-            // and a failed write concern that client alone.
-            loop {
-                match server.read() {
-                    Ok((id, msg)) => {
-                        let _ = server.write(id, &msg);
-                    }
-                    Err(
-                        liveseq::Error::ConnectionLost(_) | liveseq::Error::ConnectionClosed(_),
-                    ) => {}
-                    Err(_) => break,
-                }
-            }
-        })
+        measure::spawn_echo(server)
     };
     let started = Instant::now();
     let all: Vec<Client> = (0..clients)
