@@ -23,10 +23,12 @@
 //! (default 48), each keeping 32 echoes in flight, against one liveseq
 //! server; the same against a raw UDP echo on one server socket with
 //! `--receive-threads` threads receiving and echoing (default the available
-//! parallelism, at most 8); and the same against a TCP echo with a thread
-//! per connection and length-prefixed messages, what users would pick
-//! instead. A liveseq server has one receive thread today, whatever
-//! `--receive-threads` says: the output says so.
+//! parallelism, at most 8, which is also a liveseq server's default); and
+//! the same against a TCP echo with a thread per connection and
+//! length-prefixed messages, what users would pick instead.
+//! `--receive-threads` sets the receive threads of every liveseq server of
+//! the run too, so that scaling can be measured (with `taskset -c` to vary
+//! the cores).
 //!
 //! `--flow` measures memory and shutdown instead, with the default buffers:
 //! peak resident memory while one client writes 200,000 messages of 1,000
@@ -84,8 +86,8 @@ struct Args {
     /// Clients of the many-clients rows.
     #[arg(long, default_value_t = 48)]
     many_clients: usize,
-    /// Receive threads of the raw UDP echo baseline (default: the available
-    /// parallelism, at most 8). A liveseq server has one.
+    /// Receive threads of every liveseq server and of the raw UDP echo
+    /// baseline (default: the available parallelism, at most 8).
     #[arg(long)]
     receive_threads: Option<usize>,
 }
@@ -157,9 +159,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let many = (!args.custom_only).then(|| {
         let clients = args.many_clients.max(1);
-        let receive_threads = args
-            .receive_threads
-            .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get().min(8)));
+        let receive_threads = receive_threads(&args);
         // About twice the messages of one default row, shared by the clients.
         let per_client = (n * 2 / clients).max(200);
         Many {
@@ -229,8 +229,8 @@ fn print_many(m: Many) {
         m.clients
     );
     println!(
-        "  liveseq server     {:>10.0} echoes/s   (1 receive thread: a liveseq server has one)",
-        m.liveseq.per_sec
+        "  liveseq server     {:>10.0} echoes/s   ({} receive threads)",
+        m.liveseq.per_sec, m.receive_threads
     );
     println!(
         "  raw UDP echo       {:>10.0} echoes/s   (one socket, {} receive threads)   liveseq {:.2} x",
@@ -285,7 +285,10 @@ fn print_json(
         fields.extend([
             ("many_clients".to_string(), m.clients as f64),
             ("many_window".to_string(), MANY_WINDOW as f64),
-            ("many_liveseq_receive_threads".to_string(), 1.0),
+            (
+                "many_liveseq_receive_threads".to_string(),
+                m.receive_threads as f64,
+            ),
             ("many_liveseq_per_sec".to_string(), m.liveseq.per_sec),
             (
                 "many_udp_echo_receive_threads".to_string(),
@@ -604,6 +607,15 @@ fn lossy_params(args: &Args, window: u32) -> Params {
     }
 }
 
+/// Receive threads of the servers: `--receive-threads`, or what a liveseq
+/// server starts by default.
+fn receive_threads(args: &Args) -> usize {
+    args.receive_threads.unwrap_or_else(|| {
+        thread::available_parallelism()
+            .map_or(1, |n| n.get().min(liveseq::MAX_DEFAULT_RECEIVE_THREADS))
+    })
+}
+
 /// `clients` clients each echo `n` messages through one server, keeping up
 /// to `window` in flight. At window 1 each message's round trip is timed.
 fn echo(args: &Args, clients: usize, window: u32, n: usize) -> Figures {
@@ -612,6 +624,7 @@ fn echo(args: &Args, clients: usize, window: u32, n: usize) -> Figures {
         Server::builder()
             .params(p)
             .faults(faults(args.loss, 1))
+            .receive_threads(receive_threads(args))
             .bind("127.0.0.1:0")
             .expect("bind"),
     );

@@ -53,6 +53,9 @@ enum Mode {
         rounds: usize,
         #[arg(long, default_value_t = 8)]
         threads: usize,
+        /// The server's receive threads (default: the library's).
+        #[arg(long)]
+        receive_threads: Option<usize>,
     },
 }
 
@@ -68,7 +71,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             window,
             rounds,
             threads,
-        } => busy(clients, window, rounds, threads),
+            receive_threads,
+        } => busy(clients, window, rounds, threads, receive_threads),
     }
 }
 
@@ -192,6 +196,7 @@ fn busy(
     window: u32,
     rounds: usize,
     threads: usize,
+    receive_threads: Option<usize>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let params = Params {
         epoch_millis: 1000,
@@ -200,7 +205,11 @@ fn busy(
         max_unacked_messages: window,
         ..Params::default()
     };
-    let server = std::sync::Arc::new(Server::bind("127.0.0.1:0", params)?);
+    let mut builder = Server::builder().params(params);
+    if let Some(n) = receive_threads {
+        builder = builder.receive_threads(n);
+    }
+    let server = std::sync::Arc::new(builder.bind("127.0.0.1:0")?);
     let addr = server.local_addr()?;
     let echo = {
         let server = server.clone();

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::driver::cores::canonical;
-use crate::driver::endpoint::{Endpoint, Role};
+use crate::driver::cores::{canonical, ClientCell};
+use crate::driver::endpoint::{Endpoint, Published, Role};
 use crate::driver::inbox::{Empty, Inbox};
 use crate::driver::time::deadline;
 use crate::driver::{checks, endpoint, io};
@@ -47,9 +47,10 @@ pub(crate) struct ClientRole {
 }
 
 impl Role for ClientRole {
-    type Core = ClientCore;
+    type Core = ClientCell;
+    const WAKE_ON_EVERY_INPUT: bool = true;
 
-    fn publish(&self, output: ClientOutput) -> bool {
+    fn publish(&self, output: ClientOutput) -> Published {
         match output {
             ClientOutput::State { conn_id, state, at } => {
                 self.events.emit(conn_id, *self.server.lock(), state, at)
@@ -70,13 +71,13 @@ impl Role for ClientRole {
                 let _ = self.inbox.tx.send(Item::Reconnected { old, new });
             }
             ClientOutput::Holding(holding) => self.holding.store(holding, Ordering::Relaxed),
-            ClientOutput::Drained => return true,
+            ClientOutput::Drained => return Published::Drained,
         }
-        false
+        Published::Nothing
     }
 
-    fn close_result(&self, core: &ClientCore) -> Result<(), Error> {
-        core.close_result()
+    fn close_result(&self, core: &ClientCell) -> Result<(), Error> {
+        core.peek(ClientCore::close_result)
     }
 
     fn shut(&self) {
@@ -382,12 +383,13 @@ impl ClientBuilder {
             params: self.params,
             faults: self.faults,
             batch: 16,
+            receive_threads: 1,
         };
-        let endpoint = Endpoint::start(socket, config, core, role)?;
+        let endpoint = Endpoint::start(socket, config, ClientCell::new(core), role)?;
         // Connected to the server, the socket hears of refusals.
         endpoint.shared.io.follow_peer();
         // Sends the Connect and announces `Connecting`.
-        endpoint.shared.with_core(|_, _| ());
+        endpoint.shared.run(|core, _, out| core.with(out, |_| ()));
         log::debug!(
             "connecting to {server} from {} with isn {isn}",
             endpoint.shared.io.local_addr()
@@ -443,7 +445,7 @@ impl Client {
 
     /// The id the server gave this connection (a reconnect changes it).
     pub fn conn_id(&self) -> ConnId {
-        self.endpoint.shared.peek(|core| core.conn_id())
+        self.endpoint.shared.core.peek(|core| core.conn_id())
     }
 
     /// The local address of the client's socket.
@@ -465,7 +467,7 @@ impl Client {
     /// assert_eq!(client.peer_addr(), server.local_addr().unwrap());
     /// ```
     pub fn peer_addr(&self) -> SocketAddr {
-        self.endpoint.shared.peek(|core| core.server())
+        self.endpoint.shared.core.peek(|core| core.server())
     }
 
     /// The largest payload [`write`](Client::write) accepts.
@@ -475,7 +477,7 @@ impl Client {
 
     /// The connection's current state.
     pub fn state(&self) -> ConnState {
-        self.endpoint.shared.peek(|core| core.state())
+        self.endpoint.shared.core.peek(|core| core.state())
     }
 
     /// Subscribes to this client's lifecycle events, from now on (see
@@ -496,7 +498,10 @@ impl Client {
     /// assert!(client.stats().connect_time.is_some());
     /// ```
     pub fn stats(&self) -> ConnStats {
-        self.endpoint.shared.peek(|core| core.stats(Instant::now()))
+        self.endpoint
+            .shared
+            .core
+            .peek(|core| core.stats(Instant::now()))
     }
 
     /// Blocks until the next message from the server arrives, in order.
@@ -572,7 +577,7 @@ impl Client {
                 let len = payload.len();
                 shared.read_done((), len);
                 if shared.role.holding.load(Ordering::Relaxed) {
-                    shared.with_core(|_, _| ());
+                    shared.run(|_, _, _| ());
                 }
                 Ok(payload)
             }
@@ -632,7 +637,7 @@ impl Client {
         self.endpoint.check_open()?;
         self.endpoint
             .shared
-            .with_core(|core, now| core.write(now, payload))
+            .run(|core, now, out| core.with(out, |core| core.write(now, payload)))
     }
 
     /// Like [`write`](Client::write), but gives up with [`Error::Timeout`]
@@ -645,14 +650,19 @@ impl Client {
     fn write_inner(&self, payload: &[u8], deadline: Option<Instant>) -> Result<(), Error> {
         checks::check_payload(payload.len(), self.max_payload)?;
         self.endpoint.check_open()?;
-        let written = self.endpoint.shared.with_core_when(
-            // A close makes every later write fail: a waiting one fails now.
-            |core| core.is_full() && !core.state().is_terminal() && !core.is_closing(),
-            deadline,
-            |core, now| core.write(now, payload),
-        );
+        let shared = &self.endpoint.shared;
+        // A close makes every later write fail: a waiting one fails now.
+        let blocked = || {
+            shared
+                .core
+                .peek(|core| core.is_full() && !core.state().is_terminal() && !core.is_closing())
+        };
+        let room = shared.wait_for_room(0, blocked, deadline);
         self.endpoint.check_open()?;
-        written.unwrap_or(Err(Error::Timeout))
+        if !room {
+            return Err(Error::Timeout);
+        }
+        shared.run(|core, now, out| core.with(out, |core| core.write(now, payload)))
     }
 
     /// Closes the connection: blocks until every message written has been

@@ -146,7 +146,7 @@ pub use lifecycle::{ConnEvent, ConnState, ReconnectPolicy};
 pub use listener::{Connection, Incoming, Listener};
 pub use params::Params;
 pub use proto::ConnId;
-pub use server::{Server, ServerBuilder};
+pub use server::{Server, ServerBuilder, MAX_DEFAULT_RECEIVE_THREADS};
 pub use stats::{ConnStats, Rtt, ServerStats};
 
 /// The channels of [`Server::subscribe`], [`Client::subscribe`] and

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{params, payload, RawPeer};
+use common::{params, payload, Acks, RawPeer};
 use liveseq::proto::{Message, MsgType};
 use liveseq::{Client, ConnId, Error, Faults, Params, Server};
 
@@ -106,14 +106,9 @@ fn close_conn_delivers_written_data_but_reads_nothing_more() {
     for sn in 1..=5u64 {
         raw.send(&Message::data(id.into(), sn, &[sn as u8]));
     }
-    let mut acked = 0;
-    while acked < 5 {
-        let m = raw.recv_non_heartbeat();
-        match m.kind {
-            MsgType::Ack => acked = acked.max(m.seq_num),
-            MsgType::CAck => acked = m.seq_num,
-            _ => {}
-        }
+    let mut acks = Acks::new(0);
+    while acks.through < 5 {
+        acks.note(&raw.recv_non_heartbeat());
     }
     // All five are in the server's inbox, unread. close_conn drops them.
     server.write(id, b"goodbye").unwrap();

@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use liveseq::proto::{
-    ClientConfig, ClientCore, ClientOutput, ConnectFailure, Limit, Message, ServerConfig,
-    ServerCore, ServerOutput, AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS, CONNECT_REACKS, EVENT_COST,
+    ClientConfig, ClientCore, ClientOutput, ConnectFailure, Limit, Message, PolledServer,
+    ServerConfig, ServerOutput, AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS, CONNECT_REACKS, EVENT_COST,
     MAX_CONN_ID, MESSAGE_OVERHEAD,
 };
 use liveseq::{ConnId, ConnState, Error, Params, ReconnectPolicy, ServerEvent};
@@ -41,11 +41,11 @@ fn id(n: u32) -> ConnId {
     ConnId::from(n)
 }
 
-fn sent(core: &mut ServerCore) -> Vec<(SocketAddr, Message<'static>)> {
+fn sent(core: &mut PolledServer) -> Vec<(SocketAddr, Message<'static>)> {
     std::iter::from_fn(|| core.poll_transmit().map(|(to, m)| (to, m.into_owned()))).collect()
 }
 
-fn outputs(core: &mut ServerCore) -> Vec<ServerOutput> {
+fn outputs(core: &mut PolledServer) -> Vec<ServerOutput> {
     std::iter::from_fn(|| core.poll_output()).collect()
 }
 
@@ -87,8 +87,8 @@ fn lost(n: u32, peer: SocketAddr, at: Instant) -> Vec<ServerOutput> {
 }
 
 /// A server with `config`, and `isn` connected from `from` as its next id.
-fn server_with(config: ServerConfig, now: Instant, from: SocketAddr, isn: u64) -> ServerCore {
-    let mut s = ServerCore::new(config);
+fn server_with(config: ServerConfig, now: Instant, from: SocketAddr, isn: u64) -> PolledServer {
+    let mut s = PolledServer::new(config);
     s.handle_message(now, from, Message::connect(isn));
     let ack = sent(&mut s);
     assert_eq!(ack.len(), 1);
@@ -103,7 +103,7 @@ fn server_with(config: ServerConfig, now: Instant, from: SocketAddr, isn: u64) -
 fn duplicate_connect_gets_the_same_ack_and_no_new_connection() {
     let now = Instant::now();
     let a = addr(1);
-    let mut s = ServerCore::new(seq_config(params(5)));
+    let mut s = PolledServer::new(seq_config(params(5)));
     s.handle_message(now, a, Message::connect(7));
     assert_eq!(sent(&mut s), [(a, Message::ack(1, 7))]);
     assert_eq!(outputs(&mut s), connected(1, a, now));
@@ -273,7 +273,7 @@ fn a_closed_connection_ended_by_a_challenge_reports_no_second_app_event() {
 }
 
 /// Ends connection `n` (isn `isn`, from `a`) by silence; returns the time.
-fn lose_by_silence(s: &mut ServerCore, mut now: Instant, n: u32, a: SocketAddr) -> Instant {
+fn lose_by_silence(s: &mut PolledServer, mut now: Instant, n: u32, a: SocketAddr) -> Instant {
     let limit = s.config().params.epoch_limit;
     for _ in 1..limit {
         now += Duration::from_millis(100);
@@ -352,7 +352,7 @@ fn the_limit_admits_exactly_n_of_a_storm_and_refuses_once_per_address_per_epoch(
     let mut now = Instant::now();
     let mut config = seq_config(params(3));
     config.max_connections = 3;
-    let mut s = ServerCore::new(config);
+    let mut s = PolledServer::new(config);
     let storm: Vec<SocketAddr> = (1..=10).map(addr).collect();
     for round in 0..3 {
         // The admitted ones prove their address at once with one heartbeat
@@ -564,14 +564,16 @@ fn flow_control_inbox_and_send_buffer() {
     s.handle_message(now, a, Message::ack(1, 101));
     assert!(!s.is_writable(id(1)));
     assert_eq!(outputs(&mut s), []);
-    // Two: drained to half. The held message, then `Writable`.
+    // Two: drained to half. The held message, then `Writable`, then
+    // `Room` for the writer the full buffer turned away.
     s.handle_message(now, a, Message::ack(1, 102));
     assert!(s.is_writable(id(1)));
     assert_eq!(
         outputs(&mut s),
         [
             message(b"held"),
-            ServerOutput::App(ServerEvent::Writable { id: id(1) })
+            ServerOutput::App(ServerEvent::Writable { id: id(1) }),
+            ServerOutput::Room { id: id(1) },
         ]
     );
     assert_eq!(s.totals().not_writable, 0);
@@ -596,7 +598,7 @@ fn connection_ids_are_random_unique_and_within_go_int32() {
     let ids_with = |seed: Option<u64>| -> Vec<u32> {
         let mut config = seq_config(params(5));
         config.id_seed = seed;
-        let mut s = ServerCore::new(config);
+        let mut s = PolledServer::new(config);
         (1..=500)
             .map(|port| {
                 s.handle_message(now, addr(port), Message::connect(7));
@@ -635,7 +637,7 @@ fn an_unvalidated_address_gets_at_most_three_times_what_it_sent() {
     let start = Instant::now();
     let mut now = start;
     let a = addr(1);
-    let mut s = ServerCore::new(seq_config(params(5)));
+    let mut s = PolledServer::new(seq_config(params(5)));
     let connect = Message::connect(7);
     let (mut bytes_in, mut bytes_out) = (encoded_len(&connect), 0);
     s.handle_message(now, a, connect.clone());
@@ -696,7 +698,7 @@ fn the_oldest_unvalidated_connection_makes_way_at_max_unvalidated() {
     let now = Instant::now();
     let mut config = seq_config(params(5));
     config.max_unvalidated = 2;
-    let mut s = ServerCore::new(config);
+    let mut s = PolledServer::new(config);
     let [a, b, c, d, e] = [1, 2, 3, 4, 5].map(addr);
     for from in [a, b] {
         s.handle_message(now, from, Message::connect(7));
@@ -742,7 +744,7 @@ fn unvalidated_connections_make_way_at_the_connection_limit() {
     let now = Instant::now();
     let mut config = seq_config(params(5));
     config.max_connections = 2;
-    let mut s = ServerCore::new(config);
+    let mut s = PolledServer::new(config);
     let good = addr(1);
     s.handle_message(now, good, Message::connect(7));
     s.handle_message(now, good, Message::ack(1, 0));

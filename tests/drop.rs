@@ -23,6 +23,9 @@ fn settle_threads(expected: usize, what: &str) {
         .unwrap_or_else(|| panic!("{what}: {} threads, expected {expected}", threads()));
 }
 
+/// The server's receive threads, set so that its thread count is known.
+const RECEIVE_THREADS: usize = 2;
+
 fn params(epoch_limit: u32) -> Params {
     Params {
         epoch_millis: 50,
@@ -41,7 +44,11 @@ fn drop_drains_then_releases_threads_and_port() {
     // port released, long before the drain's deadline (here two seconds).
     let p = params(40);
     let deadline = p.epoch() * p.epoch_limit;
-    let server = Server::bind("127.0.0.1:0", p).unwrap();
+    let server = Server::builder()
+        .params(p)
+        .receive_threads(RECEIVE_THREADS)
+        .bind("127.0.0.1:0")
+        .unwrap();
     let addr = server.local_addr().unwrap();
 
     let client = Client::connect(addr, p).unwrap();
@@ -60,7 +67,11 @@ fn drop_drains_then_releases_threads_and_port() {
     for i in 0..20 {
         assert_eq!(server.read().unwrap(), (id, payload(5, i, 400)));
     }
-    settle_threads(baseline + 3, "the dropped client's threads");
+    // The server's receive threads, its epoch thread and its close manager.
+    settle_threads(
+        baseline + RECEIVE_THREADS + 2,
+        "the dropped client's threads",
+    );
 
     let client = Client::connect(addr, p).unwrap();
     let id = client.conn_id();

@@ -718,10 +718,13 @@ fn go_like_writer_against_a_full_inbox(window: u64, inbox: (usize, usize)) {
     const M: u64 = 24;
     const ISN: u64 = 1000;
     let p = params(100, 50, 8, 8);
+    // One receive thread: the model below follows the datagrams in the
+    // order they were sent, and so must the server.
     let server = Server::builder()
         .params(p)
         .inbox(inbox.0, inbox.1)
         .ack_coalescing(false)
+        .receive_threads(1)
         .bind("127.0.0.1:0")
         .unwrap();
     let mut raw = RawPeer::new();

@@ -13,6 +13,18 @@ use common::{payload, spawn_echo, RawPeer};
 use liveseq::proto::{Message, MsgType, AMPLIFICATION_FACTOR, CONNECT_REACKS};
 use liveseq::{Client, ConnId, Error, Params, Server};
 
+/// A server with one receive thread, so that a datagram sent after others
+/// is handled after them: the tests here use one as a fence ("once this is
+/// answered, everything before it was handled"). With several receive
+/// threads, another thread may still be handling an earlier datagram.
+fn fenced_server(p: Params) -> Server {
+    Server::builder()
+        .params(p)
+        .receive_threads(1)
+        .bind("127.0.0.1:0")
+        .unwrap()
+}
+
 fn params() -> Params {
     Params {
         epoch_limit: 20,
@@ -69,7 +81,7 @@ fn junk(id: u32) -> Vec<Vec<u8>> {
 #[test]
 fn junk_datagrams_are_dropped_counted_and_harmless() {
     let p = params();
-    let server = Arc::new(Server::bind("127.0.0.1:0", p).unwrap());
+    let server = Arc::new(fenced_server(p));
     let addr = server.local_addr().unwrap();
     let echo = spawn_echo(server.clone());
     let client = Client::connect(addr, p).unwrap();
@@ -96,7 +108,7 @@ fn junk_datagrams_are_dropped_counted_and_harmless() {
 /// Junk from the victim's own address must not hurt its connection either.
 #[test]
 fn junk_from_the_connections_own_address_is_counted_on_it() {
-    let server = Server::bind("127.0.0.1:0", params()).unwrap();
+    let server = fenced_server(params());
     let mut raw = RawPeer::new();
     let id = raw.connect(server.local_addr().unwrap(), 10);
     for d in junk(id) {
@@ -370,6 +382,7 @@ fn connect_flood_with_a_limit() {
         Server::builder()
             .params(p)
             .max_connections(LIMIT)
+            .receive_threads(1)
             .bind("127.0.0.1:0")
             .unwrap(),
     );
@@ -459,7 +472,7 @@ fn connect_flood_without_a_limit_is_reaped() {
         epoch_millis: 25,
         ..Params::default()
     };
-    let server = Arc::new(Server::bind("127.0.0.1:0", p).unwrap());
+    let server = Arc::new(fenced_server(p));
     let addr = server.local_addr().unwrap();
     let echo = spawn_echo(server.clone());
     let client = Client::connect(addr, p).unwrap();
@@ -607,7 +620,7 @@ fn edge_values_from_one_peer_hurt_no_other() {
         max_unacked_messages: 4,
         max_backoff_interval: 0,
     };
-    let server = Arc::new(Server::bind("127.0.0.1:0", p).unwrap());
+    let server = Arc::new(fenced_server(p));
     let addr = server.local_addr().unwrap();
     let echo = spawn_echo(server.clone());
     let before_attack = Client::connect(addr, p).unwrap();
@@ -763,7 +776,7 @@ fn edge_values_from_one_peer_hurt_no_other() {
 /// Ack and no connection, and is counted as rejected.
 #[test]
 fn connect_with_an_isn_above_2_62_is_refused() {
-    let server = Server::bind("127.0.0.1:0", params()).unwrap();
+    let server = fenced_server(params());
     let addr = server.local_addr().unwrap();
     let mut raw = RawPeer::new();
     raw.send_to(&Message::connect(1 << 62), addr);

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{params, poll_until, WAIT};
+use common::{params, poll_until, Acks, WAIT};
 use liveseq::crossbeam_channel::bounded;
 use liveseq::proto::{Message, MsgType, AMPLIFICATION_FACTOR, CONNECT_REACKS};
 use liveseq::{Client, Error, Params, Server, ServerEvent};
@@ -92,11 +92,11 @@ fn never_acking_peer_after(
         }
         let window = u64::from(params.window_size);
         let payload = vec![b'x'; 200];
-        let (mut acked, mut next) = (isn, isn + 1);
+        let (mut acks, mut next) = (Acks::new(isn), isn + 1);
         let mut received = 0;
         let mut last_epoch = Instant::now() - params.epoch();
         while !stop.load(Ordering::SeqCst) {
-            while next <= isn + messages && next <= acked + window {
+            while next <= isn + messages && next <= acks.through + window {
                 let data = Message::data(id, next, &payload);
                 let _ = socket.send_to(&encode(&data), server);
                 next += 1;
@@ -105,7 +105,7 @@ fn never_acking_peer_after(
                 last_epoch = Instant::now();
                 let _ = socket.send_to(&encode(&Message::ack(id, 0)), server);
                 // Unacknowledged Data again, as any sender would.
-                for sn in acked + 1..next {
+                for sn in (acks.through + 1..next).filter(|&sn| !acks.has(sn)) {
                     let _ = socket.send_to(&encode(&Message::data(id, sn, &payload)), server);
                 }
             }
@@ -114,9 +114,7 @@ fn never_acking_peer_after(
             };
             match Message::decode(&buf[..n]) {
                 Ok(m) if m.kind == MsgType::Data => received += 1,
-                Ok(m) if m.kind == MsgType::CAck || (m.kind == MsgType::Ack && m.seq_num > 0) => {
-                    acked = acked.max(m.seq_num);
-                }
+                Ok(m) => acks.note(&m),
                 _ => {}
             }
         }

@@ -1,88 +1,144 @@
 //! The two cores of [`proto`](crate::proto) as the driver sees them: the
 //! [`Core`] trait, implemented next to each other so the driver's view of
-//! the protocol is in one place. Each method hands the input on to the
-//! core's own method of the same name.
+//! the protocol is in one place.
+//!
+//! A [`ServerCore`] is shared as it is: it locks each connection itself.
+//! A [`ClientCore`] is one connection, so it sits behind one mutex
+//! ([`ClientCell`]), and its polled outputs are handed to the sink before
+//! that mutex is released.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use parking_lot::Mutex;
+
 use super::endpoint::Core;
-use crate::proto::{ClientCore, ClientOutput, Message, ServerCore, ServerOutput};
+use crate::proto::{Batch, ClientCore, ClientOutput, ServerCore, ServerOutput, Sink};
 use crate::ConnId;
 
 impl Core for ServerCore {
     type Output = ServerOutput;
     /// The connection a message was read from, or `None` for another event.
     type Inbox = Option<ConnId>;
-    fn read_done(&mut self, now: Instant, id: Option<ConnId>, messages: usize, bytes: usize) {
+    type Batch = Batch;
+    fn read_done(
+        &self,
+        now: Instant,
+        id: Option<ConnId>,
+        messages: usize,
+        bytes: usize,
+        out: &mut impl Sink<ServerOutput>,
+    ) {
         match id {
-            Some(id) => ServerCore::read_done(self, now, id, messages, bytes),
+            Some(id) => ServerCore::read_done(self, now, id, messages, bytes, out),
             None => ServerCore::event_read(self),
         }
     }
-    fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        ServerCore::handle(self, now, from, datagram);
+    fn handle(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        batch: &mut Batch,
+        out: &mut impl Sink<ServerOutput>,
+    ) {
+        ServerCore::handle(self, now, from, datagram, batch, out);
     }
-    fn end_batch(&mut self, now: Instant) {
-        ServerCore::end_batch(self, now);
+    fn end_batch(&self, now: Instant, batch: &mut Batch, out: &mut impl Sink<ServerOutput>) {
+        ServerCore::end_batch(self, now, batch, out);
     }
-    fn handle_epoch(&mut self, now: Instant) {
-        ServerCore::handle_epoch(self, now);
+    fn handle_epoch(&self, now: Instant, out: &mut impl Sink<ServerOutput>) {
+        ServerCore::handle_epoch(self, now, out);
     }
     fn poll_timeout(&self) -> Option<Instant> {
         None
     }
-    fn handle_timeout(&mut self, _now: Instant) {}
-    fn close(&mut self, now: Instant) {
-        ServerCore::close(self, now);
+    fn handle_timeout(&self, _now: Instant, _out: &mut impl Sink<ServerOutput>) {}
+    fn close(&self, now: Instant, out: &mut impl Sink<ServerOutput>) {
+        ServerCore::close(self, now, out);
     }
-    fn abort(&mut self, now: Instant) -> usize {
-        ServerCore::abort(self, now)
-    }
-    fn poll_transmit(&mut self) -> Option<(SocketAddr, Message<'_>)> {
-        ServerCore::poll_transmit(self)
-    }
-    fn poll_output(&mut self) -> Option<ServerOutput> {
-        ServerCore::poll_output(self)
+    fn abort(&self, now: Instant, out: &mut impl Sink<ServerOutput>) -> usize {
+        ServerCore::abort(self, now, out)
     }
 }
 
-impl Core for ClientCore {
+/// A [`ClientCore`] behind its mutex.
+pub(crate) struct ClientCell(Mutex<ClientCore>);
+
+impl ClientCell {
+    pub(crate) fn new(core: ClientCore) -> ClientCell {
+        ClientCell(Mutex::new(core))
+    }
+
+    /// Runs `f` on the core, then hands what it produced to `out` while
+    /// still holding the lock (which keeps outputs in order).
+    pub(crate) fn with<T>(
+        &self,
+        out: &mut impl Sink<ClientOutput>,
+        f: impl FnOnce(&mut ClientCore) -> T,
+    ) -> T {
+        let mut core = self.0.lock();
+        let result = f(&mut core);
+        while let Some((to, msg)) = core.poll_transmit() {
+            out.transmit(to, &msg);
+        }
+        while let Some(output) = core.poll_output() {
+            out.output(output);
+        }
+        result
+    }
+
+    /// Reads the core without feeding it.
+    pub(crate) fn peek<T>(&self, f: impl FnOnce(&ClientCore) -> T) -> T {
+        f(&self.0.lock())
+    }
+}
+
+impl Core for ClientCell {
     type Output = ClientOutput;
     type Inbox = ();
-    fn read_done(&mut self, now: Instant, _: (), messages: usize, bytes: usize) {
-        ClientCore::read_done(self, now, messages, bytes);
+    type Batch = ();
+    fn read_done(
+        &self,
+        now: Instant,
+        _: (),
+        messages: usize,
+        bytes: usize,
+        out: &mut impl Sink<ClientOutput>,
+    ) {
+        self.with(out, |core| core.read_done(now, messages, bytes));
     }
-    fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+    fn handle(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        _: &mut (),
+        out: &mut impl Sink<ClientOutput>,
+    ) {
         // A dual-stack socket names IPv4 senders in their IPv4-mapped form.
-        ClientCore::handle(self, now, canonical(from), datagram);
+        self.with(out, |core| core.handle(now, canonical(from), datagram));
     }
-    fn handle_refused(&mut self, now: Instant) {
-        ClientCore::handle_refused(self, now);
+    fn handle_refused(&self, now: Instant, out: &mut impl Sink<ClientOutput>) {
+        self.with(out, |core| core.handle_refused(now));
     }
-    fn end_batch(&mut self, now: Instant) {
-        ClientCore::end_batch(self, now);
+    fn end_batch(&self, now: Instant, _: &mut (), out: &mut impl Sink<ClientOutput>) {
+        self.with(out, |core| core.end_batch(now));
     }
-    fn handle_epoch(&mut self, now: Instant) {
-        ClientCore::handle_epoch(self, now);
+    fn handle_epoch(&self, now: Instant, out: &mut impl Sink<ClientOutput>) {
+        self.with(out, |core| core.handle_epoch(now));
     }
     fn poll_timeout(&self) -> Option<Instant> {
-        ClientCore::poll_timeout(self)
+        self.peek(ClientCore::poll_timeout)
     }
-    fn handle_timeout(&mut self, now: Instant) {
-        ClientCore::handle_timeout(self, now);
+    fn handle_timeout(&self, now: Instant, out: &mut impl Sink<ClientOutput>) {
+        self.with(out, |core| core.handle_timeout(now));
     }
-    fn close(&mut self, now: Instant) {
-        ClientCore::close(self, now);
+    fn close(&self, now: Instant, out: &mut impl Sink<ClientOutput>) {
+        self.with(out, |core| core.close(now));
     }
-    fn abort(&mut self, now: Instant) -> usize {
-        ClientCore::abort(self, now)
-    }
-    fn poll_transmit(&mut self) -> Option<(SocketAddr, Message<'_>)> {
-        ClientCore::poll_transmit(self)
-    }
-    fn poll_output(&mut self) -> Option<ClientOutput> {
-        ClientCore::poll_output(self)
+    fn abort(&self, now: Instant, out: &mut impl Sink<ClientOutput>) -> usize {
+        self.with(out, |core| core.abort(now))
     }
 }
 

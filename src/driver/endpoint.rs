@@ -2,29 +2,35 @@
 //! [`Server`](crate::Server).
 //!
 //! Each instance owns one UDP socket, one protocol core (a
-//! [`ServerCore`](crate::proto::ServerCore) or a
-//! [`ClientCore`](crate::proto::ClientCore)) behind one mutex, and three
+//! [`ServerCore`](crate::proto::ServerCore), or a
+//! [`ClientCore`](crate::proto::ClientCore) behind its mutex) and these
 //! threads:
 //!
-//! * the **receive thread** takes datagrams in batches and feeds them to the core;
+//! * **receive threads** (one for a client, several for a server, sharing
+//!   the socket) take datagrams in batches and feed them to the core;
 //! * the **epoch thread** ticks the core every epoch, runs its timers, and
 //!   releases datagrams held back by the delay fault;
 //! * the **close manager** waits for a close request, asks the core to
 //!   drain, waits until it has (or a deadline passes), then stops the other
-//!   two threads, joins them and releases the socket.
+//!   threads, joins them and releases the socket.
 //!
-//! Every input, from a thread or from the user's call, goes the same way:
-//! lock the core, feed it, take its outputs (publishing them to the inbox and
-//! the subscribers, which keeps them in order), send its datagrams, unlock.
-//! Nothing under the lock can block: channels are unbounded, and datagrams
-//! are sent with `MSG_DONTWAIT` (a full send buffer drops the datagram, which
-//! the protocol sends again). The other locks taken under it are held only
-//! for a table update or a send, never across a wait: the socket's read
-//! lock, the peer a client socket follows, the role's tables and the
-//! subscribers' list. Datagrams the delay and reorder faults hold back are
-//! sent later by the epoch thread, without the core's lock. Sending before the unlock is measured to pay:
-//! sending after it halved one client's window-32 echo rate (43k against
-//! 79k messages/s), as the thread that took the lock over raced the sender.
+//! Every input, from a thread or from the user's call, goes the same way
+//! ([`Shared::run`]): the core takes it under the locks it needs (the
+//! server core locks the one connection concerned, a client core its
+//! whole state) and hands its outputs to the [`Outlet`] while still holding
+//! them, which publishes them to the inbox and the subscribers in order and
+//! encodes datagrams into this thread's batch. Once the core has returned,
+//! and so released every lock, the batch is sent and the writers waiting on
+//! the connections that changed are woken. Nothing under a lock can block:
+//! channels are unbounded, and datagrams are sent with `MSG_DONTWAIT` (a
+//! full send buffer drops the datagram, which the protocol sends again).
+//! Datagrams the delay and reorder faults hold back are sent later by the
+//! epoch thread.
+//!
+//! Writers waiting for room wait on one of a few striped condition
+//! variables ([`Rooms`]), chosen by connection id: a server wakes only the
+//! stripe of a connection whose buffer made room (or that ended), a client
+//! its one stripe after every input.
 //!
 //! Every thread runs under `catch_unwind`: a panic is logged at error level,
 //! fails the instance (every blocked caller wakes, and every later call
@@ -37,61 +43,149 @@ use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use parking_lot::{Condvar, Mutex};
 
-use super::io::{wake_receiver, Io, SEND_BATCH};
+use super::io::{stop_receivers, wake_receiver, Io, SendBatch, SEND_BATCH};
 use super::threads::{
     close_manager, epoch_loop, receive_loop, spawn, CloseRequest, Threads, RECV_POLL,
 };
-use crate::proto::Message;
+use crate::proto::{Message, Sink};
 use crate::{Error, Faults, Params};
 
-/// A protocol core as the driver sees it (implemented by the cores of
-/// [`proto`](crate::proto)).
-pub(crate) trait Core: Send + 'static {
+/// A protocol core as the driver sees it (implemented in
+/// [`cores`](super::cores)). Every method takes `&self`: the core locks
+/// what it needs, and hands what it produces to `out` before unlocking.
+pub(crate) trait Core: Send + Sync + 'static {
     /// What the core hands to the application side.
     type Output;
     /// Which inbox a read took a message from (a connection, or nothing).
     type Inbox: Send + 'static;
-    fn read_done(&mut self, now: Instant, inbox: Self::Inbox, messages: usize, bytes: usize);
-    fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]);
-    fn end_batch(&mut self, now: Instant);
-    fn handle_epoch(&mut self, now: Instant);
+    /// What a receive thread keeps across one batch of datagrams.
+    type Batch: Default;
+    fn read_done(
+        &self,
+        now: Instant,
+        inbox: Self::Inbox,
+        messages: usize,
+        bytes: usize,
+        out: &mut impl Sink<Self::Output>,
+    );
+    fn handle(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        batch: &mut Self::Batch,
+        out: &mut impl Sink<Self::Output>,
+    );
+    fn end_batch(&self, now: Instant, batch: &mut Self::Batch, out: &mut impl Sink<Self::Output>);
+    fn handle_epoch(&self, now: Instant, out: &mut impl Sink<Self::Output>);
     fn poll_timeout(&self) -> Option<Instant>;
-    fn handle_timeout(&mut self, now: Instant);
-    fn close(&mut self, now: Instant);
-    fn abort(&mut self, now: Instant) -> usize;
-    fn poll_transmit(&mut self) -> Option<(SocketAddr, Message<'_>)>;
-    fn poll_output(&mut self) -> Option<Self::Output>;
+    fn handle_timeout(&self, now: Instant, out: &mut impl Sink<Self::Output>);
+    fn close(&self, now: Instant, out: &mut impl Sink<Self::Output>);
+    fn abort(&self, now: Instant, out: &mut impl Sink<Self::Output>) -> usize;
     /// The peer's host refused a datagram (see [`Io::follow_peer`]); only
     /// a core whose socket follows its peer hears this.
-    fn handle_refused(&mut self, _now: Instant) {}
+    fn handle_refused(&self, _now: Instant, _out: &mut impl Sink<Self::Output>) {}
+}
+
+/// What publishing one output asks of the driver.
+pub(crate) enum Published {
+    Nothing,
+    /// A close has drained.
+    Drained,
+    /// Writers waiting on this key (a connection id) should look again.
+    Wake(u32),
 }
 
 /// The application side of a client or server: where outputs go.
 pub(crate) trait Role: Send + Sync + 'static {
     type Core: Core;
+    /// Writers wait on a change of their connection after every input,
+    /// not only on the core's say-so (a client: any ack may make room).
+    const WAKE_ON_EVERY_INPUT: bool;
     /// Hands one output on (to the inbox, the subscribers, a waiting
-    /// connect). Runs under the core's lock; returns whether a close has
-    /// now drained.
-    fn publish(&self, output: <Self::Core as Core>::Output) -> bool;
+    /// connect). Runs under the lock of the connection it concerns.
+    fn publish(&self, output: <Self::Core as Core>::Output) -> Published;
     /// The outcome of a close that drained.
     fn close_result(&self, core: &Self::Core) -> Result<(), Error>;
     /// Wakes every blocked reader; later reads find the instance closed.
     fn shut(&self);
 }
 
+/// Where the core's outputs go during one input (see the module docs):
+/// datagrams into this thread's send batch, outputs to the role.
+pub(crate) struct Outlet<'a, R: Role> {
+    io: &'a Io,
+    role: &'a R,
+    batch: &'a mut SendBatch,
+    drained: bool,
+}
+
+impl<R: Role> Sink<<R::Core as Core>::Output> for Outlet<'_, R> {
+    fn transmit(&mut self, to: SocketAddr, msg: &Message<'_>) {
+        self.io.queue(msg, to, self.batch);
+    }
+
+    fn output(&mut self, output: <R::Core as Core>::Output) {
+        match self.role.publish(output) {
+            Published::Nothing => {}
+            Published::Drained => self.drained = true,
+            Published::Wake(key) => {
+                if !self.batch.wakes.contains(&key) {
+                    self.batch.wakes.push(key);
+                }
+            }
+        }
+    }
+}
+
+/// Condition variables writers wait on for room, striped by connection id
+/// so that a change on one connection wakes few others' writers.
+pub(crate) struct Rooms {
+    stripes: Box<[(Mutex<()>, Condvar)]>,
+}
+
+impl Rooms {
+    const STRIPES: usize = 64;
+
+    fn new() -> Rooms {
+        Rooms {
+            stripes: (0..Self::STRIPES)
+                .map(|_| (Mutex::new(()), Condvar::new()))
+                .collect(),
+        }
+    }
+
+    fn stripe(&self, key: u32) -> &(Mutex<()>, Condvar) {
+        &self.stripes[key as usize % Self::STRIPES]
+    }
+
+    /// Wakes the writers waiting on `key`'s stripe. Taking its lock first
+    /// means no writer is between its check and its wait.
+    fn wake(&self, key: u32) {
+        let (lock, room) = self.stripe(key);
+        drop(lock.lock());
+        room.notify_all();
+    }
+
+    fn wake_all(&self) {
+        for (lock, room) in self.stripes.iter() {
+            drop(lock.lock());
+            room.notify_all();
+        }
+    }
+}
+
 /// State shared by the user's handle and the instance's threads.
 pub(crate) struct Shared<R: Role> {
-    core: Mutex<R::Core>,
+    pub core: R::Core,
     /// Reads the application made, told to the core at its next input: a
-    /// read never waits for the core's lock (which the receive thread and
-    /// writers hold often). A stale count only pauses receiving a little
-    /// early; the peer's next retransmission is itself an input that
-    /// delivers the count and resumes it.
+    /// read never waits for a lock of the core's. A stale count only pauses
+    /// receiving a little early; the peer's next retransmission is itself
+    /// an input that delivers the count and resumes it.
     reads: ReadLog<<R::Core as Core>::Inbox>,
-    /// Signalled after every input: writers waiting for room re-check.
-    room: Condvar,
+    rooms: Rooms,
     pub io: Io,
     pub role: R,
     /// Set when a thread panicked or the socket failed for good.
@@ -102,14 +196,35 @@ pub(crate) struct Shared<R: Role> {
 }
 
 impl<R: Role> Shared<R> {
-    /// Runs `f` on the core, then delivers what it produced (see the module docs).
-    pub(crate) fn with_core<T>(&self, f: impl FnOnce(&mut R::Core, Instant) -> T) -> T {
-        let mut core = self.core.lock();
-        let now = Instant::now();
-        self.apply_reads(&mut core, now);
-        let result = f(&mut core, now);
-        self.finish(core);
-        result
+    /// Runs one input through the core, then sends and wakes (see the module docs).
+    pub(crate) fn run<T>(&self, f: impl FnOnce(&R::Core, Instant, &mut Outlet<'_, R>) -> T) -> T {
+        SEND_BATCH.with(|batch| {
+            let mut batch = batch.borrow_mut();
+            let now = Instant::now();
+            let mut out = Outlet {
+                io: &self.io,
+                role: &self.role,
+                batch: &mut batch,
+                drained: false,
+            };
+            while let Ok((inbox, len)) = self.reads.1.try_recv() {
+                self.core.read_done(now, inbox, 1, len, &mut out);
+            }
+            let result = f(&self.core, now, &mut out);
+            let drained = out.drained;
+            // Every lock of the core is released by now.
+            self.io.flush(&mut batch);
+            if R::WAKE_ON_EVERY_INPUT {
+                self.rooms.wake(0);
+            }
+            for key in batch.wakes.drain(..) {
+                self.rooms.wake(key);
+            }
+            if drained {
+                let _ = self.io.drained.send(());
+            }
+            result
+        })
     }
 
     /// Notes that the application took a message of `len` bytes from `inbox`.
@@ -117,64 +232,29 @@ impl<R: Role> Shared<R> {
         let _ = self.reads.0.send((inbox, len));
     }
 
-    fn apply_reads(&self, core: &mut R::Core, now: Instant) {
-        while let Ok((inbox, len)) = self.reads.1.try_recv() {
-            core.read_done(now, inbox, 1, len);
-        }
-    }
-
-    /// Like [`with_core`](Self::with_core), but first waits while `blocked`
-    /// says so, until `deadline` (if any). Returns `None` on timeout.
-    pub(crate) fn with_core_when<T>(
+    /// Waits while `blocked` says so, until `deadline` (if any), for a wake
+    /// on `key`. Returns whether it is no longer blocked (or the instance
+    /// failed: the caller finds out).
+    pub(crate) fn wait_for_room(
         &self,
-        blocked: impl Fn(&R::Core) -> bool,
+        key: u32,
+        blocked: impl Fn() -> bool,
         deadline: Option<Instant>,
-        f: impl FnOnce(&mut R::Core, Instant) -> T,
-    ) -> Option<T> {
-        let mut core = self.core.lock();
-        while blocked(&core) && !self.is_failed() {
+    ) -> bool {
+        let key = if R::WAKE_ON_EVERY_INPUT { 0 } else { key };
+        let (lock, room) = self.rooms.stripe(key);
+        let mut guard = lock.lock();
+        while blocked() && !self.is_failed() {
             match deadline {
-                None => self.room.wait(&mut core),
+                None => room.wait(&mut guard),
                 Some(deadline) => {
-                    if self.room.wait_until(&mut core, deadline).timed_out() {
-                        if blocked(&core) {
-                            return None;
-                        }
-                        break;
+                    if room.wait_until(&mut guard, deadline).timed_out() {
+                        return !blocked();
                     }
                 }
             }
         }
-        let now = Instant::now();
-        self.apply_reads(&mut core, now);
-        let result = f(&mut core, now);
-        self.finish(core);
-        Some(result)
-    }
-
-    /// Takes the core's datagrams and outputs, sends, releases the lock.
-    fn finish(&self, mut core: MutexGuard<'_, R::Core>) {
-        SEND_BATCH.with(|batch| {
-            let mut batch = batch.borrow_mut();
-            while let Some((to, msg)) = core.poll_transmit() {
-                self.io.queue(&msg, to, &mut batch);
-            }
-            let mut drained = false;
-            while let Some(output) = core.poll_output() {
-                drained |= self.role.publish(output);
-            }
-            self.io.flush(&mut batch);
-            drop(core);
-            self.room.notify_all();
-            if drained {
-                let _ = self.io.drained.send(());
-            }
-        });
-    }
-
-    /// Reads the core without feeding it.
-    pub(crate) fn peek<T>(&self, f: impl FnOnce(&R::Core) -> T) -> T {
-        f(&self.core.lock())
+        true
     }
 
     pub(crate) fn is_failed(&self) -> bool {
@@ -202,9 +282,7 @@ impl<R: Role> Shared<R> {
         }
         self.failed.store(true, Ordering::SeqCst);
         self.role.shut();
-        // Take the lock so no writer is between its check and its wait.
-        drop(self.core.lock());
-        self.room.notify_all();
+        self.rooms.wake_all();
         let _ = self.io.drained.send(());
     }
 
@@ -212,9 +290,10 @@ impl<R: Role> Shared<R> {
     /// (the fuzz target for the server's receive path uses this).
     #[cfg(fuzzing)]
     pub(crate) fn inject(&self, from: SocketAddr, datagram: &[u8]) {
-        self.with_core(|core, now| {
-            core.handle(now, from, datagram);
-            core.end_batch(now);
+        self.run(|core, now, out| {
+            let mut batch = Default::default();
+            core.handle(now, from, datagram, &mut batch, out);
+            core.end_batch(now, &mut batch, out);
         });
     }
 
@@ -222,6 +301,16 @@ impl<R: Role> Shared<R> {
     pub(crate) fn request_panic(&self) {
         self.panic_requested.store(true, Ordering::SeqCst);
         wake_receiver(&self.io);
+    }
+}
+
+/// Stops and joins the receive threads `recv` of an instance whose start
+/// failed half way.
+fn stop_started(io: &Io, stop: &AtomicBool, recv: Vec<JoinHandle<()>>) {
+    stop.store(true, Ordering::SeqCst);
+    stop_receivers(io, recv.len());
+    for handle in recv {
+        let _ = handle.join();
     }
 }
 
@@ -242,6 +331,8 @@ pub(crate) struct Config {
     pub faults: Faults,
     /// Most datagrams taken from the socket in one wake-up.
     pub batch: usize,
+    /// Receive threads sharing the socket.
+    pub receive_threads: usize,
 }
 
 impl<R: Role> Endpoint<R> {
@@ -256,15 +347,18 @@ impl<R: Role> Endpoint<R> {
             params,
             faults,
             batch,
+            receive_threads,
         } = config;
-        let receiver = socket.try_clone()?;
-        receiver.set_read_timeout(Some(RECV_POLL))?;
+        socket.set_read_timeout(Some(RECV_POLL))?;
+        let receivers = (0..receive_threads.max(1))
+            .map(|_| socket.try_clone())
+            .collect::<Result<Vec<_>, _>>()?;
         let (delay_tx, delay_rx) = unbounded();
         let (drained_tx, drained_rx) = unbounded();
         let shared = Arc::new(Shared {
-            core: Mutex::new(core),
+            core,
             reads: unbounded(),
-            room: Condvar::new(),
+            rooms: Rooms::new(),
             io: Io::new(socket, params, faults, delay_tx, drained_tx)?,
             role,
             failure: Mutex::new(None),
@@ -275,14 +369,23 @@ impl<R: Role> Endpoint<R> {
         let (stop_epoch_tx, stop_epoch_rx) = unbounded::<()>();
         let (close_tx, close_rx) = unbounded::<CloseRequest>();
 
-        let recv = {
-            let shared = shared.clone();
-            let stop = stop.clone();
-            let close_tx = close_tx.clone();
-            spawn("liveseq-recv", shared.clone(), close_tx, move || {
-                receive_loop(&shared, receiver, &stop, batch)
-            })?
-        };
+        let mut recv = Vec::with_capacity(receivers.len());
+        for receiver in receivers {
+            let for_thread = shared.clone();
+            let stop_flag = stop.clone();
+            match spawn(
+                "liveseq-recv",
+                shared.clone(),
+                close_tx.clone(),
+                move || receive_loop(&for_thread, receiver, &stop_flag, batch),
+            ) {
+                Ok(handle) => recv.push(handle),
+                Err(err) => {
+                    stop_started(&shared.io, &stop, recv);
+                    return Err(err);
+                }
+            }
+        }
         let epoch = {
             let for_thread = shared.clone();
             match spawn(
@@ -293,8 +396,7 @@ impl<R: Role> Endpoint<R> {
             ) {
                 Ok(handle) => handle,
                 Err(err) => {
-                    stop.store(true, Ordering::SeqCst);
-                    let _ = recv.join();
+                    stop_started(&shared.io, &stop, recv);
                     return Err(err);
                 }
             }

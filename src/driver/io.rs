@@ -1,5 +1,5 @@
 //! The socket and everything that sends on it: binding, the batch of
-//! datagrams encoded under the core's lock and sent before it is released,
+//! datagrams encoded under a connection's lock and sent after it is released,
 //! sends that never block, a client socket that follows its peer, waking
 //! the receive thread, and the plumbing of the delay and reorder faults
 //! (the epoch thread releases what they hold).
@@ -60,13 +60,15 @@ impl Ord for Delayed {
     }
 }
 
-/// Datagrams encoded under the core's lock and sent before it is released
-/// (never blocking: see [`Io::send_raw`]).
+/// Datagrams encoded under a connection's lock and sent once every lock is
+/// released (never blocking: see [`Io::send_raw`]), and the keys of the
+/// writers to wake then.
 #[derive(Default)]
-pub(super) struct SendBatch {
+pub(crate) struct SendBatch {
     bytes: Vec<u8>,
     /// Destination and end offset in `bytes` of each datagram.
     items: Vec<(SocketAddr, usize)>,
+    pub(super) wakes: Vec<u32>,
 }
 
 thread_local! {
@@ -182,8 +184,7 @@ impl Io {
 
     /// Sends without ever blocking (`MSG_DONTWAIT`): a datagram that finds
     /// the socket's send buffer full is dropped, as a network would drop it,
-    /// and the protocol sends it again. That is what lets the driver send
-    /// while it holds the core's lock. Send errors are counted and logged,
+    /// and the protocol sends it again. Send errors are counted and logged,
     /// never returned: for a datagram protocol they are indistinguishable
     /// from loss.
     pub(super) fn send_raw(&self, bytes: &[u8], to: SocketAddr) {
@@ -299,7 +300,23 @@ pub(crate) fn bind_client_socket(peers: &[SocketAddr]) -> io::Result<(UdpSocket,
     }
 }
 
-/// Wakes the receive thread early by sending an empty datagram to our own
+/// Wakes the `threads` receive threads so that they see they must stop:
+/// shutting reading down wakes every blocked receive at once (Linux does
+/// so even for an unconnected UDP socket, though it answers `ENOTCONN`),
+/// and one empty datagram each does elsewhere. Only a speed-up: each thread
+/// also wakes every [`RECV_POLL`](super::threads::RECV_POLL).
+pub(super) fn stop_receivers(io: &Io, threads: usize) {
+    if let Some(socket) = io.socket.read().as_ref() {
+        let _ = SockRef::from(socket).shutdown(std::net::Shutdown::Read);
+    }
+    if !io.follows_peer.load(Ordering::Relaxed) {
+        for _ in 0..threads {
+            wake_receiver(io);
+        }
+    }
+}
+
+/// Wakes a receive thread early by sending an empty datagram to our own
 /// port. Only a speed-up: the thread also wakes every [`RECV_POLL`](super::threads::RECV_POLL).
 pub(super) fn wake_receiver(io: &Io) {
     if io.follows_peer.load(Ordering::Relaxed) {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{after, never, select, tick, Receiver, Sender};
 
 use super::endpoint::{Core, Role, Shared};
-use super::io::{wake_receiver, Delayed};
+use super::io::{stop_receivers, Delayed};
 use super::sys::RecvBatch;
 use crate::proto::MAX_DATAGRAM;
 use crate::Error;
@@ -63,7 +63,7 @@ pub(super) fn spawn<R: Role>(
 
 /// The receive and epoch threads, stopped and joined by the close manager.
 pub(super) struct Threads {
-    pub(super) recv: JoinHandle<()>,
+    pub(super) recv: Vec<JoinHandle<()>>,
     pub(super) epoch: JoinHandle<()>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) stop_epoch: Sender<()>,
@@ -85,7 +85,7 @@ pub(super) fn close_manager<R: Role>(
         shared.io.local_addr()
     );
     if !shared.is_failed() {
-        shared.with_core(|core, now| core.close(now));
+        shared.run(|core, now, out| core.close(now, out));
     }
     // Wait for the drain; a later request (a close after a drop, or a
     // failure) may bring the deadline forward.
@@ -110,12 +110,12 @@ pub(super) fn close_manager<R: Role>(
         }
     };
     let result = if drained_in_time {
-        shared.peek(|core| shared.role.close_result(core))
+        shared.role.close_result(&shared.core)
     } else if let Some(failure) = shared.failure() {
         // A thread panicked, perhaps inside the core: leave it untouched.
         Err(failure)
     } else {
-        let unacked = shared.with_core(|core, now| core.abort(now));
+        let unacked = shared.run(|core, now, out| core.abort(now, out));
         log::debug!(
             "closing {}: deadline passed, {unacked} messages discarded",
             shared.io.local_addr()
@@ -131,9 +131,11 @@ pub(super) fn close_manager<R: Role>(
     } = threads;
     drop(stop_epoch);
     stop.store(true, Ordering::SeqCst);
-    wake_receiver(&shared.io);
+    stop_receivers(&shared.io, recv.len());
     let _ = epoch.join();
-    let _ = recv.join();
+    for handle in recv {
+        let _ = handle.join();
+    }
     log::debug!("closing {}: releasing the socket", shared.io.local_addr());
     shared.io.socket.write().take();
     shared.role.shut();
@@ -155,6 +157,7 @@ pub(super) fn receive_loop<R: Role>(
     // One byte more than the largest datagram, so nothing is silently cut.
     let mut datagrams = RecvBatch::new(batch_size, MAX_DATAGRAM + 1);
     let mut errors = 0u32;
+    let mut batch = Default::default();
     loop {
         let received = datagrams.recv(&socket);
         if stop.load(Ordering::SeqCst) {
@@ -182,7 +185,7 @@ pub(super) fn receive_loop<R: Role>(
                 // peer's "port unreachable" here: news for the core, at most
                 // one per datagram sent, so it can neither spin nor persist.
                 errors = 0;
-                shared.with_core(|core, now| core.handle_refused(now));
+                shared.run(|core, now, out| core.handle_refused(now, out));
                 continue;
             }
             Err(err) => {
@@ -201,15 +204,15 @@ pub(super) fn receive_loop<R: Role>(
         io.counters
             .datagrams_received
             .fetch_add(count as u64, Ordering::Relaxed);
-        shared.with_core(|core, now| {
+        shared.run(|core, now, out| {
             for i in 0..count {
                 let (datagram, from) = datagrams.get(i);
                 if io.faults.as_ref().is_some_and(|f| f.drop_read()) {
                     continue;
                 }
-                core.handle(now, from, datagram);
+                core.handle(now, from, datagram, &mut batch, out);
             }
-            core.end_batch(now);
+            core.end_batch(now, &mut batch, out);
         });
     }
 }
@@ -224,7 +227,7 @@ pub(super) fn epoch_loop<R: Role>(
     let ticker = tick(io.params.epoch());
     let mut held: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
     loop {
-        let core_due = shared.peek(|core| core.poll_timeout());
+        let core_due = shared.core.poll_timeout();
         let due = match (held.peek().map(|Reverse(d)| d.due), core_due) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -238,7 +241,7 @@ pub(super) fn epoch_loop<R: Role>(
                 if io.faults.is_some() {
                     io.release_held_back();
                 }
-                shared.with_core(|core, now| core.handle_epoch(now));
+                shared.run(|core, now, out| core.handle_epoch(now, out));
             }
             recv(delay_rx) -> d => if let Ok(d) = d { held.push(Reverse(d)) },
             recv(next_due) -> _ => {}
@@ -246,7 +249,7 @@ pub(super) fn epoch_loop<R: Role>(
         }
         let now = Instant::now();
         if core_due.is_some_and(|due| due <= now) {
-            shared.with_core(|core, now| core.handle_timeout(now));
+            shared.run(|core, now, out| core.handle_timeout(now, out));
         }
         while held.peek().is_some_and(|Reverse(d)| d.due <= now) {
             if let Some(Reverse(d)) = held.pop() {

@@ -212,6 +212,37 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// The length of what [`encode`](Self::encode) writes, without writing it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::proto::Message;
+    ///
+    /// let msg = Message::data(1, 1001, b"hello");
+    /// let mut buf = Vec::new();
+    /// msg.encode(&mut buf);
+    /// assert_eq!(msg.encoded_len(), buf.len());
+    /// ```
+    pub fn encoded_len(&self) -> usize {
+        fn digits(n: u64) -> usize {
+            n.checked_ilog10().map_or(1, |d| d as usize + 1)
+        }
+        const FIXED: usize =
+            r#"{"Type":,"ConnID":,"SeqNum":,"Size":,"Checksum":,"Payload":}"#.len();
+        let numbers = digits(self.kind as u64)
+            + digits(self.conn_id.into())
+            + digits(self.seq_num)
+            + digits(self.size)
+            + digits(self.checksum.into());
+        let payload = if self.kind == MsgType::Data {
+            base64_len(self.payload.len()) + 2
+        } else {
+            "null".len()
+        };
+        FIXED + numbers + payload
+    }
+
     /// Decodes one datagram. Keys may come in any order, unknown keys are
     /// ignored, and `Size`, `Checksum` and `Payload` may be missing. `SeqNum`
     /// and `Size` above [`MAX_SEQ_NUM`](super::MAX_SEQ_NUM) (2^63-1, Go's
@@ -289,6 +320,25 @@ mod tests {
         let mut buf = Vec::new();
         msg.encode(&mut buf);
         String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn encoded_len_is_the_length_encode_writes() {
+        let big = vec![7u8; 1000];
+        for msg in [
+            Message::connect(0),
+            Message::connect(super::super::MAX_ISN),
+            Message::ack(0, 0),
+            Message::ack(u32::MAX, u64::MAX),
+            Message::cack(9, 10),
+            Message::data(1, 1, b""),
+            Message::data(12345, 999, b"ab"),
+            Message::data(u32::MAX, u64::MAX, &big),
+        ] {
+            let mut buf = Vec::new();
+            msg.encode(&mut buf);
+            assert_eq!(msg.encoded_len(), buf.len(), "{msg:?}");
+        }
     }
 
     #[test]

@@ -30,7 +30,9 @@ mod client;
 mod conn;
 mod id;
 mod message;
+mod polled;
 mod server;
+mod sink;
 
 pub use checksum::checksum;
 pub use client::{ClientConfig, ClientCore, ClientOutput, ConnectFailure};
@@ -40,11 +42,13 @@ pub use conn::{
 };
 pub use id::ConnId;
 pub use message::{max_payload, DecodeError, Message, MsgType, DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM};
+pub use polled::PolledServer;
 pub use server::{
-    Limit, ServerConfig, ServerCore, ServerOutput, AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS,
-    DEFAULT_BUDGET, DEFAULT_INBOX, DEFAULT_MAX_UNVALIDATED, DEFAULT_SEND_BUFFER, EVENT_COST,
-    MAX_CONN_ID,
+    Batch, ConnRef, Limit, ServerConfig, ServerCore, ServerOutput, AMPLIFICATION_FACTOR,
+    CHALLENGE_EPOCHS, DEFAULT_BUDGET, DEFAULT_INBOX, DEFAULT_MAX_UNVALIDATED, DEFAULT_SEND_BUFFER,
+    EVENT_COST, MAX_CONN_ID,
 };
+pub use sink::{Collect, Sink};
 
 #[cfg(test)]
 mod tests {

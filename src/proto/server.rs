@@ -1,33 +1,37 @@
 //! The server core: the connection table, routing, admission, refusals,
 //! closing and flow control, without I/O.
 //!
-//! [`ServerCore`] owns every connection's [`Conn`] and decides everything a
+//! [`ServerCore`] holds every connection's [`Conn`] and decides everything a
 //! server decides: which connection a datagram belongs to (by address), what
 //! a repeated or a new-incarnation Connect does, when the connection limit
 //! refuses one, when an ended connection leaves the table, when a close has
-//! drained. Inputs carry the time they happened; outputs are pulled with
-//! [`poll_transmit`](ServerCore::poll_transmit) and
-//! [`poll_output`](ServerCore::poll_output). A driver calls both until they
-//! return `None` after every input.
+//! drained. Inputs carry the time they happened and a [`Sink`] that takes
+//! the datagrams and outputs they produce.
+//!
+//! It is made of a routing table ([`table`]) and per-connection state
+//! ([`slot`]), each behind its own lock, so that several threads can feed
+//! it at once; what connections share is counted in atomics ([`counters`]).
 //!
 //! # Examples
 //!
 //! ```
 //! use std::time::Instant;
-//! use liveseq::proto::{Message, ServerConfig, ServerCore, ServerOutput};
+//! use liveseq::proto::{Batch, Collect, Message, ServerConfig, ServerCore, ServerOutput};
 //! use liveseq::{ConnState, Params, ServerEvent};
 //!
 //! let now = Instant::now();
 //! let client: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
-//! let mut core = ServerCore::new(ServerConfig::new(Params::default()));
-//! core.handle(now, client, &encode(&Message::connect(7)));
-//! let (to, ack) = core.poll_transmit().map(|(to, m)| (to, m.into_owned())).unwrap();
+//! let core = ServerCore::new(ServerConfig::new(Params::default()));
+//! let (mut batch, mut out) = (Batch::default(), Collect::default());
+//! core.handle(now, client, &encode(&Message::connect(7)), &mut batch, &mut out);
+//! core.end_batch(now, &mut batch, &mut out);
+//! let (to, ack) = out.poll_transmit().unwrap();
 //! // The id is random: the Ack carries it, and the Connect's ISN.
 //! let id = ack.conn_id;
 //! assert!(id >= 1);
 //! assert_eq!((to, ack), (client, Message::ack(id, 7)));
-//! assert!(matches!(core.poll_output(), Some(ServerOutput::State { state: ConnState::Connected, .. })));
-//! assert!(matches!(core.poll_output(), Some(ServerOutput::App(ServerEvent::Connected { .. }))));
+//! assert!(matches!(out.poll_output(), Some(ServerOutput::State { state: ConnState::Connected, .. })));
+//! assert!(matches!(out.poll_output(), Some(ServerOutput::App(ServerEvent::Connected { .. }))));
 //!
 //! fn encode(m: &Message<'_>) -> Vec<u8> {
 //!     let mut buf = Vec::new();
@@ -36,16 +40,26 @@
 //! }
 //! ```
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+mod counters;
+mod slot;
+mod table;
+
+use std::collections::VecDeque;
+use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Instant;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use parking_lot::lock_api::ArcMutexGuard;
+use parking_lot::{Mutex, RawMutex, RwLock};
 
+use self::counters::{bump, Pool, Totals};
+use self::slot::Slot;
+use self::table::{Cell, Ending, Table};
 use super::conn::{Conn, Event, Phase, Rejected, Room, MAX_ISN, MESSAGE_OVERHEAD};
 use super::message::{max_payload, DecodeError, Message, MsgType, DEFAULT_MAX_DATAGRAM};
+use super::sink::Sink;
 use super::ConnId;
 use crate::stats::{ConnStats, ServerStats, Timing};
 use crate::{ConnState, Error, Params, ServerEvent};
@@ -224,6 +238,8 @@ impl ServerConfig {
 }
 
 /// What the core hands out besides datagrams, in the order it happened.
+/// One connection's outputs are always in order; those of different
+/// connections interleave as the threads feeding the core ran.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ServerOutput {
@@ -251,6 +267,13 @@ pub enum ServerOutput {
         /// Whether it holds Data now.
         holding: bool,
     },
+    /// Connection `id`'s send buffer was at its limit and has room again:
+    /// a writer waiting for room ([`ServerCore::is_full`]) should look
+    /// again. (Its end is announced by a [`State`](ServerOutput::State).)
+    Room {
+        /// The connection.
+        id: ConnId,
+    },
     /// The application closed connection `id` with
     /// [`ServerCore::close_conn`]: from here on the core hands out nothing
     /// more of it but the [`ServerEvent::Closed`] that follows, and a driver
@@ -266,91 +289,47 @@ pub enum ServerOutput {
     Drained,
 }
 
-/// Maps keyed by connection id. The server draws the ids itself, at
-/// random, so no peer chooses the keys: a multiplicative hash is enough,
-/// and far cheaper than the default SipHash on every datagram's lookups.
-type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
-
-/// Fibonacci hashing of a `u32` connection id (see [`IdMap`]).
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u32(&mut self, id: u32) {
-        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// How a connection ended, remembered for `epoch_limit` epochs so that a
-/// write to it says why.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ending {
-    Lost,
-    SlowConsumer,
-    Closed,
-}
-
-/// One connection in the table.
-#[derive(Debug)]
-struct Slot {
-    addr: SocketAddr,
-    conn: Conn,
-    timing: Timing,
-    /// Delivered and not yet read (flow control), the messages in `held` included.
-    unread: (usize, usize),
-    /// Delivered while the connection was not writable: handed to the
-    /// application once it is (Netty's auto-read, off).
-    held: VecDeque<Vec<u8>>,
-    /// Its send buffer passed its limit and has not yet drained to half.
-    unwritable: bool,
-    /// The peer sent a message carrying the connection's id: it receives
-    /// what the server sends to its address.
-    validated: bool,
-    /// Bytes received from and sent to the address while not validated.
-    bytes_in: u64,
-    bytes_out: u64,
-    /// Epochs left to answer a challenge (a Connect with another ISN).
-    challenge: Option<u32>,
-    /// Memory charged to the connection now.
-    charged: usize,
-    /// The connection holds Data it could not take ([`ServerOutput::Holding`]).
-    holding: bool,
-    /// Admission order, for evicting the oldest unvalidated connection.
-    admitted: u64,
-    /// Datagrams of this connection were held back since the last epoch (the
-    /// 3x limit, a challenge): that epoch does not count toward its stall.
-    held_back: bool,
-}
-
-/// Totals kept by the core.
+/// Connections that received Data in one batch of datagrams and may owe an
+/// acknowledgement at its end ([`ServerCore::end_batch`]). One per thread
+/// that feeds the core; reuse it.
 #[derive(Debug, Default)]
-struct Totals {
-    accepted: u64,
-    refused: u64,
-    lost: u64,
-    closed: u64,
-    duplicate_connects: u64,
-    malformed: u64,
-    rejected: u64,
-    slow_consumers: u64,
-    challenged_connects: u64,
-    amplification_held_bytes: u64,
-    budget_refusals: u64,
-    evicted_unvalidated: u64,
+pub struct Batch {
+    owed: Vec<Cell>,
+}
+
+/// A handle on one connection's state machine, locked: for tests and tools
+/// ([`ServerCore::conn`]). Other inputs to that connection wait while it lives.
+pub struct ConnRef(ArcMutexGuard<RawMutex, Slot>);
+
+impl std::ops::Deref for ConnRef {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.0.conn
+    }
+}
+
+impl fmt::Debug for ConnRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.conn.fmt(f)
+    }
 }
 
 /// The I/O-free server: the connection table, routing, admission,
 /// refusals, closing and flow control of an LSP server.
+///
+/// It is shared by every thread that feeds it (all methods take `&self`):
+/// the table sits behind one short lock, each connection's state behind a
+/// lock of its own, and what connections share (the totals, the memory
+/// pool) in atomics. A datagram is looked up in the table, then handled
+/// under its connection's lock alone, so threads working on different
+/// connections never wait for each other. Locks are always taken in one
+/// order, a connection's before the table's, and an input takes at most
+/// one connection's lock at a time.
+///
+/// Every input takes a [`Sink`] that receives the datagrams and outputs it
+/// produces, under the connection's lock: that keeps each connection's
+/// outputs in order. [`PolledServer`](super::PolledServer) wraps it for a
+/// single thread, with outputs to poll.
 ///
 /// # Decisions written down
 ///
@@ -402,80 +381,25 @@ struct Totals {
 ///   over its own limits only from the first half of it, so that peers that
 ///   never read cannot starve the others. When the budget is spent, Data is
 ///   left unacknowledged, writes fail with [`Error::BudgetExhausted`] and
-///   Connects are refused.
+///   Connects are refused. (With several threads feeding the core at once
+///   the budget may be passed by one message per thread: see the pool's
+///   notes in the source.)
 #[derive(Debug)]
 pub struct ServerCore {
     config: ServerConfig,
-    conns: IdMap<Slot>,
-    by_addr: HashMap<SocketAddr, u32>,
-    /// Recently ended connections by address and ISN: epochs left to
-    /// remember them.
-    ended: HashMap<(SocketAddr, u64), u32>,
-    /// Recently ended connection ids: how they ended and epochs left.
-    retired: IdMap<(Ending, u32)>,
-    ids: Option<StdRng>,
-    next_id: u32,
-    closing: bool,
-    refused_this_epoch: HashSet<SocketAddr>,
-    /// Unvalidated connections by admission order.
-    unvalidated: BTreeMap<u64, u32>,
-    admissions: u64,
-    /// Memory charged beyond the connections' floors.
-    pool_used: usize,
-    /// Application events handed out and not yet read (messages aside).
-    events_unread: usize,
-    unwritable: usize,
-    /// Connections that may have datagrams to send.
-    ready: VecDeque<u32>,
-    /// Connections that received Data in this batch and may owe an ack.
-    batch: Vec<u32>,
-    /// Datagrams of connections that have already left the table.
-    orphaned: VecDeque<(SocketAddr, Message<'static>)>,
-    outputs: VecDeque<ServerOutput>,
-    lost_during_close: Vec<ConnId>,
-    /// [`ServerOutput::Drained`] was produced.
-    drained: bool,
+    table: RwLock<Table>,
+    pool: Pool,
     totals: Totals,
-    /// Reused to measure datagrams to unvalidated addresses.
-    scratch: Vec<u8>,
 }
-
-/// At most this many refused addresses are remembered per epoch (each gets
-/// one `Refused` output per epoch); beyond it a flood costs no memory and
-/// further refusals are only counted.
-const MAX_REFUSED_TRACKED: usize = 4096;
-
-/// At most this many ended connections are remembered for late duplicate
-/// Connects; beyond it, connections that end are not remembered until older
-/// ones have been forgotten (each after `epoch_limit` epochs).
-const MAX_ENDED_TRACKED: usize = 65536;
 
 impl ServerCore {
     /// An empty server.
     pub fn new(config: ServerConfig) -> ServerCore {
         ServerCore {
             config,
-            conns: IdMap::default(),
-            by_addr: HashMap::new(),
-            ended: HashMap::new(),
-            retired: IdMap::default(),
-            ids: config.id_seed.map(StdRng::seed_from_u64),
-            next_id: 0,
-            closing: false,
-            refused_this_epoch: HashSet::new(),
-            unvalidated: BTreeMap::new(),
-            admissions: 0,
-            pool_used: 0,
-            events_unread: 0,
-            unwritable: 0,
-            ready: VecDeque::new(),
-            batch: Vec::new(),
-            orphaned: VecDeque::new(),
-            outputs: VecDeque::new(),
-            lost_during_close: Vec::new(),
-            drained: false,
+            table: RwLock::new(Table::new(config.id_seed)),
+            pool: Pool::default(),
             totals: Totals::default(),
-            scratch: Vec::new(),
         }
     }
 
@@ -486,19 +410,36 @@ impl ServerCore {
         &self.config
     }
 
+    fn cell(&self, id: ConnId) -> Option<Cell> {
+        self.table.read().conns.get(&id.0).cloned()
+    }
+
+    /// Runs `f` on connection `id`'s slot, if it is in the table.
+    fn with_slot<T>(&self, id: ConnId, f: impl FnOnce(&Slot) -> T) -> Option<T> {
+        let cell = self.cell(id)?;
+        let slot = cell.lock();
+        (!slot.gone).then(|| f(&slot))
+    }
+
     /// The state of connection `id`, or `None` once it has left the table.
     pub fn state(&self, id: ConnId) -> Option<ConnState> {
-        self.conns.get(&id.0).map(|s| state_of(&s.conn))
+        self.with_slot(id, Slot::state)
     }
 
     /// The address of connection `id`.
     pub fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
-        self.conns.get(&id.0).map(|s| s.addr)
+        self.with_slot(id, |s| s.addr)
     }
 
     /// Every connection in the table (closing ones included), ascending.
     pub fn connections(&self) -> Vec<ConnId> {
-        let mut ids: Vec<ConnId> = self.conns.keys().map(|&id| ConnId(id)).collect();
+        let mut ids: Vec<ConnId> = self
+            .table
+            .read()
+            .conns
+            .keys()
+            .map(|&id| ConnId(id))
+            .collect();
         ids.sort();
         ids
     }
@@ -506,10 +447,10 @@ impl ServerCore {
     /// The connections that accept writes (connected, not closing), ascending.
     pub fn writable(&self) -> Vec<ConnId> {
         let mut ids: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, s)| s.conn.phase() == Phase::Open)
-            .map(|(&id, _)| ConnId(id))
+            .snapshot()
+            .into_iter()
+            .filter(|(_, cell)| cell.lock().conn.phase() == Phase::Open)
+            .map(|(id, _)| ConnId(id))
             .collect();
         ids.sort();
         ids
@@ -519,100 +460,129 @@ impl ServerCore {
     /// writes are being sent and its incoming messages reach the
     /// application. `false` for an unknown or closing connection.
     pub fn is_writable(&self, id: ConnId) -> bool {
-        self.conns
-            .get(&id.0)
-            .is_some_and(|s| s.conn.phase() == Phase::Open && !s.unwritable)
+        self.with_slot(id, |s| s.conn.phase() == Phase::Open && !s.unwritable)
+            .unwrap_or(false)
     }
 
     /// Whether connection `id` has proven that it receives what the server
     /// sends (see the type's docs).
     pub fn is_validated(&self, id: ConnId) -> bool {
-        self.conns.get(&id.0).is_some_and(|s| s.validated)
+        self.with_slot(id, |s| s.validated).unwrap_or(false)
     }
 
     /// Whether datagrams of connection `id` were held back since the last
     /// epoch (the 3x limit, a challenge): its next epoch does not count
     /// toward its stall limit (see [`Conn::excuse_stall`]).
     pub fn held_back_this_epoch(&self, id: ConnId) -> bool {
-        self.conns.get(&id.0).is_some_and(|s| s.held_back)
+        self.with_slot(id, |s| s.held_back).unwrap_or(false)
     }
 
-    /// Connection `id`'s state machine, for tests and tools.
-    pub fn conn(&self, id: ConnId) -> Option<&Conn> {
-        self.conns.get(&id.0).map(|s| &s.conn)
+    /// Connection `id`'s state machine, locked, for tests and tools.
+    pub fn conn(&self, id: ConnId) -> Option<ConnRef> {
+        let cell = self.cell(id)?;
+        let slot = cell.lock_arc();
+        (!slot.gone).then_some(ConnRef(slot))
     }
 
     /// The connection at `addr`, if any.
     pub fn conn_at(&self, addr: SocketAddr) -> Option<ConnId> {
-        self.by_addr.get(&addr).map(|&id| ConnId(id))
+        self.table
+            .read()
+            .by_addr
+            .get(&addr)
+            .map(|&(id, _)| ConnId(id))
     }
 
     /// A statistics snapshot of connection `id`.
     pub fn stats(&self, now: Instant, id: ConnId) -> Option<ConnStats> {
-        let s = self.conns.get(&id.0)?;
-        Some(s.timing.snapshot(now, &s.conn))
+        self.with_slot(id, |s| s.timing.snapshot(now, &s.conn))
     }
 
     /// Server-wide totals.
     pub fn totals(&self) -> ServerStats {
         let t = &self.totals;
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        let (active, unvalidated) = {
+            let table = self.table.read();
+            (table.conns.len(), table.unvalidated.len())
+        };
+        let charged: usize = self
+            .snapshot()
+            .iter()
+            .map(|(_, cell)| cell.lock().charged)
+            .sum();
         ServerStats {
-            active: self.conns.len(),
-            accepted: t.accepted,
-            refused: t.refused,
-            lost: t.lost,
-            closed: t.closed,
-            duplicate_connects: t.duplicate_connects,
-            malformed: t.malformed,
-            rejected: t.rejected,
+            active,
+            accepted: get(&t.accepted),
+            refused: get(&t.refused),
+            lost: get(&t.lost),
+            closed: get(&t.closed),
+            duplicate_connects: get(&t.duplicate_connects),
+            malformed: get(&t.malformed),
+            rejected: get(&t.rejected),
             budget: self.config.budget,
-            budget_in_use: self.pool_in_use(),
-            memory_in_use: self.conns.values().map(|s| s.charged).sum::<usize>()
-                + self.events_unread * EVENT_COST,
-            not_writable: self.unwritable,
-            slow_consumers: t.slow_consumers,
-            unvalidated: self.unvalidated.len(),
-            evicted_unvalidated: t.evicted_unvalidated,
-            challenged_connects: t.challenged_connects,
-            amplification_held_bytes: t.amplification_held_bytes,
-            budget_refusals: t.budget_refusals,
+            budget_in_use: self.pool.in_use(),
+            memory_in_use: charged + self.pool.events_unread() * EVENT_COST,
+            not_writable: self.pool.unwritable.load(Relaxed),
+            slow_consumers: get(&t.slow_consumers),
+            unvalidated,
+            evicted_unvalidated: get(&t.evicted_unvalidated),
+            challenged_connects: get(&t.challenged_connects),
+            amplification_held_bytes: get(&t.amplification_held_bytes),
+            budget_refusals: get(&t.budget_refusals),
         }
     }
 
     /// Whether connection `id`'s send buffer is at its limit (a
     /// [`try_write`](Self::try_write) would fail with [`Error::BufferFull`]).
     pub fn is_full(&self, id: ConnId) -> bool {
-        self.conns.get(&id.0).is_some_and(|s| {
-            self.config
-                .send_buffer
-                .reached(s.conn.unacked() + s.conn.queued(), s.conn.buffered_bytes())
-        })
+        self.with_slot(id, |s| s.is_full(&self.config))
+            .unwrap_or(false)
     }
 
     /// Whether [`close`](Self::close) was called.
     pub fn is_closing(&self) -> bool {
-        self.closing
+        self.table.read().closing
     }
 
     /// Connections lost while closing with messages unacknowledged.
-    pub fn lost_during_close(&self) -> &[ConnId] {
-        &self.lost_during_close
+    pub fn lost_during_close(&self) -> Vec<ConnId> {
+        self.table.read().lost_during_close.clone()
+    }
+
+    /// Every connection in the table, ascending by id.
+    fn snapshot(&self) -> Vec<(u32, Cell)> {
+        let mut all: Vec<(u32, Cell)> = self
+            .table
+            .read()
+            .conns
+            .iter()
+            .map(|(&id, cell)| (id, cell.clone()))
+            .collect();
+        all.sort_unstable_by_key(|&(id, _)| id);
+        all
     }
 
     // ----- inputs -----
 
-    /// A datagram arrived from `from`. Malformed ones are counted and dropped.
-    pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+    /// A datagram arrived from `from`, one of a batch: acknowledgements it
+    /// owes may wait for [`end_batch`](Self::end_batch). Malformed ones are
+    /// counted and dropped.
+    pub fn handle(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        batch: &mut Batch,
+        out: &mut impl Sink<ServerOutput>,
+    ) {
         match Message::decode(datagram) {
-            Ok(msg) => self.handle_sized(now, from, msg, datagram.len()),
+            Ok(msg) => self.handle_sized(now, from, msg, datagram.len(), batch, out),
             Err(err) => {
                 log_malformed(from, err, datagram);
-                self.totals.malformed += 1;
-                if let Some(slot) = self
-                    .by_addr
-                    .get(&from)
-                    .and_then(|id| self.conns.get_mut(id))
-                {
+                bump(&self.totals.malformed);
+                if let Some(cell) = self.route(from) {
+                    let mut slot = cell.lock();
                     slot.timing.malformed += 1;
                     slot.bytes_in = slot.bytes_in.saturating_add(datagram.len() as u64);
                 }
@@ -622,38 +592,67 @@ impl ServerCore {
 
     /// A decoded message arrived from `from` (as if in a datagram of its
     /// encoded size).
-    pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message<'_>) {
-        self.scratch.clear();
-        msg.encode(&mut self.scratch);
-        let len = self.scratch.len();
-        self.handle_sized(now, from, msg, len);
+    pub fn handle_message(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        msg: Message<'_>,
+        batch: &mut Batch,
+        out: &mut impl Sink<ServerOutput>,
+    ) {
+        let len = msg.encoded_len();
+        self.handle_sized(now, from, msg, len, batch, out);
     }
 
-    fn handle_sized(&mut self, now: Instant, from: SocketAddr, msg: Message<'_>, len: usize) {
+    fn route(&self, from: SocketAddr) -> Option<Cell> {
+        self.table
+            .read()
+            .by_addr
+            .get(&from)
+            .map(|(_, cell)| cell.clone())
+    }
+
+    fn handle_sized(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        msg: Message<'_>,
+        len: usize,
+        batch: &mut Batch,
+        out: &mut impl Sink<ServerOutput>,
+    ) {
         if msg.kind == MsgType::Connect {
             if msg.seq_num > MAX_ISN {
                 log::debug!(
                     "dropped a Connect from {from}: isn {} above MAX_ISN",
                     msg.seq_num
                 );
-                self.totals.rejected += 1;
+                bump(&self.totals.rejected);
                 return;
             }
-            self.on_connect(now, from, msg.seq_num, len);
+            self.on_connect(now, from, msg.seq_num, len, out);
             return;
         }
-        let Some(&id) = self.by_addr.get(&from) else {
-            log::debug!("dropped {msg:?} from {from}: no connection from this address");
-            self.totals.rejected += 1;
-            return;
+        let cell = self.route(from);
+        let mut slot = match &cell {
+            Some(cell) => cell.lock(),
+            None => {
+                log::debug!("dropped {msg:?} from {from}: no connection from this address");
+                bump(&self.totals.rejected);
+                return;
+            }
         };
-        let Some(slot) = self.conns.get_mut(&id) else {
+        if slot.gone {
+            // It ended between the lookup and the lock.
+            log::debug!("dropped {msg:?} from {from}: its connection just ended");
+            bump(&self.totals.rejected);
             return;
-        };
+        }
+        let id = slot.id;
         slot.bytes_in = slot.bytes_in.saturating_add(len as u64);
         if msg.conn_id != id {
             log::debug!("dropped {msg:?} from {from}: connection {id} is this address's");
-            self.totals.rejected += 1;
+            bump(&self.totals.rejected);
             return;
         }
         // Only a peer that receives our datagrams knows the (random) id.
@@ -662,18 +661,19 @@ impl ServerCore {
         }
         if !slot.validated {
             slot.validated = true;
-            self.unvalidated.remove(&slot.admitted);
+            self.table.write().unvalidated.remove(&slot.admitted);
         }
-
         if msg.kind == MsgType::Data {
-            if self.config.coalesce_acks && !self.batch.contains(&id) {
-                self.batch.push(id);
+            if self.config.coalesce_acks {
+                if let Some(cell) = &cell {
+                    if !batch.owed.iter().any(|c| Arc::ptr_eq(c, cell)) {
+                        batch.owed.push(cell.clone());
+                    }
+                }
             }
-            self.refresh_room(id);
+            // Other connections may have used the shared budget since.
+            slot.set_room(&self.config, self.pool.in_use());
         }
-        let Some(slot) = self.conns.get_mut(&id) else {
-            return;
-        };
         // What to log if it is rejected (the message itself is consumed).
         let what = (msg.kind, msg.conn_id, msg.seq_num);
         match slot.conn.handle(msg) {
@@ -683,45 +683,39 @@ impl ServerCore {
             Err(why) => {
                 log::debug!("dropped {what:?} from {from}: {why}");
                 slot.timing.rejected += 1;
-                self.totals.rejected += 1;
+                bump(&self.totals.rejected);
             }
         }
-        self.after(now, id);
+        self.after(now, &mut slot, out);
     }
 
     /// The end of a batch of datagrams: owed acknowledgements go out.
-    pub fn end_batch(&mut self, now: Instant) {
-        for id in std::mem::take(&mut self.batch) {
-            if let Some(slot) = self.conns.get_mut(&id) {
+    pub fn end_batch(&self, now: Instant, batch: &mut Batch, out: &mut impl Sink<ServerOutput>) {
+        for cell in batch.owed.drain(..) {
+            let mut slot = cell.lock();
+            if !slot.gone {
                 slot.conn.flush_acks();
-                self.after(now, id);
+                self.after(now, &mut slot, out);
             }
         }
     }
 
-    /// An epoch passed: every connection ticks; unanswered challenges and
-    /// slow consumers end.
-    pub fn handle_epoch(&mut self, now: Instant) {
-        self.refused_this_epoch.clear();
-        fn forget(left: &mut u32) -> bool {
-            *left = left.saturating_sub(1);
-            *left > 0
-        }
-        self.ended.retain(|_, left| forget(left));
-        self.retired.retain(|_, (_, left)| forget(left));
-        let mut ids: Vec<u32> = self.conns.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let Some(slot) = self.conns.get_mut(&id) else {
+    /// An epoch passed: every connection ticks, each under its own lock;
+    /// unanswered challenges and slow consumers end.
+    pub fn handle_epoch(&self, now: Instant, out: &mut impl Sink<ServerOutput>) {
+        self.table.write().on_epoch();
+        for (id, cell) in self.snapshot() {
+            let mut slot = cell.lock();
+            if slot.gone {
                 continue;
-            };
+            }
             if let Some(left) = slot.challenge {
                 if left <= 1 {
                     log::debug!(
                         "connection {id} at {} did not answer a Connect with another isn: ended",
                         slot.addr
                     );
-                    self.end(now, id, Ending::Lost);
+                    self.end(now, &mut slot, Ending::Lost, out);
                     continue;
                 }
                 slot.challenge = Some(left - 1);
@@ -740,11 +734,11 @@ impl ServerCore {
                     slot.addr,
                     slot.conn.epochs_stalled()
                 );
-                self.totals.slow_consumers += 1;
-                self.end(now, id, Ending::SlowConsumer);
+                bump(&self.totals.slow_consumers);
+                self.end(now, &mut slot, Ending::SlowConsumer, out);
                 continue;
             }
-            self.after(now, id);
+            self.after(now, &mut slot, out);
         }
     }
 
@@ -758,451 +752,425 @@ impl ServerCore {
     /// [`Error::UnknownConnection`] for an id it does not know, and
     /// [`Error::BudgetExhausted`] when the server's memory budget has no
     /// room for the message.
-    pub fn write(&mut self, now: Instant, id: ConnId, payload: &[u8]) -> Result<(), Error> {
-        self.write_checked(now, id, payload, false)
+    pub fn write(
+        &self,
+        now: Instant,
+        id: ConnId,
+        payload: &[u8],
+        out: &mut impl Sink<ServerOutput>,
+    ) -> Result<(), Error> {
+        self.write_checked(now, id, payload, false, out)
     }
 
     /// Like [`write`](Self::write), but fails with [`Error::BufferFull`]
     /// while the connection's send buffer is at its limit.
-    pub fn try_write(&mut self, now: Instant, id: ConnId, payload: &[u8]) -> Result<(), Error> {
-        self.write_checked(now, id, payload, true)
+    pub fn try_write(
+        &self,
+        now: Instant,
+        id: ConnId,
+        payload: &[u8],
+        out: &mut impl Sink<ServerOutput>,
+    ) -> Result<(), Error> {
+        self.write_checked(now, id, payload, true, out)
+    }
+
+    /// The error a write to connection `id`, not in the table, fails with.
+    fn gone_error(&self, id: ConnId) -> Error {
+        match self.table.read().ending(id.0) {
+            Some(Ending::Lost) => Error::ConnectionLost(id),
+            Some(Ending::SlowConsumer) => Error::SlowConsumer(id),
+            Some(Ending::Closed) => Error::ConnectionClosed(id),
+            None => Error::UnknownConnection(id),
+        }
     }
 
     fn write_checked(
-        &mut self,
+        &self,
         now: Instant,
         id: ConnId,
         payload: &[u8],
         fail_if_full: bool,
+        out: &mut impl Sink<ServerOutput>,
     ) -> Result<(), Error> {
-        let full = self.is_full(id);
-        let room = self.conns.get(&id.0).map(|s| self.memory_room(s));
-        let Some(slot) = self.conns.get_mut(&id.0) else {
-            return Err(match self.retired.get(&id.0) {
-                Some((Ending::Lost, _)) => Error::ConnectionLost(id),
-                Some((Ending::SlowConsumer, _)) => Error::SlowConsumer(id),
-                Some((Ending::Closed, _)) => Error::ConnectionClosed(id),
-                None => Error::UnknownConnection(id),
-            });
+        let Some(cell) = self.cell(id) else {
+            return Err(self.gone_error(id));
         };
+        let mut slot = cell.lock();
+        if slot.gone {
+            return Err(self.gone_error(id));
+        }
         match slot.conn.phase() {
             Phase::Open => {}
             Phase::Closing | Phase::Drained => return Err(Error::ConnectionClosed(id)),
             Phase::Lost | Phase::Connecting => return Err(Error::ConnectionLost(id)),
         }
-        if full && fail_if_full {
-            return Err(Error::BufferFull);
+        if slot.is_full(&self.config) {
+            slot.full = true;
+            if fail_if_full {
+                return Err(Error::BufferFull);
+            }
         }
-        if room.is_some_and(|room| payload.len().saturating_add(MESSAGE_OVERHEAD) > room) {
-            self.totals.budget_refusals += 1;
+        let room = slot.memory_room(&self.config, self.pool.in_use());
+        if payload.len().saturating_add(MESSAGE_OVERHEAD) > room {
+            bump(&self.totals.budget_refusals);
             return Err(Error::BudgetExhausted);
         }
         slot.conn.write(payload.to_vec());
-        self.after(now, id.0);
+        self.after(now, &mut slot, out);
         Ok(())
     }
 
     /// The application read `messages` messages of `bytes` bytes in all from
     /// connection `id`: room in its inbox again. Data the connection held
     /// for lack of room is taken and acknowledged now.
-    pub fn read_done(&mut self, now: Instant, id: ConnId, messages: usize, bytes: usize) {
-        if let Some(slot) = self.conns.get_mut(&id.0) {
-            slot.unread.0 = slot.unread.0.saturating_sub(messages);
-            slot.unread.1 = slot.unread.1.saturating_sub(bytes);
-            self.after(now, id.0);
+    pub fn read_done(
+        &self,
+        now: Instant,
+        id: ConnId,
+        messages: usize,
+        bytes: usize,
+        out: &mut impl Sink<ServerOutput>,
+    ) {
+        if let Some(cell) = self.cell(id) {
+            let mut slot = cell.lock();
+            if !slot.gone {
+                slot.unread.0 = slot.unread.0.saturating_sub(messages);
+                slot.unread.1 = slot.unread.1.saturating_sub(bytes);
+                self.after(now, &mut slot, out);
+            }
         }
     }
 
     /// The application read an event other than a message (they are
     /// charged to the memory budget until read).
-    pub fn event_read(&mut self) {
-        self.events_unread = self.events_unread.saturating_sub(1);
+    pub fn event_read(&self) {
+        self.pool.event_read();
     }
 
     /// Closes connection `id`: what was written is still delivered, but
-    /// nothing more is read from it. Its messages not yet polled are
-    /// dropped, [`ServerOutput::Discard`] tells the driver to drop those it
-    /// already took, and its last application event is
-    /// [`ServerEvent::Closed`], produced now.
-    pub fn close_conn(&mut self, now: Instant, id: ConnId) -> Result<(), Error> {
-        let slot = self
-            .conns
-            .get_mut(&id.0)
-            .ok_or(Error::UnknownConnection(id))?;
+    /// nothing more is read from it. [`ServerOutput::Discard`] tells the
+    /// driver to drop its messages already handed out, and its last
+    /// application event is [`ServerEvent::Closed`], produced now.
+    pub fn close_conn(
+        &self,
+        now: Instant,
+        id: ConnId,
+        out: &mut impl Sink<ServerOutput>,
+    ) -> Result<(), Error> {
+        let cell = self.cell(id).ok_or(Error::UnknownConnection(id))?;
+        let mut slot = cell.lock();
+        if slot.gone {
+            return Err(Error::UnknownConnection(id));
+        }
         if slot.conn.phase() != Phase::Open {
             return Ok(());
         }
         slot.conn.close();
         // Messages held back while it was not writable are not read now.
+        let held_bytes: usize = slot.held.iter().map(Vec::len).sum();
         slot.unread.0 = slot.unread.0.saturating_sub(slot.held.len());
-        slot.unread.1 = slot
-            .unread
-            .1
-            .saturating_sub(slot.held.iter().map(Vec::len).sum());
+        slot.unread.1 = slot.unread.1.saturating_sub(held_bytes);
         slot.held.clear();
-        // So are its messages handed out but not yet polled.
-        let (mut messages, mut bytes) = (0, 0);
-        self.outputs.retain(|output| match output {
-            ServerOutput::App(ServerEvent::Message { id: of, payload }) if *of == id => {
-                messages += 1;
-                bytes += payload.len();
-                false
-            }
-            _ => true,
-        });
-        slot.unread.0 = slot.unread.0.saturating_sub(messages);
-        slot.unread.1 = slot.unread.1.saturating_sub(bytes);
-        let peer = slot.addr;
-        self.outputs.push_back(ServerOutput::Discard { id });
-        self.state_change(now, Some(id), peer, ConnState::Closing);
-        self.app(ServerEvent::Closed { id });
-        self.after(now, id.0);
+        out.output(ServerOutput::Discard { id });
+        state_change(now, Some(id), slot.addr, ConnState::Closing, out);
+        out.output(ServerOutput::App(ServerEvent::Closed { id }));
+        self.after(now, &mut slot, out);
         Ok(())
     }
 
     /// Starts closing the server: no new connections, every connection
     /// drains, then [`ServerOutput::Drained`].
-    pub fn close(&mut self, now: Instant) {
-        if self.closing {
-            return;
-        }
-        self.closing = true;
-        let mut ids: Vec<u32> = self.conns.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            if let Some(slot) = self.conns.get_mut(&id) {
-                if slot.conn.phase() == Phase::Open {
-                    slot.conn.close();
-                    let peer = slot.addr;
-                    self.state_change(now, Some(ConnId(id)), peer, ConnState::Closing);
-                }
-                self.after(now, id);
+    pub fn close(&self, now: Instant, out: &mut impl Sink<ServerOutput>) {
+        {
+            let mut table = self.table.write();
+            if table.closing {
+                return;
             }
+            table.closing = true;
         }
-        self.check_drained();
+        for (id, cell) in self.snapshot() {
+            let mut slot = cell.lock();
+            if slot.gone {
+                continue;
+            }
+            if slot.conn.phase() == Phase::Open {
+                slot.conn.close();
+                state_change(now, Some(ConnId(id)), slot.addr, ConnState::Closing, out);
+            }
+            self.after(now, &mut slot, out);
+        }
+        self.check_drained(out);
     }
 
     /// Gives up closing: discards everything unacknowledged, ends every
     /// connection `Closed`, and returns how many messages were discarded.
-    pub fn abort(&mut self, now: Instant) -> usize {
-        self.closing = true;
-        let mut ids: Vec<u32> = self.conns.keys().copied().collect();
-        ids.sort_unstable();
+    pub fn abort(&self, now: Instant, out: &mut impl Sink<ServerOutput>) -> usize {
+        self.table.write().closing = true;
         let mut discarded = 0;
-        for id in ids {
-            if let Some(mut slot) = self.remove(id) {
-                discarded += slot.conn.abort();
-                self.totals.closed += 1;
-                self.state_change(now, Some(ConnId(id)), slot.addr, ConnState::Closed);
+        for (id, cell) in self.snapshot() {
+            let mut slot = cell.lock();
+            if slot.gone {
+                continue;
             }
+            discarded += slot.conn.abort();
+            bump(&self.totals.closed);
+            state_change(now, Some(ConnId(id)), slot.addr, ConnState::Closed, out);
+            self.remove(&mut slot, None, out);
         }
-        self.check_drained();
+        self.check_drained(out);
         discarded
-    }
-
-    // ----- outputs -----
-
-    /// The next datagram to send and where.
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Message<'_>)> {
-        if let Some((to, msg)) = self.orphaned.pop_front() {
-            return Some((to, msg));
-        }
-        let id = loop {
-            let &id = self.ready.front()?;
-            let Some(slot) = self.conns.get_mut(&id) else {
-                self.ready.pop_front();
-                continue;
-            };
-            if !slot.conn.has_transmit() {
-                self.ready.pop_front();
-                continue;
-            }
-            if slot.challenge.is_some() {
-                // Challenged: nothing for this connection goes to its
-                // address, which may now belong to a restarted client.
-                while slot.conn.poll_transmit().is_some() {}
-                slot.held_back = true;
-                self.ready.pop_front();
-                continue;
-            }
-            if slot.validated {
-                break id;
-            }
-            let Some(msg) = slot.conn.poll_transmit().map(Message::into_owned) else {
-                continue;
-            };
-            self.scratch.clear();
-            msg.encode(&mut self.scratch);
-            let len = self.scratch.len() as u64;
-            if slot.bytes_out.saturating_add(len)
-                <= slot.bytes_in.saturating_mul(AMPLIFICATION_FACTOR)
-            {
-                slot.bytes_out += len;
-                return Some((slot.addr, msg));
-            }
-            // The protocol sends it again; by then the peer may have proven
-            // its address, or sent more.
-            self.totals.amplification_held_bytes += len;
-            slot.held_back = true;
-        };
-        let slot = self.conns.get_mut(&id)?;
-        let to = slot.addr;
-        slot.conn.poll_transmit().map(|msg| (to, msg))
-    }
-
-    /// The next output for the application side.
-    pub fn poll_output(&mut self) -> Option<ServerOutput> {
-        self.outputs.pop_front()
     }
 
     // ----- internals -----
 
-    fn on_connect(&mut self, now: Instant, from: SocketAddr, isn: u64, len: usize) {
-        let live = self.by_addr.get(&from).copied();
-        if let Some(id) = live {
-            if let Some(slot) = self.conns.get_mut(&id) {
-                slot.bytes_in = slot.bytes_in.saturating_add(len as u64);
-                if slot.conn.isn() == isn {
-                    // Our Ack was lost: answer the repeated Connect the same way.
-                    self.totals.duplicate_connects += 1;
-                    let _ = slot.conn.handle(Message::connect(isn));
-                    self.after(now, id);
-                    return;
-                }
+    fn on_connect(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        isn: u64,
+        len: usize,
+        out: &mut impl Sink<ServerOutput>,
+    ) {
+        if let Some(cell) = self.route(from) {
+            let mut slot = cell.lock();
+            if !slot.gone {
+                self.on_live_connect(now, &mut slot, isn, len, out);
+                return;
+            }
+            // It ended between the lookup and the lock, and so left the table.
+        }
+        {
+            let table = self.table.read();
+            if table.ended.contains_key(&(from, isn)) {
+                // A late duplicate of the Connect that opened a connection now
+                // ended: admitting it would open a ghost connection.
+                bump(&self.totals.duplicate_connects);
+                return;
+            }
+            if table.closing {
+                drop(table);
+                self.refuse(now, from, out);
+                return;
             }
         }
-        if self.ended.contains_key(&(from, isn)) {
-            // A late duplicate of the Connect that opened a connection now
-            // ended: admitting it would open a ghost connection.
-            self.totals.duplicate_connects += 1;
-            return;
-        }
-        if self.closing {
-            self.refuse(now, from);
-            return;
-        }
-        if let Some(slot) = live.and_then(|id| self.conns.get_mut(&id)) {
-            if slot.challenge.is_none() {
-                log::debug!(
-                    "a Connect with isn {isn} from {from}, whose connection {} is live: challenged",
-                    slot.conn.conn_id()
-                );
-                slot.challenge = Some(CHALLENGE_EPOCHS);
-                self.totals.challenged_connects += 1;
+        let mut table = loop {
+            // Unvalidated connections are the first to go. (Not for the
+            // budget: they hold next to nothing, so evicting them would free
+            // nothing.)
+            self.evict_for_room(now, out);
+            let table = self.table.write();
+            if table.by_addr.contains_key(&from) {
+                // Another thread admitted this address's Connect meanwhile
+                // (a duplicate sent before our Ack came back).
+                bump(&self.totals.duplicate_connects);
+                return;
             }
-            return;
-        }
-        // Unvalidated connections are the first to go. (Not for the budget:
-        // they hold next to nothing, so evicting them would free nothing.)
-        while self.table_full() {
-            let Some((_, oldest)) = self.unvalidated.pop_first() else {
-                break;
-            };
-            log::debug!("connection {oldest} evicted: never validated");
-            self.totals.evicted_unvalidated += 1;
-            self.end(now, oldest, Ending::Lost);
-        }
-        if !self.admits() {
-            if self.pool_in_use().saturating_add(2 * EVENT_COST) > self.config.budget {
-                self.totals.budget_refusals += 1;
+            if !table.closing && self.table_full(&table) && !table.unvalidated.is_empty() {
+                // Another thread's admission took the room just made: make
+                // room again (each pass admits someone, so this ends).
+                continue;
             }
-            self.refuse(now, from);
+            break table;
+        };
+        if table.closing || !self.admits(&table) {
+            if !table.closing
+                && self.pool.in_use().saturating_add(2 * EVENT_COST) > self.config.budget
+            {
+                bump(&self.totals.budget_refusals);
+            }
+            drop(table);
+            self.refuse(now, from, out);
             return;
         }
-        let id = self.new_id();
+        let id = table.new_id();
         let mut conn = Conn::server(self.config.params, id, isn);
         conn.set_coalesce_acks(self.config.coalesce_acks);
         let timing = Timing::new(now, conn.next_unsent());
-        self.admissions += 1;
-        self.conns.insert(
+        table.admissions += 1;
+        let admitted = table.admissions;
+        let cell = Arc::new(Mutex::new(Slot {
             id,
-            Slot {
-                addr: from,
-                conn,
-                timing,
-                unread: (0, 0),
-                held: VecDeque::new(),
-                unwritable: false,
-                validated: false,
-                bytes_in: len as u64,
-                bytes_out: 0,
-                challenge: None,
-                charged: 0,
-                holding: false,
-                admitted: self.admissions,
-                held_back: false,
-            },
-        );
-        self.unvalidated.insert(self.admissions, id);
-        self.by_addr.insert(from, id);
+            addr: from,
+            conn,
+            timing,
+            gone: false,
+            unread: (0, 0),
+            held: VecDeque::new(),
+            unwritable: false,
+            full: false,
+            validated: false,
+            bytes_in: len as u64,
+            bytes_out: 0,
+            challenge: None,
+            charged: 0,
+            holding: false,
+            admitted,
+            held_back: false,
+        }));
+        // Locked before anyone else can find it (so no lock-order question
+        // arises), and held until its `Connected` is out: whatever a
+        // datagram for it produces comes after.
+        let mut slot = cell.lock();
+        table.conns.insert(id, cell.clone());
+        table.by_addr.insert(from, (id, cell.clone()));
+        table.unvalidated.insert(admitted, id);
+        drop(table);
         if self.config.charge_events {
             // Its `Connected` and its terminal event, charged now (see `app`).
-            self.events_unread += 2;
+            self.pool.events_out(2);
         }
-        self.totals.accepted += 1;
-        self.state_change(now, Some(ConnId(id)), from, ConnState::Connected);
-        self.app(ServerEvent::Connected {
+        bump(&self.totals.accepted);
+        state_change(now, Some(ConnId(id)), from, ConnState::Connected, out);
+        out.output(ServerOutput::App(ServerEvent::Connected {
             id: ConnId(id),
             peer: from,
-        });
-        self.after(now, id);
+        }));
+        self.after(now, &mut slot, out);
+    }
+
+    /// A Connect from the address of live connection `slot`.
+    fn on_live_connect(
+        &self,
+        now: Instant,
+        slot: &mut Slot,
+        isn: u64,
+        len: usize,
+        out: &mut impl Sink<ServerOutput>,
+    ) {
+        slot.bytes_in = slot.bytes_in.saturating_add(len as u64);
+        if slot.conn.isn() == isn {
+            // Our Ack was lost: answer the repeated Connect the same way.
+            bump(&self.totals.duplicate_connects);
+            let _ = slot.conn.handle(Message::connect(isn));
+            self.after(now, slot, out);
+            return;
+        }
+        let (late, closing) = {
+            let table = self.table.read();
+            (table.ended.contains_key(&(slot.addr, isn)), table.closing)
+        };
+        if late {
+            bump(&self.totals.duplicate_connects);
+            return;
+        }
+        if closing {
+            self.refuse(now, slot.addr, out);
+            return;
+        }
+        if slot.challenge.is_none() {
+            log::debug!(
+                "a Connect with isn {isn} from {}, whose connection {} is live: challenged",
+                slot.addr,
+                slot.id
+            );
+            slot.challenge = Some(CHALLENGE_EPOCHS);
+            bump(&self.totals.challenged_connects);
+        }
+    }
+
+    /// Ends the oldest unvalidated connections while the table is full.
+    fn evict_for_room(&self, now: Instant, out: &mut impl Sink<ServerOutput>) {
+        loop {
+            let oldest = {
+                let table = self.table.read();
+                if !self.table_full(&table) {
+                    return;
+                }
+                table
+                    .unvalidated
+                    .first_key_value()
+                    .and_then(|(_, id)| table.conns.get(id).cloned())
+            };
+            let Some(cell) = oldest else { return };
+            let mut slot = cell.lock();
+            if !slot.gone && !slot.validated {
+                log::debug!("connection {} evicted: never validated", slot.id);
+                bump(&self.totals.evicted_unvalidated);
+                self.end(now, &mut slot, Ending::Lost, out);
+            }
+        }
     }
 
     /// Whether the table has no room for a new connection: the connection
     /// limit, or the cap on unvalidated connections.
-    fn table_full(&self) -> bool {
-        self.conns.len() >= self.config.max_connections
-            || self.unvalidated.len() >= self.config.max_unvalidated
+    fn table_full(&self, table: &Table) -> bool {
+        table.conns.len() >= self.config.max_connections
+            || table.unvalidated.len() >= self.config.max_unvalidated
     }
 
     /// Whether a new connection may be admitted now.
-    fn admits(&self) -> bool {
-        !self.table_full()
-            && self.pool_in_use().saturating_add(2 * EVENT_COST) <= self.config.budget
+    fn admits(&self, table: &Table) -> bool {
+        !self.table_full(table)
+            && self.pool.in_use().saturating_add(2 * EVENT_COST) <= self.config.budget
     }
 
-    /// A connection id not in use and not remembered.
-    fn new_id(&mut self) -> u32 {
-        loop {
-            let id = match &mut self.ids {
-                Some(rng) => rng.gen_range(1..=MAX_CONN_ID),
-                None => {
-                    self.next_id = self.next_id.wrapping_add(1).max(1);
-                    self.next_id
-                }
-            };
-            if !self.conns.contains_key(&id) && !self.retired.contains_key(&id) {
-                return id;
+    /// Takes `slot` out of the table and every index, releases what it was
+    /// charged, and remembers how it ended (`None`: not remembered, the
+    /// server is aborting). Its outputs must already be out: a `Drained`
+    /// may follow at once.
+    fn remove(&self, slot: &mut Slot, ending: Option<Ending>, out: &mut impl Sink<ServerOutput>) {
+        slot.gone = true;
+        {
+            let mut table = self.table.write();
+            table.remove(slot.id, slot.addr, slot.admitted);
+            if let Some(ending) = ending {
+                let epochs = self.config.params.epoch_limit;
+                table.retire(slot.id, slot.addr, slot.conn.isn(), ending, epochs);
             }
         }
-    }
-
-    /// Takes connection `id` out of the table and every index.
-    fn remove(&mut self, id: u32) -> Option<Slot> {
-        let slot = self.conns.remove(&id)?;
-        self.by_addr.remove(&slot.addr);
-        self.unvalidated.remove(&slot.admitted);
-        self.pool_used -= self.excess(slot.charged);
+        self.pool
+            .recharge(charged_excess(slot.charged, self.config.floor), 0);
+        slot.charged = 0;
         if slot.unwritable {
-            self.unwritable -= 1;
+            slot.unwritable = false;
+            self.pool.unwritable.fetch_sub(1, Relaxed);
         }
         if slot.holding {
-            self.outputs.push_back(ServerOutput::Holding {
-                id: ConnId(id),
+            slot.holding = false;
+            out.output(ServerOutput::Holding {
+                id: ConnId(slot.id),
                 holding: false,
             });
         }
-        Some(slot)
     }
 
     /// Ends a live connection at once (challenge unanswered, slow consumer,
     /// evicted): what it delivered is handed out, then its end.
-    fn end(&mut self, now: Instant, id: u32, ending: Ending) {
-        let Some(mut slot) = self.remove(id) else {
+    fn end(
+        &self,
+        now: Instant,
+        slot: &mut Slot,
+        ending: Ending,
+        out: &mut impl Sink<ServerOutput>,
+    ) {
+        if slot.gone {
             return;
-        };
-        self.retire(id, &slot, ending);
+        }
+        let id = slot.id;
         let reading = !slot.conn.closed_by_app();
         slot.conn.abort();
-        self.totals.lost += 1;
+        bump(&self.totals.lost);
         if reading {
-            self.hand_out(id, &mut slot.held);
-            self.app(ServerEvent::Lost { id: ConnId(id) });
+            hand_out(id, &mut slot.held, out);
+            out.output(ServerOutput::App(ServerEvent::Lost { id: ConnId(id) }));
         }
-        self.state_change(now, Some(ConnId(id)), slot.addr, ConnState::Lost);
-        self.check_drained();
+        state_change(now, Some(ConnId(id)), slot.addr, ConnState::Lost, out);
+        self.remove(slot, Some(ending), out);
+        self.check_drained(out);
     }
 
-    /// Remembers an ended connection for `epoch_limit` epochs: its Connect,
-    /// so that late duplicates are recognised, and its id, so that it is
-    /// not handed out again and writes to it say how it ended.
-    fn retire(&mut self, id: u32, slot: &Slot, ending: Ending) {
-        if self.ended.len() < MAX_ENDED_TRACKED {
-            let epochs = self.config.params.epoch_limit;
-            self.ended.insert((slot.addr, slot.conn.isn()), epochs);
-            self.retired.insert(id, (ending, epochs));
+    fn refuse(&self, now: Instant, from: SocketAddr, out: &mut impl Sink<ServerOutput>) {
+        bump(&self.totals.refused);
+        if self.table.write().first_refusal(from) {
+            state_change(now, None, from, ConnState::Refused, out);
         }
     }
 
-    fn refuse(&mut self, now: Instant, from: SocketAddr) {
-        self.totals.refused += 1;
-        let first_this_epoch = self.refused_this_epoch.len() < MAX_REFUSED_TRACKED
-            && self.refused_this_epoch.insert(from);
-        if first_this_epoch {
-            self.state_change(now, None, from, ConnState::Refused);
-        }
-    }
-
-    fn state_change(
-        &mut self,
-        now: Instant,
-        conn_id: Option<ConnId>,
-        peer: SocketAddr,
-        state: ConnState,
-    ) {
-        self.outputs.push_back(ServerOutput::State {
-            conn_id,
-            peer,
-            state,
-            at: now,
-        });
-    }
-
-    /// Hands messages held back from connection `id` to the application.
-    fn hand_out(&mut self, id: u32, held: &mut VecDeque<Vec<u8>>) {
-        self.outputs.extend(held.drain(..).map(|payload| {
-            ServerOutput::App(ServerEvent::Message {
-                id: ConnId(id),
-                payload,
-            })
-        }));
-    }
-
-    /// Queues a connection's `Connected` or terminal event. Both were
-    /// charged to the budget when it was admitted, so that no connection's
-    /// end can push the budget over.
-    fn app(&mut self, event: ServerEvent) {
-        self.outputs.push_back(ServerOutput::App(event));
-    }
-
-    /// Memory beyond the floor, drawn from the shared budget.
-    fn excess(&self, charged: usize) -> usize {
-        charged.saturating_sub(self.config.floor)
-    }
-
-    /// The shared budget in use: connections beyond their floors, and
-    /// unread events.
-    fn pool_in_use(&self) -> usize {
-        self.pool_used
-            .saturating_add(self.events_unread.saturating_mul(EVENT_COST))
-    }
-
-    /// How much more memory `slot` may take: the rest of its floor, then
-    /// the shared budget (only its first half for a connection over its
-    /// own limits, so that those cannot starve the others).
-    fn memory_room(&self, slot: &Slot) -> usize {
-        memory_room(&self.config, self.pool_in_use(), slot)
-    }
-
-    /// Tells connection `id` how much it may take now: its inbox (the
-    /// reorder buffer counts against it) and memory; past that, a window's
-    /// worth is held unacknowledged so that the next read takes it at once.
-    /// Done before each Data message too, since other connections may have
-    /// used the shared budget since this one's last input.
-    fn refresh_room(&mut self, id: u32) {
-        let pool = self.pool_in_use();
-        if let Some(slot) = self.conns.get_mut(&id) {
-            set_room(&self.config, pool, slot);
-        }
-    }
-
-    /// After any input to connection `id`: note its datagrams, hand its
+    /// After any input to connection `slot`: note its datagrams, hand its
     /// deliveries to the application, act on its events, apply flow control
-    /// and the memory budget.
-    fn after(&mut self, now: Instant, id: u32) {
-        let Some(slot) = self.conns.get_mut(&id) else {
-            return;
-        };
+    /// and the memory budget, send what it has to send.
+    fn after(&self, now: Instant, slot: &mut Slot, out: &mut impl Sink<ServerOutput>) {
+        let id = slot.id;
         let conn = &mut slot.conn;
         // Stamp first transmissions before they leave: an ack that comes
         // back during a burst must not yield a round trip shorter than real.
@@ -1213,67 +1181,52 @@ impl ServerCore {
             std::iter::from_fn(|| conn.poll_first_acked()),
         );
         loop {
-            let Some(slot) = self.conns.get_mut(&id) else {
-                return;
-            };
             while let Some(payload) = slot.conn.poll_delivered() {
                 slot.unread.0 += 1;
                 slot.unread.1 += payload.len();
                 if slot.unwritable || !slot.held.is_empty() {
                     slot.held.push_back(payload);
                 } else {
-                    self.outputs
-                        .push_back(ServerOutput::App(ServerEvent::Message {
-                            id: ConnId(id),
-                            payload,
-                        }));
+                    out.output(ServerOutput::App(ServerEvent::Message {
+                        id: ConnId(id),
+                        payload,
+                    }));
                 }
             }
             // Writability, with hysteresis: off at the limit, on at half.
             let (messages, bytes) = slot.conn.send_buffered();
             let limit = self.config.send_buffer;
-            let mut now_writable = false;
             if !slot.unwritable && limit.reached(messages, bytes) {
                 slot.unwritable = true;
-                self.unwritable += 1;
+                self.pool.unwritable.fetch_add(1, Relaxed);
             } else if slot.unwritable && messages <= limit.messages / 2 && bytes <= limit.bytes / 2
             {
                 slot.unwritable = false;
-                self.unwritable -= 1;
-                now_writable = true;
-            }
-            let open = slot.conn.phase() == Phase::Open;
-            let mut held = std::mem::take(&mut slot.held);
-            if now_writable {
-                self.hand_out(id, &mut held);
-                if open {
+                self.pool.unwritable.fetch_sub(1, Relaxed);
+                hand_out(id, &mut slot.held, out);
+                if slot.conn.phase() == Phase::Open {
                     if self.config.charge_events {
-                        self.events_unread += 1;
+                        self.pool.events_out(1);
                     }
-                    self.outputs
-                        .push_back(ServerOutput::App(ServerEvent::Writable { id: ConnId(id) }));
+                    out.output(ServerOutput::App(ServerEvent::Writable { id: ConnId(id) }));
                 }
             }
-            let Some(slot) = self.conns.get_mut(&id) else {
-                return;
-            };
-            slot.held = held;
+            if slot.full && !slot.is_full(&self.config) {
+                slot.full = false;
+                out.output(ServerOutput::Room { id: ConnId(id) });
+            }
             // Charge what it holds now.
-            let charged = charge(slot);
-            let (old, new) = (
+            let charged = slot.charge();
+            self.pool.recharge(
                 charged_excess(slot.charged, self.config.floor),
                 charged_excess(charged, self.config.floor),
             );
             slot.charged = charged;
-            self.pool_used = self.pool_used - old + new;
-            let pool = self
-                .pool_used
-                .saturating_add(self.events_unread.saturating_mul(EVENT_COST));
-            set_room(&self.config, pool, slot);
+            slot.set_room(&self.config, self.pool.in_use());
             let holding = slot.conn.held().0 > 0;
             if holding != slot.holding {
                 slot.holding = holding;
-                self.outputs.push_back(ServerOutput::Holding {
+                out.output(ServerOutput::Holding {
                     id: ConnId(id),
                     holding,
                 });
@@ -1282,112 +1235,115 @@ impl ServerCore {
                 break;
             }
         }
-        let Some(slot) = self.conns.get_mut(&id) else {
-            return;
-        };
-        if slot.conn.has_transmit() && self.ready.back() != Some(&id) {
-            self.ready.push_back(id);
-        }
+        self.transmit(slot, out);
         let mut ending = None;
         while let Some(event) = slot.conn.poll_event() {
             match event {
                 Event::Lost => {
-                    self.totals.lost += 1;
-                    if self.closing && slot.conn.orphans() > 0 {
-                        self.lost_during_close.push(ConnId(id));
+                    bump(&self.totals.lost);
+                    if slot.conn.orphans() > 0 && self.table.read().closing {
+                        self.table.write().lost_during_close.push(ConnId(id));
                     }
                     slot.conn.take_orphans();
                     ending = Some(ConnState::Lost);
                 }
                 Event::Drained => {
-                    self.totals.closed += 1;
+                    bump(&self.totals.closed);
                     ending = Some(ConnState::Closed);
                 }
                 Event::Connected => {}
             }
         }
         let Some(state) = ending else { return };
-        // The connection leaves the table in the same step that announces
-        // its end, so whoever sees the end finds no stale entry.
-        let Some(mut slot) = self.remove(id) else {
-            return;
-        };
+        // Its end is announced first, then it leaves the table: whoever
+        // sees `Drained` has seen every connection's end.
+        if !slot.conn.closed_by_app() {
+            hand_out(id, &mut slot.held, out);
+            if state == ConnState::Lost {
+                out.output(ServerOutput::App(ServerEvent::Lost { id: ConnId(id) }));
+            }
+        }
+        state_change(now, Some(ConnId(id)), slot.addr, state, out);
         let how = if state == ConnState::Lost {
             Ending::Lost
         } else {
             Ending::Closed
         };
-        self.retire(id, &slot, how);
-        if slot.validated && slot.challenge.is_none() {
+        self.remove(slot, Some(how), out);
+        self.check_drained(out);
+    }
+
+    /// Hands connection `slot`'s datagrams to `out`, but none while it is
+    /// challenged, and to an unvalidated address only up to the 3x limit.
+    fn transmit(&self, slot: &mut Slot, out: &mut impl Sink<ServerOutput>) {
+        if !slot.conn.has_transmit() {
+            return;
+        }
+        if slot.challenge.is_some() {
+            // Challenged: nothing for this connection goes to its
+            // address, which may now belong to a restarted client.
+            while slot.conn.poll_transmit().is_some() {}
+            slot.held_back = true;
+            return;
+        }
+        let to = slot.addr;
+        if slot.validated {
             while let Some(msg) = slot.conn.poll_transmit() {
-                self.orphaned.push_back((slot.addr, msg.into_owned()));
+                out.transmit(to, &msg);
+            }
+            return;
+        }
+        let budget = slot.bytes_in.saturating_mul(AMPLIFICATION_FACTOR);
+        while let Some(msg) = slot.conn.poll_transmit() {
+            let len = msg.encoded_len() as u64;
+            if slot.bytes_out.saturating_add(len) <= budget {
+                out.transmit(to, &msg);
+                slot.bytes_out += len;
+            } else {
+                // The protocol sends it again; by then the peer may have
+                // proven its address, or sent more.
+                self.totals.amplification_held_bytes.fetch_add(len, Relaxed);
+                slot.held_back = true;
             }
         }
-        if !slot.conn.closed_by_app() {
-            self.hand_out(id, &mut slot.held);
-            if state == ConnState::Lost {
-                self.app(ServerEvent::Lost { id: ConnId(id) });
-            }
-        }
-        self.state_change(now, Some(ConnId(id)), slot.addr, state);
-        self.check_drained();
     }
 
-    fn check_drained(&mut self) {
-        if self.closing && self.conns.is_empty() && !self.drained {
-            self.drained = true;
-            self.outputs.push_back(ServerOutput::Drained);
+    fn check_drained(&self, out: &mut impl Sink<ServerOutput>) {
+        let drained = {
+            let mut table = self.table.write();
+            let now_drained = table.closing && table.conns.is_empty() && !table.drained;
+            table.drained |= now_drained;
+            now_drained
+        };
+        if drained {
+            out.output(ServerOutput::Drained);
         }
     }
 }
 
-/// How much more memory `slot` may take when `pool` of the shared budget is
-/// in use: the rest of its floor, then the budget (only its first half for
-/// a connection over its own limits, so that those cannot starve the others).
-fn memory_room(config: &ServerConfig, pool: usize, slot: &Slot) -> usize {
-    let over = slot.unwritable || config.inbox.reached(slot.unread.0, slot.unread.1);
-    let cap = if over {
-        config.budget / 2
-    } else {
-        config.budget
-    };
-    config
-        .floor
-        .saturating_sub(slot.charged)
-        .saturating_add(cap.saturating_sub(pool))
+fn state_change(
+    now: Instant,
+    conn_id: Option<ConnId>,
+    peer: SocketAddr,
+    state: ConnState,
+    out: &mut impl Sink<ServerOutput>,
+) {
+    out.output(ServerOutput::State {
+        conn_id,
+        peer,
+        state,
+        at: now,
+    });
 }
 
-/// Tells `slot`'s connection how much it may take now: its inbox (the
-/// reorder buffer counts against it) and memory; past that, a window's
-/// worth is held unacknowledged so that the next read takes it at once.
-fn set_room(config: &ServerConfig, pool: usize, slot: &mut Slot) {
-    let memory = memory_room(config, pool, slot);
-    let (buffered, buffered_bytes) = slot.conn.reorder_buffered();
-    let room = Room {
-        memory,
-        ..config
-            .inbox
-            .room(slot.unread.0 + buffered, slot.unread.1 + buffered_bytes)
-    };
-    let hold = Room {
-        messages: (config.params.window_size as usize).saturating_sub(slot.conn.held().0),
-        bytes: usize::MAX,
-        memory,
-    };
-    slot.conn.set_receive_room(room, hold);
-}
-
-/// What a connection holds, as charged against the memory budget.
-fn charge(slot: &Slot) -> usize {
-    let cost = |(messages, bytes): (usize, usize)| {
-        messages
-            .saturating_mul(MESSAGE_OVERHEAD)
-            .saturating_add(bytes)
-    };
-    cost(slot.conn.send_buffered())
-        .saturating_add(cost(slot.unread))
-        .saturating_add(cost(slot.conn.reorder_buffered()))
-        .saturating_add(cost(slot.conn.held()))
+/// Hands messages held back from connection `id` to the application.
+fn hand_out(id: u32, held: &mut VecDeque<Vec<u8>>, out: &mut impl Sink<ServerOutput>) {
+    for payload in held.drain(..) {
+        out.output(ServerOutput::App(ServerEvent::Message {
+            id: ConnId(id),
+            payload,
+        }));
+    }
 }
 
 fn charged_excess(charged: usize, floor: usize) -> usize {
@@ -1402,16 +1358,5 @@ pub(crate) fn log_malformed(from: SocketAddr, err: DecodeError, datagram: &[u8])
             "dropped a malformed datagram from {from} ({err}): {:?}",
             String::from_utf8_lossy(shown)
         );
-    }
-}
-
-/// The user-facing state of a server connection, derived from its phase.
-fn state_of(conn: &Conn) -> ConnState {
-    match conn.phase() {
-        Phase::Connecting => ConnState::Connecting,
-        Phase::Open => ConnState::Connected,
-        Phase::Closing => ConnState::Closing,
-        Phase::Drained => ConnState::Closed,
-        Phase::Lost => ConnState::Lost,
     }
 }

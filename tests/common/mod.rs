@@ -1,6 +1,7 @@
 //! Helpers shared by the socket-level tests.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -71,6 +72,48 @@ pub fn write_and_check_echoes(client: &Arc<liveseq::Client>, c: usize, msgs: usi
 /// It only listens to its peer (set by the first `send`, or learnt from
 /// the first Connect it receives): its port may have belonged to another
 /// test's client a moment ago, whose server still heartbeats it.
+/// What a raw sender knows of its acknowledgements: a CAck acknowledges
+/// everything up to its number, an Ack only its own. (A server with several
+/// receive threads may take a burst out of order and acknowledge a later
+/// message first: treating that Ack as cumulative would skip the gap.)
+#[derive(Debug)]
+pub struct Acks {
+    /// Everything up to here is acknowledged.
+    pub through: u64,
+    above: BTreeSet<u64>,
+}
+
+impl Acks {
+    /// Nothing above `isn` acknowledged yet.
+    pub fn new(isn: u64) -> Acks {
+        Acks {
+            through: isn,
+            above: BTreeSet::new(),
+        }
+    }
+
+    /// Notes `m` if it is an acknowledgement (not a heartbeat).
+    pub fn note(&mut self, m: &Message<'_>) {
+        match m.kind {
+            MsgType::CAck => self.through = self.through.max(m.seq_num),
+            MsgType::Ack if m.seq_num > self.through => {
+                self.above.insert(m.seq_num);
+            }
+            _ => {}
+        }
+        while self.above.first().is_some_and(|&sn| sn <= self.through + 1) {
+            if let Some(sn) = self.above.pop_first() {
+                self.through = self.through.max(sn);
+            }
+        }
+    }
+
+    /// Whether `sn` is acknowledged.
+    pub fn has(&self, sn: u64) -> bool {
+        sn <= self.through || self.above.contains(&sn)
+    }
+}
+
 pub struct RawPeer {
     pub socket: UdpSocket,
     pub peer: Option<SocketAddr>,

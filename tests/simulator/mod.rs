@@ -24,8 +24,8 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use liveseq::proto::{
-    checksum, ClientConfig, ClientCore, ClientOutput, Message, MsgType, Phase, ServerConfig,
-    ServerCore, ServerOutput, AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS, CONNECT_REACKS,
+    checksum, ClientConfig, ClientCore, ClientOutput, Message, MsgType, Phase, PolledServer,
+    ServerConfig, ServerOutput, AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS, CONNECT_REACKS,
 };
 use liveseq::{ConnId, ConnState, Params, ReconnectPolicy, ServerEvent};
 use rand::rngs::SmallRng;
@@ -460,7 +460,7 @@ pub struct Sim {
     base: Instant,
     net: Vec<Datagram>,
     next_order: u64,
-    server: ServerCore,
+    server: PolledServer,
     /// Every server connection ever, by id.
     sconns: HashMap<u32, Shadow>,
     /// The shadow of the table: the live connection at each address.
@@ -532,7 +532,7 @@ impl Sim {
             base: Instant::now(),
             net: Vec::new(),
             next_order: 0,
-            server: ServerCore::new(config),
+            server: PolledServer::new(config),
             sconns: HashMap::new(),
             live: HashMap::new(),
             ended_at: HashMap::new(),
@@ -2157,11 +2157,12 @@ impl Sim {
         self.challenge_expiring.clear();
         self.stall_expiring.clear();
         for id in ids {
-            let conn = self.server.conn(ConnId::from(id)).expect("live");
-            let in_flight: BTreeSet<u64> = conn.in_flight().collect();
             // An epoch whose datagrams were held back does not count.
             let excused = self.server.held_back_this_epoch(ConnId::from(id));
-            let stall_due = stall_due(conn, excused);
+            let conn = self.server.conn(ConnId::from(id)).expect("live");
+            let in_flight: BTreeSet<u64> = conn.in_flight().collect();
+            let stall_due = stall_due(&conn, excused);
+            drop(conn);
             let t = self.sconns.get_mut(&id).expect("live");
             // An unanswered challenge ends it before it ticks; otherwise
             // one epoch less to answer.

@@ -1,0 +1,121 @@
+//! One connection of a server, as the table holds it behind its own lock:
+//! the protocol state machine and what the server keeps beside it (flow
+//! control, validation, the challenge, the memory it is charged).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use super::ServerConfig;
+use crate::proto::conn::{Conn, Phase, Room, MESSAGE_OVERHEAD};
+use crate::stats::Timing;
+use crate::ConnState;
+
+/// One connection in the table.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub id: u32,
+    pub addr: SocketAddr,
+    pub conn: Conn,
+    pub timing: Timing,
+    /// It has left the table: a thread that looked it up before that finds
+    /// it here once it has the lock, and handles nothing more for it.
+    pub gone: bool,
+    /// Delivered and not yet read (flow control), the messages in `held` included.
+    pub unread: (usize, usize),
+    /// Delivered while the connection was not writable: handed to the
+    /// application once it is (Netty's auto-read, off).
+    pub held: VecDeque<Vec<u8>>,
+    /// Its send buffer passed its limit and has not yet drained to half.
+    pub unwritable: bool,
+    /// Its send buffer is at its limit (a `try_write` fails): when that
+    /// ends, a `Room` output wakes whoever waits to write.
+    pub full: bool,
+    /// The peer sent a message carrying the connection's id: it receives
+    /// what the server sends to its address.
+    pub validated: bool,
+    /// Bytes received from and sent to the address while not validated.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Epochs left to answer a challenge (a Connect with another ISN).
+    pub challenge: Option<u32>,
+    /// Memory charged to the connection now.
+    pub charged: usize,
+    /// The connection holds Data it could not take (`Holding` output).
+    pub holding: bool,
+    /// Admission order, for evicting the oldest unvalidated connection.
+    pub admitted: u64,
+    /// Datagrams of this connection were held back since the last epoch (the
+    /// 3x limit, a challenge): that epoch does not count toward its stall.
+    pub held_back: bool,
+}
+
+impl Slot {
+    /// Whether the send buffer is at `config`'s limit.
+    pub fn is_full(&self, config: &ServerConfig) -> bool {
+        config.send_buffer.reached(
+            self.conn.unacked() + self.conn.queued(),
+            self.conn.buffered_bytes(),
+        )
+    }
+
+    /// How much more memory it may take when `pool` of the shared budget is
+    /// in use: the rest of its floor, then the budget (only its first half
+    /// for a connection over its own limits, so that those cannot starve
+    /// the others).
+    pub fn memory_room(&self, config: &ServerConfig, pool: usize) -> usize {
+        let over = self.unwritable || config.inbox.reached(self.unread.0, self.unread.1);
+        let cap = if over {
+            config.budget / 2
+        } else {
+            config.budget
+        };
+        config
+            .floor
+            .saturating_sub(self.charged)
+            .saturating_add(cap.saturating_sub(pool))
+    }
+
+    /// Tells the connection how much it may take now: its inbox (the
+    /// reorder buffer counts against it) and memory; past that, a window's
+    /// worth is held unacknowledged so that the next read takes it at once.
+    pub fn set_room(&mut self, config: &ServerConfig, pool: usize) {
+        let memory = self.memory_room(config, pool);
+        let (buffered, buffered_bytes) = self.conn.reorder_buffered();
+        let room = Room {
+            memory,
+            ..config
+                .inbox
+                .room(self.unread.0 + buffered, self.unread.1 + buffered_bytes)
+        };
+        let hold = Room {
+            messages: (config.params.window_size as usize).saturating_sub(self.conn.held().0),
+            bytes: usize::MAX,
+            memory,
+        };
+        self.conn.set_receive_room(room, hold);
+    }
+
+    /// What it holds, as charged against the memory budget.
+    pub fn charge(&self) -> usize {
+        let cost = |(messages, bytes): (usize, usize)| {
+            messages
+                .saturating_mul(MESSAGE_OVERHEAD)
+                .saturating_add(bytes)
+        };
+        cost(self.conn.send_buffered())
+            .saturating_add(cost(self.unread))
+            .saturating_add(cost(self.conn.reorder_buffered()))
+            .saturating_add(cost(self.conn.held()))
+    }
+
+    /// The user-facing state, derived from the phase.
+    pub fn state(&self) -> ConnState {
+        match self.conn.phase() {
+            Phase::Connecting => ConnState::Connecting,
+            Phase::Open => ConnState::Connected,
+            Phase::Closing => ConnState::Closing,
+            Phase::Drained => ConnState::Closed,
+            Phase::Lost => ConnState::Lost,
+        }
+    }
+}

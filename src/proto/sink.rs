@@ -1,0 +1,80 @@
+//! Where a core's datagrams and outputs go: the [`Sink`] a caller passes
+//! in, and [`Collect`], the sink that keeps them to be polled.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use super::message::Message;
+
+/// Receives what a [`ServerCore`](super::ServerCore) produces while it
+/// handles one input.
+///
+/// The core calls it under the lock of the connection the datagram or
+/// output belongs to. That is what keeps each connection's outputs in the
+/// order they happened however many threads feed the core, and why an
+/// implementation must not block: encode or copy a datagram and send it
+/// once the call returns (the driver sends after every lock is released),
+/// and hand an output on through an unbounded queue.
+pub trait Sink<O> {
+    /// A datagram for `to`.
+    fn transmit(&mut self, to: SocketAddr, msg: &Message<'_>);
+    /// The next output, in order.
+    fn output(&mut self, output: O);
+}
+
+/// A [`Sink`] that keeps everything, to be polled: for tests, tools and a
+/// single-threaded driver.
+///
+/// # Examples
+///
+/// ```
+/// use liveseq::proto::{Collect, Message, Sink};
+///
+/// let mut out: Collect<&str> = Collect::default();
+/// let to = "127.0.0.1:9".parse().unwrap();
+/// out.transmit(to, &Message::ack(1, 0));
+/// out.output("connected");
+/// assert_eq!(out.poll_transmit(), Some((to, Message::ack(1, 0))));
+/// assert_eq!((out.poll_output(), out.poll_output()), (Some("connected"), None));
+/// ```
+#[derive(Debug)]
+pub struct Collect<O> {
+    transmits: VecDeque<(SocketAddr, Message<'static>)>,
+    outputs: VecDeque<O>,
+}
+
+impl<O> Default for Collect<O> {
+    fn default() -> Self {
+        Collect {
+            transmits: VecDeque::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+}
+
+impl<O> Collect<O> {
+    /// The oldest datagram not yet polled, and where it goes.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Message<'static>)> {
+        self.transmits.pop_front()
+    }
+
+    /// The oldest output not yet polled.
+    pub fn poll_output(&mut self) -> Option<O> {
+        self.outputs.pop_front()
+    }
+
+    /// Keeps only the outputs not yet polled for which `keep` is true.
+    pub fn retain_outputs(&mut self, keep: impl FnMut(&O) -> bool) {
+        self.outputs.retain(keep);
+    }
+}
+
+impl<O> Sink<O> for Collect<O> {
+    fn transmit(&mut self, to: SocketAddr, msg: &Message<'_>) {
+        self.transmits.push_back((to, msg.clone().into_owned()));
+    }
+
+    fn output(&mut self, output: O) {
+        self.outputs.push_back(output);
+    }
+}
