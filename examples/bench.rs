@@ -22,8 +22,8 @@
 //! clients and cores (they add about five seconds on two cores): `--many-clients` clients
 //! (default 48), each keeping 32 echoes in flight, against one liveseq
 //! server; the same against a raw UDP echo on one server socket with
-//! `--receive-threads` threads receiving and echoing (default the available
-//! parallelism, at most 8, which is also a liveseq server's default); and
+//! `--receive-threads` threads receiving and echoing (default every core,
+//! at most 8: what one socket can do at best); and
 //! the same against a TCP echo with a thread per connection and
 //! length-prefixed messages, what users would pick instead.
 //! `--receive-threads` sets the receive threads of every liveseq server of
@@ -86,8 +86,9 @@ struct Args {
     /// Clients of the many-clients rows.
     #[arg(long, default_value_t = 48)]
     many_clients: usize,
-    /// Receive threads of every liveseq server and of the raw UDP echo
-    /// baseline (default: the available parallelism, at most 8).
+    /// Receive threads of every liveseq server (default: a server's own
+    /// default, half the cores, at most 8) and of the raw UDP echo baseline
+    /// (default: every core, at most 8).
     #[arg(long)]
     receive_threads: Option<usize>,
 }
@@ -100,6 +101,7 @@ const MANY_WINDOW: usize = 32;
 struct Many {
     clients: usize,
     receive_threads: usize,
+    udp_receive_threads: usize,
     liveseq: Figures,
     udp: Figures,
     tcp: Figures,
@@ -160,13 +162,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let many = (!args.custom_only).then(|| {
         let clients = args.many_clients.max(1);
         let receive_threads = receive_threads(&args);
+        let udp_receive_threads = udp_receive_threads(&args);
         // About twice the messages of one default row, shared by the clients.
         let per_client = (n * 2 / clients).max(200);
         Many {
             clients,
             receive_threads,
             liveseq: median(&|| echo(&args, clients, MANY_WINDOW as u32, per_client)),
-            udp: median(&|| udp_echo(clients, receive_threads, per_client, size)),
+            udp_receive_threads,
+            udp: median(&|| udp_echo(clients, udp_receive_threads, per_client, size)),
             tcp: median(&|| tcp_echo(clients, per_client, size)),
         }
     });
@@ -235,7 +239,7 @@ fn print_many(m: Many) {
     println!(
         "  raw UDP echo       {:>10.0} echoes/s   (one socket, {} receive threads)   liveseq {:.2} x",
         m.udp.per_sec,
-        m.receive_threads,
+        m.udp_receive_threads,
         m.liveseq.per_sec / m.udp.per_sec
     );
     println!(
@@ -292,7 +296,7 @@ fn print_json(
             ("many_liveseq_per_sec".to_string(), m.liveseq.per_sec),
             (
                 "many_udp_echo_receive_threads".to_string(),
-                m.receive_threads as f64,
+                m.udp_receive_threads as f64,
             ),
             ("many_udp_echo_per_sec".to_string(), m.udp.per_sec),
             (
@@ -607,13 +611,21 @@ fn lossy_params(args: &Args, window: u32) -> Params {
     }
 }
 
-/// Receive threads of the servers: `--receive-threads`, or what a liveseq
-/// server starts by default.
+/// Receive threads of the liveseq servers: `--receive-threads`, or what a
+/// liveseq server starts by default (half the cores, at most 8).
 fn receive_threads(args: &Args) -> usize {
-    args.receive_threads.unwrap_or_else(|| {
-        thread::available_parallelism()
-            .map_or(1, |n| n.get().min(liveseq::MAX_DEFAULT_RECEIVE_THREADS))
-    })
+    args.receive_threads
+        .unwrap_or_else(|| (cores() / 2).clamp(1, liveseq::MAX_DEFAULT_RECEIVE_THREADS))
+}
+
+/// Receive threads of the raw UDP echo: `--receive-threads`, or every core
+/// (at most 8), what one socket can do at best.
+fn udp_receive_threads(args: &Args) -> usize {
+    args.receive_threads.unwrap_or_else(|| cores().min(8))
+}
+
+fn cores() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// `clients` clients each echo `n` messages through one server, keeping up

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::driver::inbox::{Empty, Inbox};
 use crate::driver::time;
@@ -35,40 +35,41 @@ pub(crate) struct Accepted {
 
 /// Routes the core's application events to the queue of the connection
 /// they are about (and new connections to the accept queue). Runs under the
-/// core's lock, so each connection's events keep their order.
+/// lock of the connection an event is about, so each connection's events
+/// keep their order; messages only read the map, so receive threads
+/// working on different connections share it without waiting.
 pub(crate) struct Router {
     accepts: Inbox<Accepted>,
-    conns: Mutex<HashMap<ConnId, Arc<Inbox<Item>>>>,
+    conns: RwLock<HashMap<ConnId, Arc<Inbox<Item>>>>,
 }
 
 impl Router {
     pub(crate) fn new() -> Router {
         Router {
             accepts: Inbox::new(),
-            conns: Mutex::new(HashMap::new()),
+            conns: RwLock::new(HashMap::new()),
         }
     }
 
     pub(crate) fn route(&self, event: ServerEvent) {
-        let mut conns = self.conns.lock();
         match event {
             ServerEvent::Connected { id, peer } => {
                 let inbox = Arc::new(Inbox::new());
-                conns.insert(id, inbox.clone());
+                self.conns.write().insert(id, inbox.clone());
                 let _ = self.accepts.tx.send(Accepted { id, peer, inbox });
             }
             ServerEvent::Message { id, payload } => {
-                if let Some(inbox) = conns.get(&id) {
+                if let Some(inbox) = self.conns.read().get(&id) {
                     let _ = inbox.tx.send(Item::Data(payload));
                 }
             }
             ServerEvent::Lost { id } => {
-                if let Some(inbox) = conns.remove(&id) {
+                if let Some(inbox) = self.conns.write().remove(&id) {
                     let _ = inbox.tx.send(Item::Lost);
                 }
             }
             ServerEvent::Closed { id } => {
-                if let Some(inbox) = conns.remove(&id) {
+                if let Some(inbox) = self.conns.write().remove(&id) {
                     let _ = inbox.tx.send(Item::Closed);
                 }
             }
@@ -81,7 +82,7 @@ impl Router {
     /// and find it closed.
     pub(crate) fn shut(&self) {
         self.accepts.shut();
-        for (_, inbox) in self.conns.lock().drain() {
+        for (_, inbox) in self.conns.write().drain() {
             inbox.shut();
         }
     }
@@ -91,7 +92,7 @@ impl Router {
 /// `std::net::TcpListener`: a thread per client reads and writes just its
 /// own peer.
 ///
-/// It is a [`Server`] underneath (one socket, three threads, every
+/// It is a [`Server`] underneath (one socket, a fixed number of threads, every
 /// protection and setting of [`ServerBuilder`](crate::ServerBuilder), which
 /// also makes listeners with [`listen`](crate::ServerBuilder::listen)).
 /// Connections that were not accepted yet count against the connection

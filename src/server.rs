@@ -115,7 +115,9 @@ impl Role for ServerRole {
 ///
 /// All methods take `&self`, and `Server` is `Send + Sync`: one thread may
 /// block in [`read`](Server::read) while others write, close connections or
-/// close the server. The server runs three threads however many clients it has.
+/// close the server. The server runs a fixed number of threads however many
+/// clients it has: its receive threads ([`ServerBuilder::receive_threads`]),
+/// an epoch thread and a close manager.
 ///
 /// No peer can hurt the others: [`write`](Server::write) never blocks (a
 /// peer that stops acknowledging is slowed down and then ended as a slow
@@ -196,8 +198,9 @@ impl ServerBuilder {
     /// connect times out) and a [`ConnState::Refused`] event is emitted, once
     /// per address per epoch. Connections already admitted, and their repeated
     /// Connects, are unaffected; a closing connection counts until it is gone.
-    /// The check and the insertion happen under one lock, so the limit is
-    /// never overshot, and a refused Connect allocates no connection state.
+    /// The check and the insertion happen under the table's lock, so the
+    /// limit is never overshot, even with several receive threads, and a
+    /// refused Connect allocates no connection state.
     ///
     /// # Examples
     ///
@@ -311,8 +314,10 @@ impl ServerBuilder {
         self
     }
 
-    /// How many threads receive on the server's socket (default: one per
-    /// core the process may use, up to [`MAX_DEFAULT_RECEIVE_THREADS`]).
+    /// How many threads receive on the server's socket (default: half the
+    /// cores the process may use, at least one and at most
+    /// [`MAX_DEFAULT_RECEIVE_THREADS`]; the other half is left to the
+    /// threads that read and write, since every message crosses both).
     /// They share the one socket; each datagram is handled under its own
     /// connection's lock, so threads serving different clients never wait
     /// for each other, and each connection's messages and events still
@@ -414,12 +419,11 @@ impl ServerBuilder {
 /// UDP echo on one socket peaked at 8 threads on a 16-core machine).
 pub const MAX_DEFAULT_RECEIVE_THREADS: usize = 8;
 
-/// One receive thread per core the process may use, up to
-/// [`MAX_DEFAULT_RECEIVE_THREADS`].
-fn default_receive_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, MAX_DEFAULT_RECEIVE_THREADS)
+/// Half the cores the process may use, from 1 to
+/// [`MAX_DEFAULT_RECEIVE_THREADS`] (see [`ServerBuilder::receive_threads`]).
+pub(crate) fn default_receive_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 2).clamp(1, MAX_DEFAULT_RECEIVE_THREADS)
 }
 
 impl Server {

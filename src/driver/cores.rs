@@ -31,21 +31,17 @@ impl Core for ServerCore {
     ) {
         match id {
             Some(id) => ServerCore::read_done(self, now, id, messages, bytes, out),
-            None => ServerCore::event_read(self),
+            None => (0..messages).for_each(|_| ServerCore::event_read(self)),
         }
     }
-    fn handle(
+    fn handle_batch<'d>(
         &self,
         now: Instant,
-        from: SocketAddr,
-        datagram: &[u8],
+        datagrams: impl Iterator<Item = (&'d [u8], SocketAddr)>,
         batch: &mut Batch,
         out: &mut impl Sink<ServerOutput>,
     ) {
-        ServerCore::handle(self, now, from, datagram, batch, out);
-    }
-    fn end_batch(&self, now: Instant, batch: &mut Batch, out: &mut impl Sink<ServerOutput>) {
-        ServerCore::end_batch(self, now, batch, out);
+        ServerCore::handle_batch(self, now, datagrams, batch, out);
     }
     fn handle_epoch(&self, now: Instant, out: &mut impl Sink<ServerOutput>) {
         ServerCore::handle_epoch(self, now, out);
@@ -85,6 +81,7 @@ impl ClientCell {
         while let Some(output) = core.poll_output() {
             out.output(output);
         }
+        out.release();
         result
     }
 
@@ -108,22 +105,24 @@ impl Core for ClientCell {
     ) {
         self.with(out, |core| core.read_done(now, messages, bytes));
     }
-    fn handle(
+    fn handle_batch<'d>(
         &self,
         now: Instant,
-        from: SocketAddr,
-        datagram: &[u8],
+        datagrams: impl Iterator<Item = (&'d [u8], SocketAddr)>,
         _: &mut (),
         out: &mut impl Sink<ClientOutput>,
     ) {
-        // A dual-stack socket names IPv4 senders in their IPv4-mapped form.
-        self.with(out, |core| core.handle(now, canonical(from), datagram));
+        // One lock for the whole batch: a client is one connection.
+        self.with(out, |core| {
+            for (datagram, from) in datagrams {
+                // A dual-stack socket names IPv4 senders in their IPv4-mapped form.
+                core.handle(now, canonical(from), datagram);
+            }
+            core.end_batch(now);
+        });
     }
     fn handle_refused(&self, now: Instant, out: &mut impl Sink<ClientOutput>) {
         self.with(out, |core| core.handle_refused(now));
-    }
-    fn end_batch(&self, now: Instant, _: &mut (), out: &mut impl Sink<ClientOutput>) {
-        self.with(out, |core| core.end_batch(now));
     }
     fn handle_epoch(&self, now: Instant, out: &mut impl Sink<ClientOutput>) {
         self.with(out, |core| core.handle_epoch(now));

@@ -1,5 +1,5 @@
-//! The socket and everything that sends on it: binding, the batch of
-//! datagrams encoded under a connection's lock and sent after it is released,
+//! The socket and everything that sends on it: binding, the buffer
+//! datagrams are encoded into,
 //! sends that never block, a client socket that follows its peer, waking
 //! the receive thread, and the plumbing of the delay and reorder faults
 //! (the epoch thread releases what they hold).
@@ -60,9 +60,9 @@ impl Ord for Delayed {
     }
 }
 
-/// Datagrams encoded under a connection's lock and sent once every lock is
-/// released (never blocking: see [`Io::send_raw`]), and the keys of the
-/// writers to wake then.
+/// A reused buffer datagrams are encoded into before they are sent (never
+/// blocking: see [`Io::send_raw`]), and the keys of the writers to wake
+/// once every lock is released.
 #[derive(Default)]
 pub(crate) struct SendBatch {
     bytes: Vec<u8>,

@@ -1,4 +1,4 @@
-//! The three threads of an instance: the receive loop, the epoch loop and
+//! The threads of an instance: the receive loops, the epoch loop and
 //! the close manager, each spawned so that its panic fails the instance.
 
 use std::cmp::Reverse;
@@ -205,14 +205,10 @@ pub(super) fn receive_loop<R: Role>(
             .datagrams_received
             .fetch_add(count as u64, Ordering::Relaxed);
         shared.run(|core, now, out| {
-            for i in 0..count {
-                let (datagram, from) = datagrams.get(i);
-                if io.faults.as_ref().is_some_and(|f| f.drop_read()) {
-                    continue;
-                }
-                core.handle(now, from, datagram, &mut batch, out);
-            }
-            core.end_batch(now, &mut batch, out);
+            let kept = (0..count)
+                .map(|i| datagrams.get(i))
+                .filter(|_| !io.faults.as_ref().is_some_and(|f| f.drop_read()));
+            core.handle_batch(now, kept, &mut batch, out);
         });
     }
 }

@@ -1,11 +1,18 @@
 //! The protocol itself, without I/O: the wire format and the state machines.
 //!
-//! Nothing in this module opens a socket, reads a clock, takes a lock or
-//! starts a thread. Inputs carry everything they need (a decoded message, an
-//! epoch tick, a write); outputs are pulled with `poll_*` methods. That is
-//! what lets the protocol be tested deterministically on virtual time, and
-//! what the threaded [`Client`](crate::Client) and [`Server`](crate::Server)
-//! drive under their locks.
+//! Nothing in this module opens a socket, reads a clock or starts a thread.
+//! Inputs carry everything they need (a decoded message, an epoch tick, a
+//! write); outputs are pulled with `poll_*` methods ([`Conn`],
+//! [`ClientCore`], [`PolledServer`]) or handed to a [`Sink`]
+//! ([`ServerCore`]). That is what lets the protocol be tested
+//! deterministically on virtual time, and what the threaded
+//! [`Client`](crate::Client) and [`Server`](crate::Server) drive.
+//!
+//! The one synchronisation is inside [`ServerCore`], so that several
+//! threads can feed one server: its table and each of its connections sit
+//! behind locks of their own, which a single caller (the simulator, the
+//! tests, [`PolledServer`]) takes and releases in a fixed order, so it
+//! behaves exactly as plain sequential code.
 //!
 //! Most programs never need this module. It is for people who write their
 //! own driver (a different socket layer, an event loop), tools that speak
@@ -15,6 +22,10 @@
 //!   byte as the Go implementations write it.
 //! * [`Conn`]: one connection's windows, acknowledgements, back-off,
 //!   heartbeats, loss detection and reordering.
+//! * [`ServerCore`]: the server's connection table and every connection's
+//!   state, each under its own lock; [`PolledServer`] for one thread.
+//! * [`ClientCore`]: a client's connect and reconnect schedule around its
+//!   [`Conn`].
 //!
 //! # Examples
 //!

@@ -576,18 +576,63 @@ impl ServerCore {
         batch: &mut Batch,
         out: &mut impl Sink<ServerOutput>,
     ) {
-        match Message::decode(datagram) {
-            Ok(msg) => self.handle_sized(now, from, msg, datagram.len(), batch, out),
-            Err(err) => {
-                log_malformed(from, err, datagram);
-                bump(&self.totals.malformed);
-                if let Some(cell) = self.route(from) {
-                    let mut slot = cell.lock();
-                    slot.timing.malformed += 1;
-                    slot.bytes_in = slot.bytes_in.saturating_add(datagram.len() as u64);
+        self.handle_all(now, [(datagram, from)], batch, out);
+    }
+
+    /// A batch of datagrams, then its end ([`end_batch`](Self::end_batch)).
+    /// Consecutive datagrams from one address are handled under one
+    /// acquisition of their connection's lock, and what they deliver is
+    /// handed to `out` as one burst ([`Sink::release`]).
+    pub fn handle_batch<'d>(
+        &self,
+        now: Instant,
+        datagrams: impl IntoIterator<Item = (&'d [u8], SocketAddr)>,
+        batch: &mut Batch,
+        out: &mut impl Sink<ServerOutput>,
+    ) {
+        self.handle_all(now, datagrams, batch, out);
+        self.end_batch(now, batch, out);
+    }
+
+    /// [`handle_batch`](Self::handle_batch) without its end.
+    fn handle_all<'d>(
+        &self,
+        now: Instant,
+        datagrams: impl IntoIterator<Item = (&'d [u8], SocketAddr)>,
+        batch: &mut Batch,
+        out: &mut impl Sink<ServerOutput>,
+    ) {
+        let mut held: Option<(SocketAddr, Held)> = None;
+        for (datagram, from) in datagrams {
+            let msg = match Message::decode(datagram) {
+                Ok(msg) => msg,
+                Err(err) => {
+                    release(&mut held, out);
+                    self.malformed(from, datagram, err);
+                    continue;
+                }
+            };
+            if msg.kind == MsgType::Connect {
+                release(&mut held, out);
+                self.handle_connect(now, from, msg.seq_num, datagram.len(), out);
+                continue;
+            }
+            if held.as_ref().map(|(at, _)| *at) != Some(from) {
+                release(&mut held, out);
+                match self.route(from) {
+                    Some(cell) => held = Some((from, cell.lock_arc())),
+                    None => {
+                        log::debug!("dropped {msg:?} from {from}: no connection from this address");
+                        bump(&self.totals.rejected);
+                        continue;
+                    }
                 }
             }
+            if let Some((_, slot)) = &mut held {
+                self.on_message(now, from, slot, msg, datagram.len(), batch, out);
+            }
         }
+        release(&mut held, out);
     }
 
     /// A decoded message arrived from `from` (as if in a datagram of its
@@ -601,7 +646,28 @@ impl ServerCore {
         out: &mut impl Sink<ServerOutput>,
     ) {
         let len = msg.encoded_len();
-        self.handle_sized(now, from, msg, len, batch, out);
+        if msg.kind == MsgType::Connect {
+            self.handle_connect(now, from, msg.seq_num, len, out);
+            return;
+        }
+        let Some(cell) = self.route(from) else {
+            log::debug!("dropped {msg:?} from {from}: no connection from this address");
+            bump(&self.totals.rejected);
+            return;
+        };
+        let mut slot = cell.lock_arc();
+        self.on_message(now, from, &mut slot, msg, len, batch, out);
+        out.release();
+    }
+
+    fn malformed(&self, from: SocketAddr, datagram: &[u8], err: DecodeError) {
+        log_malformed(from, err, datagram);
+        bump(&self.totals.malformed);
+        if let Some(cell) = self.route(from) {
+            let mut slot = cell.lock();
+            slot.timing.malformed += 1;
+            slot.bytes_in = slot.bytes_in.saturating_add(datagram.len() as u64);
+        }
     }
 
     fn route(&self, from: SocketAddr) -> Option<Cell> {
@@ -612,36 +678,35 @@ impl ServerCore {
             .map(|(_, cell)| cell.clone())
     }
 
-    fn handle_sized(
+    fn handle_connect(
         &self,
         now: Instant,
         from: SocketAddr,
+        isn: u64,
+        len: usize,
+        out: &mut impl Sink<ServerOutput>,
+    ) {
+        if isn > MAX_ISN {
+            log::debug!("dropped a Connect from {from}: isn {isn} above MAX_ISN");
+            bump(&self.totals.rejected);
+            return;
+        }
+        self.on_connect(now, from, isn, len, out);
+    }
+
+    /// A message other than Connect from `from`, whose connection `slot` is
+    /// (locked).
+    #[allow(clippy::too_many_arguments)]
+    fn on_message(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        slot: &mut Held,
         msg: Message<'_>,
         len: usize,
         batch: &mut Batch,
         out: &mut impl Sink<ServerOutput>,
     ) {
-        if msg.kind == MsgType::Connect {
-            if msg.seq_num > MAX_ISN {
-                log::debug!(
-                    "dropped a Connect from {from}: isn {} above MAX_ISN",
-                    msg.seq_num
-                );
-                bump(&self.totals.rejected);
-                return;
-            }
-            self.on_connect(now, from, msg.seq_num, len, out);
-            return;
-        }
-        let cell = self.route(from);
-        let mut slot = match &cell {
-            Some(cell) => cell.lock(),
-            None => {
-                log::debug!("dropped {msg:?} from {from}: no connection from this address");
-                bump(&self.totals.rejected);
-                return;
-            }
-        };
         if slot.gone {
             // It ended between the lookup and the lock.
             log::debug!("dropped {msg:?} from {from}: its connection just ended");
@@ -665,10 +730,9 @@ impl ServerCore {
         }
         if msg.kind == MsgType::Data {
             if self.config.coalesce_acks {
-                if let Some(cell) = &cell {
-                    if !batch.owed.iter().any(|c| Arc::ptr_eq(c, cell)) {
-                        batch.owed.push(cell.clone());
-                    }
+                let cell = ArcMutexGuard::mutex(slot);
+                if !batch.owed.iter().any(|c| Arc::ptr_eq(c, cell)) {
+                    batch.owed.push(cell.clone());
                 }
             }
             // Other connections may have used the shared budget since.
@@ -686,17 +750,18 @@ impl ServerCore {
                 bump(&self.totals.rejected);
             }
         }
-        self.after(now, &mut slot, out);
+        self.after(now, slot, out);
     }
 
     /// The end of a batch of datagrams: owed acknowledgements go out.
     pub fn end_batch(&self, now: Instant, batch: &mut Batch, out: &mut impl Sink<ServerOutput>) {
         for cell in batch.owed.drain(..) {
-            let mut slot = cell.lock();
-            if !slot.gone {
-                slot.conn.flush_acks();
-                self.after(now, &mut slot, out);
-            }
+            locked(&cell, out, |slot, out| {
+                if !slot.gone {
+                    slot.conn.flush_acks();
+                    self.after(now, slot, out);
+                }
+            });
         }
     }
 
@@ -705,41 +770,45 @@ impl ServerCore {
     pub fn handle_epoch(&self, now: Instant, out: &mut impl Sink<ServerOutput>) {
         self.table.write().on_epoch();
         for (id, cell) in self.snapshot() {
-            let mut slot = cell.lock();
-            if slot.gone {
-                continue;
-            }
-            if let Some(left) = slot.challenge {
-                if left <= 1 {
-                    log::debug!(
-                        "connection {id} at {} did not answer a Connect with another isn: ended",
-                        slot.addr
-                    );
-                    self.end(now, &mut slot, Ending::Lost, out);
-                    continue;
-                }
-                slot.challenge = Some(left - 1);
-            }
-            if std::mem::take(&mut slot.held_back) {
-                // Its peer could not have acknowledged what never left.
-                slot.conn.excuse_stall();
-            }
-            slot.conn.on_epoch();
-            if slot.unwritable
-                && slot.conn.phase() == Phase::Open
-                && slot.conn.epochs_stalled() >= slot.conn.stall_limit()
-            {
-                log::debug!(
-                    "connection {id} at {} ended as a slow consumer: nothing acknowledged in {} epochs",
-                    slot.addr,
-                    slot.conn.epochs_stalled()
-                );
-                bump(&self.totals.slow_consumers);
-                self.end(now, &mut slot, Ending::SlowConsumer, out);
-                continue;
-            }
-            self.after(now, &mut slot, out);
+            locked(&cell, out, |slot, out| self.tick(now, id, slot, out));
         }
+    }
+
+    /// One epoch of connection `slot`.
+    fn tick(&self, now: Instant, id: u32, slot: &mut Slot, out: &mut impl Sink<ServerOutput>) {
+        if slot.gone {
+            return;
+        }
+        if let Some(left) = slot.challenge {
+            if left <= 1 {
+                log::debug!(
+                    "connection {id} at {} did not answer a Connect with another isn: ended",
+                    slot.addr
+                );
+                self.end(now, slot, Ending::Lost, out);
+                return;
+            }
+            slot.challenge = Some(left - 1);
+        }
+        if std::mem::take(&mut slot.held_back) {
+            // Its peer could not have acknowledged what never left.
+            slot.conn.excuse_stall();
+        }
+        slot.conn.on_epoch();
+        if slot.unwritable
+            && slot.conn.phase() == Phase::Open
+            && slot.conn.epochs_stalled() >= slot.conn.stall_limit()
+        {
+            log::debug!(
+                "connection {id} at {} ended as a slow consumer: nothing acknowledged in {} epochs",
+                slot.addr,
+                slot.conn.epochs_stalled()
+            );
+            bump(&self.totals.slow_consumers);
+            self.end(now, slot, Ending::SlowConsumer, out);
+            return;
+        }
+        self.after(now, slot, out);
     }
 
     /// The application writes `payload` to connection `id`. Never waits:
@@ -795,7 +864,20 @@ impl ServerCore {
         let Some(cell) = self.cell(id) else {
             return Err(self.gone_error(id));
         };
-        let mut slot = cell.lock();
+        locked(&cell, out, |slot, out| {
+            self.write_locked(now, id, slot, payload, fail_if_full, out)
+        })
+    }
+
+    fn write_locked(
+        &self,
+        now: Instant,
+        id: ConnId,
+        slot: &mut Slot,
+        payload: &[u8],
+        fail_if_full: bool,
+        out: &mut impl Sink<ServerOutput>,
+    ) -> Result<(), Error> {
         if slot.gone {
             return Err(self.gone_error(id));
         }
@@ -816,7 +898,7 @@ impl ServerCore {
             return Err(Error::BudgetExhausted);
         }
         slot.conn.write(payload.to_vec());
-        self.after(now, &mut slot, out);
+        self.after(now, slot, out);
         Ok(())
     }
 
@@ -832,12 +914,13 @@ impl ServerCore {
         out: &mut impl Sink<ServerOutput>,
     ) {
         if let Some(cell) = self.cell(id) {
-            let mut slot = cell.lock();
-            if !slot.gone {
-                slot.unread.0 = slot.unread.0.saturating_sub(messages);
-                slot.unread.1 = slot.unread.1.saturating_sub(bytes);
-                self.after(now, &mut slot, out);
-            }
+            locked(&cell, out, |slot, out| {
+                if !slot.gone {
+                    slot.unread.0 = slot.unread.0.saturating_sub(messages);
+                    slot.unread.1 = slot.unread.1.saturating_sub(bytes);
+                    self.after(now, slot, out);
+                }
+            });
         }
     }
 
@@ -858,7 +941,18 @@ impl ServerCore {
         out: &mut impl Sink<ServerOutput>,
     ) -> Result<(), Error> {
         let cell = self.cell(id).ok_or(Error::UnknownConnection(id))?;
-        let mut slot = cell.lock();
+        locked(&cell, out, |slot, out| {
+            self.close_locked(now, id, slot, out)
+        })
+    }
+
+    fn close_locked(
+        &self,
+        now: Instant,
+        id: ConnId,
+        slot: &mut Slot,
+        out: &mut impl Sink<ServerOutput>,
+    ) -> Result<(), Error> {
         if slot.gone {
             return Err(Error::UnknownConnection(id));
         }
@@ -874,7 +968,7 @@ impl ServerCore {
         out.output(ServerOutput::Discard { id });
         state_change(now, Some(id), slot.addr, ConnState::Closing, out);
         out.output(ServerOutput::App(ServerEvent::Closed { id }));
-        self.after(now, &mut slot, out);
+        self.after(now, slot, out);
         Ok(())
     }
 
@@ -889,15 +983,16 @@ impl ServerCore {
             table.closing = true;
         }
         for (id, cell) in self.snapshot() {
-            let mut slot = cell.lock();
-            if slot.gone {
-                continue;
-            }
-            if slot.conn.phase() == Phase::Open {
-                slot.conn.close();
-                state_change(now, Some(ConnId(id)), slot.addr, ConnState::Closing, out);
-            }
-            self.after(now, &mut slot, out);
+            locked(&cell, out, |slot, out| {
+                if slot.gone {
+                    return;
+                }
+                if slot.conn.phase() == Phase::Open {
+                    slot.conn.close();
+                    state_change(now, Some(ConnId(id)), slot.addr, ConnState::Closing, out);
+                }
+                self.after(now, slot, out);
+            });
         }
         self.check_drained(out);
     }
@@ -908,14 +1003,16 @@ impl ServerCore {
         self.table.write().closing = true;
         let mut discarded = 0;
         for (id, cell) in self.snapshot() {
-            let mut slot = cell.lock();
-            if slot.gone {
-                continue;
-            }
-            discarded += slot.conn.abort();
-            bump(&self.totals.closed);
-            state_change(now, Some(ConnId(id)), slot.addr, ConnState::Closed, out);
-            self.remove(&mut slot, None, out);
+            discarded += locked(&cell, out, |slot, out| {
+                if slot.gone {
+                    return 0;
+                }
+                let discarded = slot.conn.abort();
+                bump(&self.totals.closed);
+                state_change(now, Some(ConnId(id)), slot.addr, ConnState::Closed, out);
+                self.remove(slot, None, out);
+                discarded
+            });
         }
         self.check_drained(out);
         discarded
@@ -932,12 +1029,18 @@ impl ServerCore {
         out: &mut impl Sink<ServerOutput>,
     ) {
         if let Some(cell) = self.route(from) {
-            let mut slot = cell.lock();
-            if !slot.gone {
-                self.on_live_connect(now, &mut slot, isn, len, out);
+            let live = locked(&cell, out, |slot, out| {
+                if slot.gone {
+                    // It ended between the lookup and the lock, and so left
+                    // the table.
+                    return false;
+                }
+                self.on_live_connect(now, slot, isn, len, out);
+                true
+            });
+            if live {
                 return;
             }
-            // It ended between the lookup and the lock, and so left the table.
         }
         {
             let table = self.table.read();
@@ -1026,6 +1129,7 @@ impl ServerCore {
             peer: from,
         }));
         self.after(now, &mut slot, out);
+        out.release();
     }
 
     /// A Connect from the address of live connection `slot`.
@@ -1082,12 +1186,13 @@ impl ServerCore {
                     .and_then(|(_, id)| table.conns.get(id).cloned())
             };
             let Some(cell) = oldest else { return };
-            let mut slot = cell.lock();
-            if !slot.gone && !slot.validated {
-                log::debug!("connection {} evicted: never validated", slot.id);
-                bump(&self.totals.evicted_unvalidated);
-                self.end(now, &mut slot, Ending::Lost, out);
-            }
+            locked(&cell, out, |slot, out| {
+                if !slot.gone && !slot.validated {
+                    log::debug!("connection {} evicted: never validated", slot.id);
+                    bump(&self.totals.evicted_unvalidated);
+                    self.end(now, slot, Ending::Lost, out);
+                }
+            });
         }
     }
 
@@ -1318,6 +1423,32 @@ impl ServerCore {
         if drained {
             out.output(ServerOutput::Drained);
         }
+    }
+}
+
+/// A connection's slot, locked, as a batch holds it across datagrams.
+type Held = ArcMutexGuard<RawMutex, Slot>;
+
+/// Runs `f` on `cell`'s slot under its lock, and tells `out` to pass on
+/// what it holds before the lock is released (see [`Sink::release`]).
+fn locked<S: Sink<ServerOutput>, T>(
+    cell: &Cell,
+    out: &mut S,
+    f: impl FnOnce(&mut Slot, &mut S) -> T,
+) -> T {
+    let mut slot = cell.lock();
+    let result = f(&mut slot, out);
+    out.release();
+    result
+}
+
+/// Releases the connection a batch holds, after `out` passed on what it
+/// holds for it.
+fn release(held: &mut Option<(SocketAddr, Held)>, out: &mut impl Sink<ServerOutput>) {
+    if let Some((_, slot)) = held.take() {
+        out.release();
+        // Only now: another thread's outputs for it must come after.
+        drop(slot);
     }
 }
 

@@ -20,6 +20,11 @@ pub trait Sink<O> {
     fn transmit(&mut self, to: SocketAddr, msg: &Message<'_>);
     /// The next output, in order.
     fn output(&mut self, output: O);
+    /// The core is about to release the lock under which it called this
+    /// sink: a sink that holds outputs back (to hand them on as one burst)
+    /// must hand them on now, while they are still sure to come before
+    /// anything another thread produces for the same connection.
+    fn release(&mut self) {}
 }
 
 /// A [`Sink`] that keeps everything, to be polled: for tests, tools and a
