@@ -17,11 +17,11 @@ use crate::driver::inbox::{Empty, Inbox};
 use crate::driver::time::deadline;
 use crate::driver::{checks, endpoint, io};
 use crate::lifecycle::{ConnEvent, ConnState, ReconnectPolicy, Subscribers};
+use crate::proto::stats::ConnStats;
 use crate::proto::{
     max_payload, ClientConfig, ClientCore, ClientOutput, Limit, DEFAULT_INBOX,
     DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
 };
-use crate::stats::ConnStats;
 use crate::{ConnId, Error, Faults, Params};
 
 /// What `read` returns, in order.
@@ -77,7 +77,7 @@ impl Role for ClientRole {
     }
 
     fn close_result(&self, core: &ClientCell) -> Result<(), Error> {
-        core.peek(ClientCore::close_result)
+        core.peek(ClientCore::close_result).map_err(Error::from)
     }
 
     fn shut(&self) {
@@ -638,6 +638,7 @@ impl Client {
         self.endpoint
             .shared
             .run(|core, now, out| core.with(out, |core| core.write(now, payload)))
+            .map_err(Error::from)
     }
 
     /// Like [`write`](Client::write), but gives up with [`Error::Timeout`]
@@ -662,7 +663,9 @@ impl Client {
         if !room {
             return Err(Error::Timeout);
         }
-        shared.run(|core, now, out| core.with(out, |core| core.write(now, payload)))
+        shared
+            .run(|core, now, out| core.with(out, |core| core.write(now, payload)))
+            .map_err(Error::from)
     }
 
     /// Closes the connection: blocks until every message written has been

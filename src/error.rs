@@ -250,3 +250,30 @@ impl fmt::Display for IoMessage<'_> {
         }
     }
 }
+
+// What the cores of `proto` report, as the handles return it.
+
+impl From<crate::proto::ConnectFailure> for Error {
+    fn from(failure: crate::proto::ConnectFailure) -> Error {
+        use crate::proto::ConnectFailure;
+        match failure {
+            ConnectFailure::TimedOut(addr) => Error::ConnectTimeout(addr),
+            ConnectFailure::Refused(addr) => Error::ConnectionRefused(addr),
+        }
+    }
+}
+
+impl From<crate::proto::CoreError> for Error {
+    fn from(err: crate::proto::CoreError) -> Error {
+        use crate::proto::CoreError;
+        match err {
+            CoreError::BufferFull => Error::BufferFull,
+            CoreError::BudgetExhausted => Error::BudgetExhausted,
+            CoreError::ConnectionClosed(id) => Error::ConnectionClosed(id),
+            CoreError::ConnectionLost(id) => Error::ConnectionLost(id),
+            CoreError::SlowConsumer(id) => Error::SlowConsumer(id),
+            CoreError::UnknownConnection(id) => Error::UnknownConnection(id),
+            CoreError::Closed => Error::Closed,
+        }
+    }
+}

@@ -129,25 +129,24 @@
 mod client;
 mod driver;
 mod error;
-mod event;
 mod lifecycle;
 mod listener;
 mod params;
 pub mod proto;
 mod server;
-mod stats;
 
 pub use client::{Client, ClientBuilder};
 #[doc(hidden)]
 pub use driver::faults::Faults;
 pub use error::Error;
-pub use event::ServerEvent;
-pub use lifecycle::{ConnEvent, ConnState, ReconnectPolicy};
+pub use lifecycle::{ConnEvent, ReconnectPolicy};
 pub use listener::{Connection, Incoming, Listener};
 pub use params::Params;
 pub use proto::ConnId;
+pub use proto::ConnState;
+pub use proto::ServerEvent;
+pub use proto::{ConnStats, Rtt, ServerStats};
 pub use server::{Server, ServerBuilder, MAX_DEFAULT_RECEIVE_THREADS};
-pub use stats::{ConnStats, Rtt, ServerStats};
 
 /// The channels of [`Server::subscribe`], [`Client::subscribe`] and
 /// [`ClientBuilder::events`], re-exported so `liveseq` alone suffices.

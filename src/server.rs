@@ -18,11 +18,11 @@ use crate::driver::time;
 use crate::driver::{checks, endpoint, io};
 use crate::lifecycle::{ConnEvent, ConnState, Subscribers};
 use crate::listener::{Listener, Router};
+use crate::proto::stats::{ConnStats, ServerStats};
 use crate::proto::{
-    max_payload, Limit, ServerConfig, ServerCore, ServerOutput, DEFAULT_BUDGET, DEFAULT_INBOX,
-    DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
+    max_payload, CoreError, Limit, ServerConfig, ServerCore, ServerOutput, DEFAULT_BUDGET,
+    DEFAULT_INBOX, DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
 };
-use crate::stats::{ConnStats, ServerStats};
 use crate::{ConnId, Error, Faults, Params, ServerEvent};
 
 /// The server's application side: where the core's outputs go.
@@ -694,6 +694,7 @@ impl Server {
         self.endpoint
             .shared
             .run(|core, now, out| core.write(now, id, payload, out))
+            .map_err(Error::from)
     }
 
     /// Like [`write`](Server::write), but fails with [`Error::BufferFull`]
@@ -722,6 +723,7 @@ impl Server {
         self.endpoint
             .shared
             .run(|core, now, out| core.try_write(now, id, payload, out))
+            .map_err(Error::from)
     }
 
     /// Like [`try_write`](Server::try_write), but waits up to `timeout` for
@@ -761,8 +763,8 @@ impl Server {
             }
             // Another writer may have taken the room meanwhile.
             match shared.run(|core, now, out| core.try_write(now, id, payload, out)) {
-                Err(Error::BufferFull) => continue,
-                result => return result,
+                Err(CoreError::BufferFull) => continue,
+                result => return result.map_err(Error::from),
             }
         }
     }
@@ -819,7 +821,9 @@ impl Server {
     pub fn close_conn(&self, id: ConnId) -> Result<(), Error> {
         self.endpoint.check_open()?;
         let shared = &self.endpoint.shared;
-        shared.run(|core, now, out| core.close_conn(now, id, out))
+        shared
+            .run(|core, now, out| core.close_conn(now, id, out))
+            .map_err(Error::from)
     }
 
     /// Closes the server: blocks until every message written to every client

@@ -7,11 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use liveseq::proto::{
-    ClientConfig, ClientCore, ClientOutput, ConnectFailure, Limit, Message, PolledServer,
-    ServerConfig, ServerOutput, AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS, CONNECT_REACKS, EVENT_COST,
-    MAX_CONN_ID, MESSAGE_OVERHEAD,
+    ClientConfig, ClientCore, ClientOutput, ConnectFailure, CoreError, Limit, Message,
+    PolledServer, ServerConfig, ServerOutput, AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS,
+    CONNECT_REACKS, EVENT_COST, MAX_CONN_ID, MESSAGE_OVERHEAD,
 };
-use liveseq::{ConnId, ConnState, Error, Params, ReconnectPolicy, ServerEvent};
+use liveseq::{ConnId, ConnState, Params, ReconnectPolicy, ServerEvent};
 
 const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 9000);
 
@@ -196,7 +196,7 @@ fn an_unanswered_challenge_ends_the_connection_and_the_next_connect_gets_in() {
     assert_eq!(sent(&mut s), []);
     assert_eq!(s.connections(), []);
     assert!(s.conn(id(1)).is_none() && s.state(id(1)).is_none());
-    assert!(matches!(s.write(now, id(1), b"x"), Err(Error::ConnectionLost(c)) if c == id(1)));
+    assert!(matches!(s.write(now, id(1), b"x"), Err(CoreError::ConnectionLost(c)) if c == id(1)));
     // The client's next Connect.
     s.handle_message(now, a, Message::connect(8));
     assert_eq!(outputs(&mut s), connected(2, a, now));
@@ -462,7 +462,9 @@ fn close_drains_then_reports_drained_exactly_once() {
         outputs(&mut s),
         [state(Some(1), a, ConnState::Closing, now)]
     );
-    assert!(matches!(s.write(now, id(1), b"more"), Err(Error::ConnectionClosed(c)) if c == id(1)));
+    assert!(
+        matches!(s.write(now, id(1), b"more"), Err(CoreError::ConnectionClosed(c)) if c == id(1))
+    );
     // No new connections while closing.
     s.handle_message(now, b, Message::connect(70));
     assert_eq!(outputs(&mut s), [state(None, b, ConnState::Refused, now)]);
@@ -543,7 +545,7 @@ fn flow_control_inbox_and_send_buffer() {
     assert!(s.is_full(id(1)) && !s.is_writable(id(1)));
     assert!(matches!(
         s.try_write(now, id(1), b"z"),
-        Err(Error::BufferFull)
+        Err(CoreError::BufferFull)
     ));
     s.write(now, id(1), b"z").unwrap();
     assert_eq!(
@@ -589,7 +591,10 @@ fn flow_control_inbox_and_send_buffer() {
     let mut c = ClientCore::new(now, SERVER, 5, config);
     c.write(now, b"queued while connecting").unwrap();
     assert!(c.is_full());
-    assert!(matches!(c.write(now, b"no room"), Err(Error::BufferFull)));
+    assert!(matches!(
+        c.write(now, b"no room"),
+        Err(CoreError::BufferFull)
+    ));
 }
 
 #[test]
@@ -818,11 +823,13 @@ fn a_slow_consumer_ends_lost_after_the_stall_limit() {
     assert_eq!((t.slow_consumers, t.lost, t.not_writable), (1, 1, 0));
     // Writes say so for `epoch_limit` epochs, then the id is unknown.
     for _ in 0..5 {
-        assert!(matches!(s.write(now, id(1), b"x"), Err(Error::SlowConsumer(c)) if c == id(1)));
+        assert!(matches!(s.write(now, id(1), b"x"), Err(CoreError::SlowConsumer(c)) if c == id(1)));
         now += Duration::from_millis(100);
         s.handle_epoch(now);
     }
-    assert!(matches!(s.write(now, id(1), b"x"), Err(Error::UnknownConnection(c)) if c == id(1)));
+    assert!(
+        matches!(s.write(now, id(1), b"x"), Err(CoreError::UnknownConnection(c)) if c == id(1))
+    );
 }
 
 /// The server-wide budget: writes that do not fit fail with
@@ -849,7 +856,7 @@ fn a_spent_memory_budget_refuses_writes_and_connects() {
     assert!(base + 3 * cost > 1000);
     assert!(matches!(
         s.write(now, id(1), &payload),
-        Err(Error::BudgetExhausted)
+        Err(CoreError::BudgetExhausted)
     ));
     assert_eq!(s.totals().budget_in_use, base + 2 * cost);
     assert_eq!(
@@ -1025,7 +1032,7 @@ fn reconnect_schedule_counts_attempts_within_the_policy_then_gives_up() {
     }
     assert_eq!(c.state(), ConnState::Refused);
     assert_eq!(c.poll_timeout(), None);
-    assert!(matches!(c.write(now, b"x"), Err(Error::ConnectionLost(l)) if l == id(1)));
+    assert!(matches!(c.write(now, b"x"), Err(CoreError::ConnectionLost(l)) if l == id(1)));
 
     // The same seed replays the same schedule.
     let mut again = connected_client(config, Instant::now(), 5, 1);
@@ -1095,7 +1102,7 @@ fn close_while_reconnecting_cancels_the_redial_and_drains_at_once() {
         ]
     );
     assert_eq!(c.poll_timeout(), None);
-    assert!(matches!(c.close_result(), Err(Error::ConnectionLost(l)) if l == id(1)));
+    assert!(matches!(c.close_result(), Err(CoreError::ConnectionLost(l)) if l == id(1)));
     c.handle_timeout(now + Duration::from_secs(1));
     c.handle_epoch(now + Duration::from_secs(1));
     c.close(now);

@@ -5,11 +5,14 @@
 //! calls into the cores of [`proto`](crate::proto) and carries out what they
 //! return.
 //!
-//! * [`endpoint`]: the core behind its lock, the [`Core`](endpoint::Core)
-//!   and [`Role`](endpoint::Role) traits, starting and closing an instance;
-//! * [`cores`]: the [`Core`](endpoint::Core) impls of the two cores of `proto`;
-//! * [`io`]: the socket, binding, batched never-blocking sends, the fault plumbing;
-//! * [`threads`]: the receive loop, the epoch loop and the close manager;
+//! * [`endpoint`]: how one input runs through the core (the outlet its
+//!   outputs go to, the condition variables writers wait on), the
+//!   [`Core`](endpoint::Core) and [`Role`](endpoint::Role) traits, starting
+//!   and closing an instance;
+//! * [`cores`]: the [`Core`](endpoint::Core) impls of the two cores of
+//!   `proto` (the client's behind its mutex);
+//! * [`io`]: the socket, binding, never-blocking sends, the fault plumbing;
+//! * [`threads`]: the receive loops, the epoch loop and the close manager;
 //! * [`inbox`]: the queue a handle reads from;
 //! * [`checks`]: parameter checks shared by the builders;
 //! * [`faults`], [`sys`], [`time`]: the fault injector, `recvmmsg`, deadlines.

@@ -40,9 +40,10 @@ use rand::{Rng, SeedableRng};
 use super::conn::{Conn, Event, Phase, Rejected, Room};
 use super::message::{Message, MsgType};
 use super::server::{Limit, DEFAULT_INBOX, DEFAULT_SEND_BUFFER};
+use super::stats::{ConnStats, Timing};
 use super::ConnId;
-use crate::stats::{ConnStats, Timing};
-use crate::{ConnState, Error, Params, ReconnectPolicy};
+use super::{ConnState, CoreError};
+use crate::{Params, ReconnectPolicy};
 
 /// What a [`ClientCore`] is set up with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,15 +146,6 @@ pub enum ConnectFailure {
     /// The last Connect to every address was refused. The address is where
     /// the last Connect went.
     Refused(SocketAddr),
-}
-
-impl From<ConnectFailure> for Error {
-    fn from(failure: ConnectFailure) -> Error {
-        match failure {
-            ConnectFailure::TimedOut(addr) => Error::ConnectTimeout(addr),
-            ConnectFailure::Refused(addr) => Error::ConnectionRefused(addr),
-        }
-    }
 }
 
 /// The I/O-free client: see the [`proto`](crate::proto) docs.
@@ -279,9 +271,9 @@ impl ClientCore {
 
     /// The outcome of a finished close: `Err(ConnectionLost)` if the
     /// connection ended with messages never acknowledged.
-    pub fn close_result(&self) -> Result<(), Error> {
+    pub fn close_result(&self) -> Result<(), CoreError> {
         if self.lost_with_pending {
-            Err(Error::ConnectionLost(ConnId(self.last_id)))
+            Err(CoreError::ConnectionLost(ConnId(self.last_id)))
         } else {
             Ok(())
         }
@@ -394,16 +386,16 @@ impl ClientCore {
     /// Fails with [`Error::ConnectionLost`] once the connection is lost for
     /// good, [`Error::Closed`] once closing, and [`Error::BufferFull`] while
     /// the send buffer is full.
-    pub fn write(&mut self, now: Instant, payload: &[u8]) -> Result<(), Error> {
+    pub fn write(&mut self, now: Instant, payload: &[u8]) -> Result<(), CoreError> {
         match self.conn.phase() {
             Phase::Open | Phase::Connecting if !self.state.is_terminal() && !self.closing => {}
             Phase::Lost | Phase::Connecting if !self.closing => {
-                return Err(Error::ConnectionLost(ConnId(self.last_id)))
+                return Err(CoreError::ConnectionLost(ConnId(self.last_id)))
             }
-            _ => return Err(Error::Closed),
+            _ => return Err(CoreError::Closed),
         }
         if self.is_full() {
-            return Err(Error::BufferFull);
+            return Err(CoreError::BufferFull);
         }
         self.conn.write(payload.to_vec());
         self.after(now);

@@ -39,11 +39,15 @@
 mod checksum;
 mod client;
 mod conn;
+mod error;
+mod event;
 mod id;
 mod message;
 mod polled;
 mod server;
 mod sink;
+mod state;
+pub(crate) mod stats;
 
 pub use checksum::checksum;
 pub use client::{ClientConfig, ClientCore, ClientOutput, ConnectFailure};
@@ -51,6 +55,8 @@ pub use conn::{
     Conn, Counters, Event, Phase, Rejected, Room, CONNECT_REACKS, MAX_ISN, MAX_SEQ_NUM,
     MESSAGE_OVERHEAD,
 };
+pub use error::CoreError;
+pub use event::ServerEvent;
 pub use id::ConnId;
 pub use message::{max_payload, DecodeError, Message, MsgType, DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM};
 pub use polled::PolledServer;
@@ -60,6 +66,8 @@ pub use server::{
     EVENT_COST, MAX_CONN_ID,
 };
 pub use sink::{Collect, Sink};
+pub use state::ConnState;
+pub use stats::{ConnStats, Rtt, ServerStats};
 
 #[cfg(test)]
 mod tests {

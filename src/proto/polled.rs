@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::server::{Batch, ServerConfig, ServerCore, ServerOutput};
 use super::sink::Collect;
 use super::{ConnId, Message};
-use crate::{Error, ServerEvent};
+use super::{CoreError as Error, ServerEvent};
 
 /// A [`ServerCore`] for one thread: every input's datagrams and outputs
 /// wait in it until polled, and datagrams handled one by one form one batch

@@ -60,9 +60,10 @@ use self::table::{Cell, Ending, Table};
 use super::conn::{Conn, Event, Phase, Rejected, Room, MAX_ISN, MESSAGE_OVERHEAD};
 use super::message::{max_payload, DecodeError, Message, MsgType, DEFAULT_MAX_DATAGRAM};
 use super::sink::Sink;
+use super::stats::{ConnStats, ServerStats, Timing};
 use super::ConnId;
-use crate::stats::{ConnStats, ServerStats, Timing};
-use crate::{ConnState, Error, Params, ServerEvent};
+use super::{ConnState, CoreError as Error, ServerEvent};
+use crate::Params;
 
 /// How much a connection may hold on each side before flow control acts.
 ///

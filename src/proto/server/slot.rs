@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 
 use super::ServerConfig;
 use crate::proto::conn::{Conn, Phase, Room, MESSAGE_OVERHEAD};
-use crate::stats::Timing;
-use crate::ConnState;
+use crate::proto::stats::Timing;
+use crate::proto::ConnState;
 
 /// One connection in the table.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use crate::ConnId;
+use super::ConnId;
 
 /// Something that happened on a [`Server`](crate::Server), as returned by
 /// [`Server::next_event`](crate::Server::next_event).
