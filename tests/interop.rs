@@ -18,6 +18,9 @@
 //!
 //! Knobs (environment): `LIVESEQ_INTEROP_RUNS` (runs per row, run in parallel, default 3),
 //! `LIVESEQ_INTEROP_LINES` (messages per run, default 50),
+//! `LIVESEQ_INTEROP_RECEIVE_THREADS` (the liveseq server's, default 2, so
+//! that Go clients meet a server whose receive threads may take one
+//! client's datagrams out of order),
 //! `LIVESEQ_INTEROP_EPOCH_MS` (default 100), `LIVESEQ_INTEROP_EPOCH_LIMIT`
 //! (default 20: with 40% dropped at both ends only 36% of datagrams get
 //! through, and the runs are about delivery, not loss detection),
@@ -269,6 +272,7 @@ impl EchoServer {
             Server::builder()
                 .params(row.params())
                 .faults(row.faults(seed))
+                .receive_threads(env_u64("LIVESEQ_INTEROP_RECEIVE_THREADS", 2) as usize)
                 .bind("127.0.0.1:0")
                 .unwrap(),
         );
