@@ -653,19 +653,24 @@ impl Client {
         self.endpoint.check_open()?;
         let shared = &self.endpoint.shared;
         // A close makes every later write fail: a waiting one fails now.
-        let blocked = || {
-            shared
-                .core
-                .peek(|core| core.is_full() && !core.state().is_terminal() && !core.is_closing())
-        };
-        let room = shared.wait_for_room(0, blocked, deadline);
-        self.endpoint.check_open()?;
-        if !room {
-            return Err(Error::Timeout);
+        let blocked =
+            |core: &ClientCore| core.is_full() && !core.state().is_terminal() && !core.is_closing();
+        loop {
+            // Under one lock: write if there is room (the common case).
+            let written = shared.run(|cell, now, out| {
+                cell.with(out, |core| {
+                    (!blocked(core)).then(|| core.write(now, payload))
+                })
+            });
+            if let Some(written) = written {
+                return written.map_err(Error::from);
+            }
+            let room = shared.wait_for_room(0, || shared.core.peek(blocked), deadline);
+            self.endpoint.check_open()?;
+            if !room {
+                return Err(Error::Timeout);
+            }
         }
-        shared
-            .run(|core, now, out| core.with(out, |core| core.write(now, payload)))
-            .map_err(Error::from)
     }
 
     /// Closes the connection: blocks until every message written has been

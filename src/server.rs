@@ -756,15 +756,17 @@ impl Server {
             core.is_full(id) && !core.is_closing() && core.state(id) == Some(ConnState::Connected)
         };
         loop {
+            // Try first: a write that finds room (the common case) takes one
+            // lock of its connection. One that finds none waits, then tries
+            // again (another writer may have taken the room meanwhile).
+            match shared.run(|core, now, out| core.try_write(now, id, payload, out)) {
+                Err(CoreError::BufferFull) => {}
+                result => return result.map_err(Error::from),
+            }
             let room = shared.wait_for_room(id.into(), blocked, deadline);
             self.endpoint.check_open()?;
             if !room {
                 return Err(Error::Timeout);
-            }
-            // Another writer may have taken the room meanwhile.
-            match shared.run(|core, now, out| core.try_write(now, id, payload, out)) {
-                Err(CoreError::BufferFull) => continue,
-                result => return result.map_err(Error::from),
             }
         }
     }
