@@ -23,12 +23,8 @@ use liveseq::{Client, Error};
 #[derive(Parser, Debug)]
 #[command(about = "LSP echo client: sends stdin line by line, prints the echoes")]
 struct Args {
-    /// Server host.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// Server port.
-    #[arg(long, default_value_t = 9999)]
-    port: u16,
+    #[command(flatten)]
+    address: common::AddressArgs,
     #[command(flatten)]
     protocol: common::ProtocolArgs,
 }
@@ -44,13 +40,8 @@ fn main() {
     let client = Client::builder()
         .params(args.protocol.params())
         .faults(args.protocol.faults())
-        .connect((args.host.as_str(), args.port))
-        .unwrap_or_else(|err| {
-            fail(format!(
-                "cannot connect to {}:{}: {err}",
-                args.host, args.port
-            ))
-        });
+        .connect(args.address.addr())
+        .unwrap_or_else(|err| fail(format!("cannot connect to {}: {err}", args.address)));
     let client = Arc::new(client);
 
     // The printer blocks in `read` and reports each echo it printed; `close`

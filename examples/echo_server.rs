@@ -22,12 +22,8 @@ use liveseq::{Error, Server};
 #[derive(Parser, Debug)]
 #[command(about = "LSP echo server")]
 struct Args {
-    /// Address to bind.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// Port to bind (0 picks a free one).
-    #[arg(long, default_value_t = 9999)]
-    port: u16,
+    #[command(flatten)]
+    address: common::AddressArgs,
     #[command(flatten)]
     protocol: common::ProtocolArgs,
 }
@@ -38,14 +34,11 @@ fn main() {
     let server = match Server::builder()
         .params(args.protocol.params())
         .faults(args.protocol.faults())
-        .bind((args.host.as_str(), args.port))
+        .bind(args.address.addr())
     {
         Ok(server) => Arc::new(server),
         Err(err) => {
-            eprintln!(
-                "echo_server: cannot listen on {}:{}: {err}",
-                args.host, args.port
-            );
+            eprintln!("echo_server: cannot listen on {}: {err}", args.address);
             std::process::exit(1);
         }
     };

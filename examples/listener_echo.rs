@@ -19,12 +19,8 @@ mod common;
 #[derive(Parser, Debug)]
 #[command(about = "a thread-per-connection LSP echo server")]
 struct Args {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// Port to listen on (0: any free port).
-    #[arg(long, default_value_t = 9999)]
-    port: u16,
+    #[command(flatten)]
+    address: common::AddressArgs,
     #[command(flatten)]
     protocol: common::ProtocolArgs,
 }
@@ -35,7 +31,7 @@ fn main() {
     let listener = match Server::builder()
         .params(args.protocol.params())
         .faults(args.protocol.faults())
-        .listen((args.host.as_str(), args.port))
+        .listen(args.address.addr())
     {
         Ok(listener) => listener,
         Err(err) => {

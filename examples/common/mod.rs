@@ -3,6 +3,30 @@
 use clap::Args;
 use liveseq::{Faults, Params};
 
+/// The server's address: where a server binds, or where a client connects.
+#[derive(Args, Debug)]
+pub struct AddressArgs {
+    /// Host (a name or an address).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0, for a server: any free port).
+    #[arg(long, default_value_t = 9999)]
+    pub port: u16,
+}
+
+impl AddressArgs {
+    /// As `ToSocketAddrs` takes it.
+    pub fn addr(&self) -> (&str, u16) {
+        (self.host.as_str(), self.port)
+    }
+}
+
+impl std::fmt::Display for AddressArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
 /// The protocol parameters and fault knobs of the reference runners.
 #[derive(Args, Debug)]
 pub struct ProtocolArgs {
