@@ -291,7 +291,7 @@ impl ClientCore {
         match Message::decode(datagram) {
             Ok(msg) => self.handle_message(now, from, msg),
             Err(err) => {
-                super::server::log_malformed(from, err, datagram);
+                super::message::log_malformed(from, err, datagram);
                 self.timing.malformed += 1;
             }
         }
@@ -383,8 +383,8 @@ impl ClientCore {
     /// The application writes `payload`. While a reconnect is under way it
     /// waits for the new connection.
     ///
-    /// Fails with [`Error::ConnectionLost`] once the connection is lost for
-    /// good, [`Error::Closed`] once closing, and [`Error::BufferFull`] while
+    /// Fails with [`CoreError::ConnectionLost`] once the connection is lost for
+    /// good, [`CoreError::Closed`] once closing, and [`CoreError::BufferFull`] while
     /// the send buffer is full.
     pub fn write(&mut self, now: Instant, payload: &[u8]) -> Result<(), CoreError> {
         match self.conn.phase() {

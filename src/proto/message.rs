@@ -312,6 +312,17 @@ fn base64_len(n: usize) -> usize {
     n.div_ceil(3) * 4
 }
 
+/// Logs a datagram that was not a message, at debug level, with its start.
+pub(crate) fn log_malformed(from: std::net::SocketAddr, err: DecodeError, datagram: &[u8]) {
+    if log::log_enabled!(log::Level::Debug) {
+        let shown = &datagram[..datagram.len().min(80)];
+        log::debug!(
+            "dropped a malformed datagram from {from} ({err}): {:?}",
+            String::from_utf8_lossy(shown)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
