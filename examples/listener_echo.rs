@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example listener_echo -- --port 9999
-//! cargo run --example echo_client -- 127.0.0.1:9999      # in other terminals
+//! cargo run --example echo_client -- --port 9999      # in other terminals
 //! ```
 //!
 //! The first line of output is `listening on ADDRESS`.

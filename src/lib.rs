@@ -9,10 +9,10 @@
 //! A server is one loop over [`Server::next_event`]: a client connected, a
 //! message arrived, a connection ended. Every connection's events come in
 //! order, `Connected` first and exactly one of `Closed` or `Lost` last, and
-//! the only error is [`Error::Closed`] after [`Server::close`], so `?` is safe
-//! there. [`Server::write`] never blocks, and its errors concern one
-//! connection: handle them, never `?` them, and no client can stall or end
-//! the loop.
+//! its only errors are [`Error::Closed`] after [`Server::close`] and
+//! [`Error::Failed`] if the instance failed, so `?` is safe there.
+//! [`Server::write`] never blocks, and its errors concern one connection:
+//! handle them, never `?` them, and no client can stall or end the loop.
 //!
 //! ```
 //! use liveseq::{Client, Params, Server, ServerEvent};
@@ -122,7 +122,9 @@
 //! * [`proto`]: the protocol logic, state machines that do no I/O and read no
 //!   clock; the client and server are thin threaded drivers around them.
 
-// Unsafe code is confined to `sys` (batched receive), where it is audited.
+// Unsafe code is confined to `driver::sys` (batched receive, disconnecting a
+// UDP socket), where it is audited; the lsp-inspect binary has one more, its
+// SIGINT handler.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

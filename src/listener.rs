@@ -471,6 +471,7 @@ impl Connection {
     }
 
     /// Like [`read`](Connection::read), but gives up with
+    /// [`Error::Timeout`] after `timeout`.
     ///
     /// # Examples
     ///
@@ -484,7 +485,6 @@ impl Connection {
     /// use liveseq::Error;
     /// assert!(matches!(conn.read_timeout(Duration::from_millis(5)), Err(Error::Timeout)));
     /// ```
-    /// [`Error::Timeout`] after `timeout`.
     pub fn read_timeout(&self, timeout: Duration) -> Result<Vec<u8>, Error> {
         self.read_inner(Some(timeout))
     }
@@ -535,6 +535,7 @@ impl Connection {
     }
 
     /// Like [`write`](Connection::write), but gives up with
+    /// [`Error::Timeout`] if there is no room within `timeout`.
     ///
     /// # Examples
     ///
@@ -548,13 +549,13 @@ impl Connection {
     /// conn.write_timeout(b"hello", Duration::from_secs(1)).unwrap();
     /// assert_eq!(client.read().unwrap(), b"hello");
     /// ```
-    /// [`Error::Timeout`] if there is no room within `timeout`.
     pub fn write_timeout(&self, payload: &[u8], timeout: Duration) -> Result<(), Error> {
         self.server
             .write_waiting(self.id, payload, time::deadline(timeout))
     }
 
     /// Like [`write`](Connection::write), but fails with
+    /// [`Error::BufferFull`] at once instead of waiting for room.
     ///
     /// # Examples
     ///
@@ -571,7 +572,6 @@ impl Connection {
     ///     Err(other) => panic!("{other}"),
     /// }
     /// ```
-    /// [`Error::BufferFull`] at once instead of waiting for room.
     pub fn try_write(&self, payload: &[u8]) -> Result<(), Error> {
         self.server.try_write(self.id, payload)
     }

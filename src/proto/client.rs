@@ -281,8 +281,9 @@ impl ClientCore {
 
     // ----- inputs -----
 
-    /// A datagram arrived from `from`. Anything not from the server, or not a
-    /// message, is counted and dropped.
+    /// A datagram arrived from `from`. One that is not a message is counted
+    /// (`malformed`) and dropped; one not from the server is logged and
+    /// dropped (a connected socket never delivers those).
     pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         if from != self.server() {
             log::debug!("dropped a datagram from {from}: not from the server");

@@ -17,8 +17,11 @@
 ///                     +--(peer silent)--> Lost                +--(attempts exhausted)--> Refused
 /// ```
 ///
-/// A server emits `Refused` (with no connection id) for a Connect it ignored
-/// because of [`ServerBuilder::max_connections`](crate::ServerBuilder::max_connections).
+/// A server emits `Refused` (with no connection id) for a Connect it ignored:
+/// at [`ServerBuilder::max_connections`](crate::ServerBuilder::max_connections),
+/// when its memory budget has no room for one more connection
+/// ([`ServerBuilder::memory_budget`](crate::ServerBuilder::memory_budget)),
+/// or while it closes.
 ///
 /// # Examples
 ///

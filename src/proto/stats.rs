@@ -92,7 +92,8 @@ pub struct ServerStats {
     pub active: usize,
     /// Connections ever accepted.
     pub accepted: u64,
-    /// Connects ignored because of `max_connections` (or while closing).
+    /// Connects ignored: at `max_connections`, for lack of memory budget
+    /// (also counted in `budget_refusals`), or while closing.
     pub refused: u64,
     /// Connections lost: to the epoch limit, an unanswered challenge, as
     /// slow consumers, or evicted before they were validated.

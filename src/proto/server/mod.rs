@@ -83,9 +83,11 @@ use super::{ConnState, ServerEvent};
 /// lock of its own, and what connections share (the totals, the memory
 /// pool) in atomics. A datagram is looked up in the table, then handled
 /// under its connection's lock alone, so threads working on different
-/// connections never wait for each other. Locks are always taken in one
-/// order, a connection's before the table's, and an input takes at most
-/// one connection's lock at a time.
+/// connections never wait for each other. Locks are taken in one order, a
+/// connection's before the table's, and an input takes at most one
+/// connection's lock at a time. The one exception is admission, which locks
+/// a new connection's slot while it holds the table's write lock: nobody
+/// else can reach that slot yet, so no thread can wait the other way round.
 ///
 /// Every input takes a [`Sink`] that receives the datagrams and outputs it
 /// produces, under the connection's lock: that keeps each connection's
