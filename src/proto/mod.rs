@@ -14,6 +14,52 @@
 //! tests, [`PolledServer`]) takes and releases in a fixed order, so it
 //! behaves exactly as plain sequential code.
 //!
+//! # Driving a core
+//!
+//! Every input takes `now`, the time it happened. `now` must never go
+//! backwards from one call to the next on the same core (a driver reads one
+//! monotonic clock, [`Instant`](std::time::Instant); a test advances a
+//! virtual one): round-trip samples, connect deadlines and redial times are
+//! differences of these instants, and are only saturated, not corrected, if
+//! it does. Epochs are not read from `now`: a core counts them only as the
+//! driver calls `handle_epoch`, once per `epoch_millis`.
+//!
+//! A driver calls, for each core:
+//!
+//! * [`Conn`]: [`handle`](Conn::handle) for each message, or
+//!   [`on_epoch`](Conn::on_epoch), [`write`](Conn::write) or
+//!   [`close`](Conn::close); after each, drain
+//!   [`poll_transmit`](Conn::poll_transmit),
+//!   [`poll_delivered`](Conn::poll_delivered) and
+//!   [`poll_event`](Conn::poll_event) until each returns `None`.
+//! * [`ClientCore`]: [`handle`](ClientCore::handle) for each datagram of a
+//!   batch, then [`end_batch`](ClientCore::end_batch);
+//!   [`handle_epoch`](ClientCore::handle_epoch) every epoch;
+//!   [`handle_timeout`](ClientCore::handle_timeout) at
+//!   [`poll_timeout`](ClientCore::poll_timeout); the application's
+//!   [`write`](ClientCore::write), [`read_done`](ClientCore::read_done) and
+//!   [`close`](ClientCore::close). After each call, drain
+//!   [`poll_transmit`](ClientCore::poll_transmit) and
+//!   [`poll_output`](ClientCore::poll_output).
+//! * [`ServerCore`]: [`handle`](ServerCore::handle) for each datagram of a
+//!   batch, then [`end_batch`](ServerCore::end_batch) (or
+//!   [`handle_batch`](ServerCore::handle_batch) for both);
+//!   [`handle_epoch`](ServerCore::handle_epoch) every epoch; the
+//!   application's [`write`](ServerCore::write),
+//!   [`read_done`](ServerCore::read_done),
+//!   [`close_conn`](ServerCore::close_conn) and
+//!   [`close`](ServerCore::close). Outputs are not polled: each call hands
+//!   them to the [`Sink`] it is given, as they happen.
+//!   ([`PolledServer`] collects them for a driver that prefers to poll.)
+//!
+//! Why two output styles: [`Conn`] and [`ClientCore`] belong to one caller
+//! at a time (the client's one lock), which may poll at leisure. A
+//! [`ServerCore`] is fed by several threads at once, each connection under
+//! its own lock, and one connection's outputs must leave in order: they are
+//! handed out under that connection's lock, at the moment they happen,
+//! which a queue polled later by another thread could not promise without
+//! a lock of its own around every connection's queue.
+//!
 //! Most programs never need this module. It is for people who write their
 //! own driver (a different socket layer, an event loop), tools that speak
 //! LSP by hand, and tests.
