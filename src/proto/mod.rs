@@ -109,7 +109,7 @@ pub use polled::PolledServer;
 pub use server::{
     Batch, ConnRef, Limit, ServerConfig, ServerCore, ServerOutput, AMPLIFICATION_FACTOR,
     CHALLENGE_EPOCHS, DEFAULT_BUDGET, DEFAULT_INBOX, DEFAULT_MAX_UNVALIDATED, DEFAULT_SEND_BUFFER,
-    EVENT_COST, MAX_CONN_ID,
+    EVENT_COST, MAX_CONN_ID, RESERVE_DIVISOR,
 };
 pub use sink::{Collect, Sink};
 pub use state::ConnState;

@@ -113,6 +113,7 @@ impl ServerCore {
             holding: false,
             admitted,
             held_back: false,
+            wants_more: false,
         }));
         // Locked before anyone else can find it (so no lock-order question
         // arises), and held until its `Connected` is out: whatever a

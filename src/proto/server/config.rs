@@ -88,6 +88,12 @@ pub const DEFAULT_BUDGET: usize = 128 << 20;
 /// the server's datagrams (see [`ServerCore`](super::ServerCore)'s "Decisions written down").
 pub const DEFAULT_MAX_UNVALIDATED: usize = 1024;
 
+/// The share of the budget kept free for admitting new connections: the
+/// connections' own use of the budget stops at `budget - budget /
+/// RESERVE_DIVISOR`, while a Connect may use all of it. (A sixteenth: 8 MiB
+/// of the default budget, room for the events of some 32,000 admissions.)
+pub const RESERVE_DIVISOR: usize = 16;
+
 /// What a queued event for the application is charged against the budget
 /// (the event itself, its place in the channel, a margin).
 pub const EVENT_COST: usize = 128;
@@ -158,6 +164,12 @@ impl ServerConfig {
             charge_events: true,
             id_seed: Some(rand::random()),
         }
+    }
+
+    /// What the connections together may draw from the budget: all of it
+    /// but the reserve (see [`RESERVE_DIVISOR`]).
+    pub fn shared_budget(&self) -> usize {
+        self.budget - self.budget / RESERVE_DIVISOR
     }
 
     /// The floor that guarantees a connection a window's worth of messages

@@ -35,7 +35,7 @@ pub(super) struct Totals {
 /// last room in the pool and both take it, so the budget can be passed by
 /// at most one message per thread feeding the core at that moment. A single
 /// thread (the simulator, the tests) never passes it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Pool {
     /// Memory charged beyond the connections' floors.
     used: AtomicUsize,
@@ -43,9 +43,33 @@ pub(super) struct Pool {
     events_unread: AtomicUsize,
     /// Connections that are not writable now.
     pub unwritable: AtomicUsize,
+    /// The most a connection may draw from the budget now (its fair share,
+    /// see [`fair_share`]), or `usize::MAX` while nobody contends.
+    share: AtomicUsize,
+}
+
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool {
+            used: AtomicUsize::new(0),
+            events_unread: AtomicUsize::new(0),
+            unwritable: AtomicUsize::new(0),
+            share: AtomicUsize::new(usize::MAX),
+        }
+    }
 }
 
 impl Pool {
+    /// The most one connection may draw from the budget now.
+    pub fn share(&self) -> usize {
+        self.share.load(Relaxed)
+    }
+
+    /// Sets the share for the next epoch.
+    pub fn set_share(&self, share: usize) {
+        self.share.store(share, Relaxed);
+    }
+
     /// The shared budget in use: connections beyond their floors, and
     /// unread events.
     pub fn in_use(&self) -> usize {
@@ -79,5 +103,67 @@ impl Pool {
     /// Unread application events.
     pub fn events_unread(&self) -> usize {
         self.events_unread.load(Relaxed)
+    }
+}
+
+/// Max-min fair share of `capacity` bytes among connections that draw
+/// `draws` from it (what each holds beyond its floor, and whether it wanted
+/// more in the last epoch: Data paused or a write refused for lack of
+/// memory).
+///
+/// A connection that wants no more keeps what it holds while that is under
+/// the share; what is left is split evenly among the others, so the share is
+/// the water level at which `capacity` is used up. With nobody wanting more
+/// there is no contention and no cap (`usize::MAX`): a lone connection may
+/// use the whole budget.
+pub(super) fn fair_share(capacity: usize, draws: &mut [(usize, bool)]) -> usize {
+    if !draws.iter().any(|&(_, wants_more)| wants_more) {
+        return usize::MAX;
+    }
+    // Those that want more have no demand short of the share: last.
+    draws.sort_unstable_by_key(|&(held, wants_more)| (wants_more, held));
+    let mut left = capacity;
+    let mut sharing = draws.len();
+    for &(held, wants_more) in draws.iter() {
+        let level = left / sharing;
+        if wants_more || held > level {
+            return level;
+        }
+        left -= held;
+        sharing -= 1;
+    }
+    // Not reached: someone wants more, and is sorted last.
+    left
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fair_share;
+
+    #[test]
+    fn no_contention_no_cap() {
+        assert_eq!(fair_share(100, &mut [(90, false), (5, false)]), usize::MAX);
+        assert_eq!(fair_share(100, &mut []), usize::MAX);
+    }
+
+    #[test]
+    fn small_users_keep_theirs_and_the_rest_is_split() {
+        // 10 and 20 are under the even share (100 / 4 = 25): kept; the
+        // other 70 is split between the two that want more.
+        let mut draws = [(60, true), (10, false), (0, true), (20, false)];
+        assert_eq!(fair_share(100, &mut draws), 35);
+    }
+
+    #[test]
+    fn a_large_holder_that_wants_no_more_is_capped_too() {
+        // 80 is over the level it would get: the level is the even share.
+        let mut draws = [(80, false), (0, true)];
+        assert_eq!(fair_share(100, &mut draws), 50);
+    }
+
+    #[test]
+    fn one_contender_alone_may_use_what_others_leave() {
+        let mut draws = [(10, false), (10, false), (50, true)];
+        assert_eq!(fair_share(100, &mut draws), 80);
     }
 }

@@ -3,7 +3,8 @@
 
 use std::time::Instant;
 
-use super::counters::bump;
+use super::config::EVENT_COST;
+use super::counters::{bump, fair_share};
 use super::output::ServerOutput;
 use super::slot::Slot;
 use super::table::Ending;
@@ -13,12 +14,24 @@ use crate::proto::sink::Sink;
 
 impl ServerCore {
     /// An epoch passed: every connection ticks, each under its own lock;
-    /// unanswered challenges and slow consumers end.
+    /// unanswered challenges and slow consumers end, and the budget's fair
+    /// share is set anew from what each connection drew and wanted.
     pub fn handle_epoch(&self, now: Instant, out: &mut impl Sink<ServerOutput>) {
         self.table.write().on_epoch();
+        let mut draws = Vec::new();
         for (id, cell) in self.snapshot() {
-            locked(&cell, out, |slot, out| self.tick(now, id, slot, out));
+            locked(&cell, out, |slot, out| {
+                self.tick(now, id, slot, out);
+                if !slot.gone {
+                    let holding = slot.conn.held().0 > 0 && !slot.inbox_full(&self.config);
+                    let wants_more = std::mem::take(&mut slot.wants_more) || holding;
+                    draws.push((slot.drawn(&self.config), wants_more));
+                }
+            });
         }
+        let events = self.pool.events_unread().saturating_mul(EVENT_COST);
+        let capacity = self.config.shared_budget().saturating_sub(events);
+        self.pool.set_share(fair_share(capacity, &mut draws));
     }
 
     /// One epoch of connection `slot`.
@@ -42,7 +55,12 @@ impl ServerCore {
             slot.conn.excuse_stall();
         }
         slot.conn.on_epoch();
-        if slot.unwritable
+        // Holding its share of the budget, as a full send buffer, keeps the
+        // writer from queueing more: the same rule ends a peer that then
+        // acknowledges nothing.
+        let share = self.pool.share();
+        let at_share = share != usize::MAX && slot.drawn(&self.config) >= share;
+        if (slot.unwritable || at_share)
             && slot.conn.phase() == Phase::Open
             && slot.conn.epochs_stalled() >= slot.conn.stall_limit()
         {

@@ -96,8 +96,9 @@ impl ServerCore {
                 return Err(Error::BufferFull);
             }
         }
-        let room = slot.memory_room(&self.config, self.pool.in_use());
+        let room = slot.memory_room(&self.config, &self.pool);
         if payload.len().saturating_add(MESSAGE_OVERHEAD) > room {
+            slot.wants_more = true;
             bump(&self.totals.budget_refusals);
             return Err(Error::BudgetExhausted);
         }
@@ -182,7 +183,7 @@ impl ServerCore {
                 charged_excess(charged, self.config.floor),
             );
             slot.charged = charged;
-            slot.set_room(&self.config, self.pool.in_use());
+            slot.set_room(&self.config, &self.pool);
             let holding = slot.conn.held().0 > 0;
             if holding != slot.holding {
                 slot.holding = holding;

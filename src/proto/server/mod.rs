@@ -62,7 +62,7 @@ use parking_lot::{RawMutex, RwLock};
 
 pub use self::config::{
     Limit, ServerConfig, AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS, DEFAULT_BUDGET, DEFAULT_INBOX,
-    DEFAULT_MAX_UNVALIDATED, DEFAULT_SEND_BUFFER, EVENT_COST, MAX_CONN_ID,
+    DEFAULT_MAX_UNVALIDATED, DEFAULT_SEND_BUFFER, EVENT_COST, MAX_CONN_ID, RESERVE_DIVISOR,
 };
 pub use self::output::{Batch, ConnRef, ServerOutput};
 
@@ -138,15 +138,27 @@ use super::{ConnState, ServerEvent};
 ///   ([`Conn::stall_limit`](crate::proto::Conn::stall_limit): `epoch_limit` epochs plus the back-off cap)
 ///   while not writable is ended `Lost` as a slow consumer.
 /// * Memory: every connection is charged what it holds (payloads plus
-///   [`MESSAGE_OVERHEAD`](crate::proto::MESSAGE_OVERHEAD) per message: send buffer, inbox, reorder buffer,
-///   held Data), and queued application events cost [`EVENT_COST`] each.
-///   Beyond its floor a connection draws from the shared budget, and one
-///   over its own limits only from the first half of it, so that peers that
-///   never read cannot starve the others. When the budget is spent, Data is
-///   left unacknowledged, writes fail with [`Error::BudgetExhausted`](crate::proto::CoreError::BudgetExhausted) and
-///   Connects are refused. (With several threads feeding the core at once
-///   the budget may be passed by one message per thread: see the pool's
-///   notes in the source.)
+///   [`MESSAGE_OVERHEAD`](crate::proto::MESSAGE_OVERHEAD) per message: send
+///   buffer, inbox, reorder buffer, held Data), and queued application
+///   events cost [`EVENT_COST`] each. Beyond its floor a connection draws
+///   from the shared budget, less a reserve of a sixteenth
+///   ([`RESERVE_DIVISOR`]) that only admissions use, so a Connect finds room
+///   however full the connections are.
+/// * Shares of the budget (max-min fairness): while nobody wants more than
+///   it can have, any connection may use all of it. Once some do (Data
+///   paused, or a write refused, for lack of budget in the last epoch), each
+///   epoch sets a fair share: connections holding less than an even split
+///   keep what they hold, and the rest is split evenly among the others. A
+///   connection at its share takes no more: its Data goes unacknowledged
+///   (paced, as by a full inbox) and writes to it fail with
+///   [`Error::BudgetExhausted`](crate::proto::CoreError::BudgetExhausted),
+///   so peers that never read or never acknowledge hold at most their share
+///   and cannot starve the others. One that holds its share (or a full send
+///   buffer) and acknowledges nothing for its stall limit is ended as a slow
+///   consumer. When the budget itself is spent, Data is left
+///   unacknowledged, writes fail and Connects are refused. (With several
+///   threads feeding the core at once the budget may be passed by one
+///   message per thread: see the pool's notes in the source.)
 #[derive(Debug)]
 pub struct ServerCore {
     config: ServerConfig,

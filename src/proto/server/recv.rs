@@ -190,14 +190,18 @@ impl ServerCore {
                 }
             }
             // Other connections may have used the shared budget since.
-            slot.set_room(&self.config, self.pool.in_use());
+            slot.set_room(&self.config, &self.pool);
         }
         // What to log if it is rejected (the message itself is consumed).
         let what = (msg.kind, msg.conn_id, msg.seq_num);
         match slot.conn.handle(msg) {
             Ok(()) => {}
             // Flow control, not a fault of the peer's.
-            Err(Rejected::Paused) => {}
+            Err(Rejected::Paused) => {
+                if !slot.inbox_full(&self.config) {
+                    slot.wants_more = true;
+                }
+            }
             Err(why) => {
                 log::debug!("dropped {what:?} from {from}: {why}");
                 slot.timing.rejected += 1;

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
+use super::counters::Pool;
 use super::ServerConfig;
 use crate::proto::conn::{Conn, Phase, Room, MESSAGE_OVERHEAD};
 use crate::proto::stats::Timing;
@@ -47,6 +48,10 @@ pub(crate) struct Slot {
     /// Datagrams of this connection were held back since the last epoch (the
     /// 3x limit, a challenge): that epoch does not count toward its stall.
     pub held_back: bool,
+    /// It wanted more memory than it could have since the last epoch (Data
+    /// paused, or a write refused, for lack of budget): it contends for the
+    /// budget in the next fair share.
+    pub wants_more: bool,
 }
 
 impl Slot {
@@ -58,27 +63,33 @@ impl Slot {
         )
     }
 
-    /// How much more memory it may take when `pool` of the shared budget is
-    /// in use: the rest of its floor, then the budget (only its first half
-    /// for a connection over its own limits, so that those cannot starve
-    /// the others).
-    pub fn memory_room(&self, config: &ServerConfig, pool: usize) -> usize {
-        let over = self.unwritable || config.inbox.reached(self.unread.0, self.unread.1);
-        let cap = if over {
-            config.budget / 2
-        } else {
-            config.budget
-        };
+    /// How much more memory it may take now: the rest of its floor, then
+    /// what is left of the budget (less the reserve for admissions) up to its
+    /// fair share ([`fair_share`](super::counters::fair_share)).
+    pub fn memory_room(&self, config: &ServerConfig, pool: &Pool) -> usize {
+        let shared_left = config.shared_budget().saturating_sub(pool.in_use());
+        let share_left = pool.share().saturating_sub(self.drawn(config));
         config
             .floor
             .saturating_sub(self.charged)
-            .saturating_add(cap.saturating_sub(pool))
+            .saturating_add(shared_left.min(share_left))
+    }
+
+    /// What it draws from the shared budget: its charge beyond its floor.
+    pub fn drawn(&self, config: &ServerConfig) -> usize {
+        self.charged.saturating_sub(config.floor)
+    }
+
+    /// Whether its inbox is at its limit (the application is behind, not
+    /// the budget).
+    pub fn inbox_full(&self, config: &ServerConfig) -> bool {
+        config.inbox.reached(self.unread.0, self.unread.1)
     }
 
     /// Tells the connection how much it may take now: its inbox (the
     /// reorder buffer counts against it) and memory; past that, a window's
     /// worth is held unacknowledged so that the next read takes it at once.
-    pub fn set_room(&mut self, config: &ServerConfig, pool: usize) {
+    pub fn set_room(&mut self, config: &ServerConfig, pool: &Pool) {
         let memory = self.memory_room(config, pool);
         let (buffered, buffered_bytes) = self.conn.reorder_buffered();
         let room = Room {
