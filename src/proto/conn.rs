@@ -480,6 +480,12 @@ impl Conn {
         (self.out.len(), self.out_bytes)
     }
 
+    /// Messages written and acknowledged so far (those sent, less those in
+    /// flight): it grows with every acknowledgement of something new.
+    pub fn acked(&self) -> u64 {
+        self.counters.data_sent - self.unacked as u64
+    }
+
     /// Epochs in a row in which messages were in flight and none was newly
     /// acknowledged.
     pub fn epochs_stalled(&self) -> u32 {

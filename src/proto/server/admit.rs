@@ -114,6 +114,8 @@ impl ServerCore {
             admitted,
             held_back: false,
             wants_more: false,
+            refused_write: false,
+            acked_at_tick: 0,
         }));
         // Locked before anyone else can find it (so no lock-order question
         // arises), and held until its `Connected` is out: whatever a

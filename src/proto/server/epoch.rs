@@ -54,13 +54,18 @@ impl ServerCore {
             // Its peer could not have acknowledged what never left.
             slot.conn.excuse_stall();
         }
+        let acked = slot.conn.acked();
+        if acked != slot.acked_at_tick || slot.conn.unacked() == 0 {
+            // It acknowledged something since the last epoch (or has nothing
+            // in flight): a refusal before that is not held against it.
+            slot.acked_at_tick = acked;
+            slot.refused_write = false;
+        }
         slot.conn.on_epoch();
-        // Holding its share of the budget, as a full send buffer, keeps the
-        // writer from queueing more: the same rule ends a peer that then
-        // acknowledges nothing.
-        let share = self.pool.share();
-        let at_share = share != usize::MAX && slot.drawn(&self.config) >= share;
-        if (slot.unwritable || at_share)
+        // A write refused for its share of the budget keeps the writer from
+        // queueing more, as a full send buffer does: the same rule ends a
+        // peer that then acknowledges nothing.
+        if (slot.unwritable || slot.refused_write)
             && slot.conn.phase() == Phase::Open
             && slot.conn.epochs_stalled() >= slot.conn.stall_limit()
         {

@@ -99,6 +99,7 @@ impl ServerCore {
         let room = slot.memory_room(&self.config, &self.pool);
         if payload.len().saturating_add(MESSAGE_OVERHEAD) > room {
             slot.wants_more = true;
+            slot.refused_write = true;
             bump(&self.totals.budget_refusals);
             return Err(Error::BudgetExhausted);
         }

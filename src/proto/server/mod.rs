@@ -153,9 +153,9 @@ use super::{ConnState, ServerEvent};
 ///   (paced, as by a full inbox) and writes to it fail with
 ///   [`Error::BudgetExhausted`](crate::proto::CoreError::BudgetExhausted),
 ///   so peers that never read or never acknowledge hold at most their share
-///   and cannot starve the others. One that holds its share (or a full send
-///   buffer) and acknowledges nothing for its stall limit is ended as a slow
-///   consumer. When the budget itself is spent, Data is left
+///   and cannot starve the others. One to which a write was refused for
+///   its share (or whose send buffer is full) and that then acknowledges
+///   nothing for its stall limit is ended as a slow consumer. When the budget itself is spent, Data is left
 ///   unacknowledged, writes fail and Connects are refused. (With several
 ///   threads feeding the core at once the budget may be passed by one
 ///   message per thread: see the pool's notes in the source.)

@@ -52,6 +52,12 @@ pub(crate) struct Slot {
     /// paused, or a write refused, for lack of budget): it contends for the
     /// budget in the next fair share.
     pub wants_more: bool,
+    /// A write to it was refused for lack of budget since it last
+    /// acknowledged anything: with nothing acknowledged for its stall limit
+    /// it is a slow consumer, as one whose send buffer is full.
+    pub refused_write: bool,
+    /// Messages it had acknowledged at the last epoch.
+    pub acked_at_tick: u64,
 }
 
 impl Slot {
