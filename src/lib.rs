@@ -121,6 +121,9 @@
 //! * [`ConnState`], [`Server::stats`], [`Server::totals`]: watching connections.
 //! * [`proto`]: the protocol logic, state machines that do no I/O and read no
 //!   clock; the client and server are thin threaded drivers around them.
+//! * `docs/PROTOCOL.md` in the repository: the protocol as liveseq speaks it,
+//!   wire format, rules and the project's own decisions, precisely enough to
+//!   write a second implementation.
 
 // Unsafe code is confined to `driver::sys` (batched receive, disconnecting a
 // UDP socket), where it is audited; the lsp-inspect binary has one more, its

@@ -57,7 +57,8 @@ impl Params {
     /// * a connection is lost 0.9 to 1 s after the peer's last datagram
     ///   (ten heartbeats in a row must be lost first);
     /// * a connect gives up after 1 s;
-    /// * a lost message is first sent again after 100 ms.
+    /// * a lost message is first sent again at the next epoch tick, within
+    ///   100 ms.
     ///
     /// An idle connection costs ten heartbeats a second each way.
     ///
@@ -91,7 +92,8 @@ impl Params {
     /// * a connection is lost 9 to 10 s after the peer's last datagram
     ///   (nine heartbeats in a row may be lost without harm);
     /// * a connect gives up after 10 s;
-    /// * a lost message is first sent again after 1 s.
+    /// * a lost message is first sent again at the next epoch tick, within
+    ///   1 s.
     ///
     /// # Examples
     ///

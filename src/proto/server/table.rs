@@ -110,7 +110,11 @@ impl Table {
             let id = match &mut self.ids {
                 Some(rng) => rng.gen_range(1..=MAX_CONN_ID),
                 None => {
-                    self.next_id = self.next_id.wrapping_add(1).max(1);
+                    self.next_id = if self.next_id >= MAX_CONN_ID {
+                        1
+                    } else {
+                        self.next_id + 1
+                    };
                     self.next_id
                 }
             };
