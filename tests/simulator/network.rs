@@ -54,7 +54,6 @@ impl Sim {
                 .is_some_and(|(s, e)| self.tick >= s && self.tick < e)
     }
 
-    /// Puts a datagram on the simulated wire, through the faults.
     /// Whether `payload` is an undetectable damage of Data `sn` of
     /// connection `id` on its way to the server (`to_server`) or the client.
     pub(super) fn damage_seen(&self, to_server: bool, id: u32, sn: u64, payload: &[u8]) -> bool {
@@ -63,6 +62,7 @@ impl Sim {
             .is_some_and(|seen| seen.iter().any(|p| p == payload))
     }
 
+    /// Puts a datagram on the simulated wire, through the faults.
     pub(super) fn transmit(&mut self, from: Node, to: Node, msg: &Message<'_>) {
         if self.partitioned(from, to) || self.chance(self.sc.drop) {
             return;
