@@ -257,7 +257,7 @@ impl SideState {
 
 /// One connection (one ConnID on one client address).
 #[derive(Debug)]
-struct ConnState {
+struct TrackedConn {
     /// The client's ISN, when it is known for sure.
     isn: Option<u64>,
     sides: [SideState; 2],
@@ -292,7 +292,7 @@ struct Flow {
     isns: Vec<u64>,
     last_client_sent: Option<Duration>,
     last_connect_delivered: Option<Duration>,
-    conns: HashMap<u32, ConnState>,
+    conns: HashMap<u32, TrackedConn>,
     answers: Vec<Answer>,
     contested: Vec<Contested>,
 }
@@ -514,7 +514,7 @@ impl Checker {
             sides[Side::Server.index()].last_heard = fl.last_connect_delivered;
             fl.conns.insert(
                 id,
-                ConnState {
+                TrackedConn {
                     isn,
                     sides,
                     client_connected: false,
