@@ -1,13 +1,14 @@
-//! The Data rules (integrity, window, unacknowledged limit, back-off) and
-//! the round-trip samples taken from acknowledgements.
+//! The Data and acknowledgement rules (integrity, window, unacknowledged
+//! limit, acknowledging only what was sent; the back-off schedule is in
+//! [`super::timers`]) and the round-trip samples taken from acknowledgements.
 
 use std::time::Duration;
 
 use liveseq::proto::{checksum, Message, MsgType};
 
-use super::rules::{ms, ordinal};
-use super::side::{SideState, Tx, MAX_TIMES};
-use super::timers::{required_epochs, stall_within};
+use super::rules::{kind_name, Origin};
+use super::side::{Side, SideState, Tx, MAX_SENT, MAX_TIMES};
+use super::timers::check_backoff;
 use super::{CheckParams, Rule, Seen};
 
 /// Round-trip samples through the proxy: from delivering a first
@@ -39,21 +40,19 @@ pub(super) fn intact(msg: &Message<'_>) -> bool {
 }
 
 /// The Data rules: integrity, window, unacknowledged limit, back-off.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn check_data(
-    at: Duration,
+    o: &Origin,
     p: &CheckParams,
     stalls: &[(Duration, Duration)],
     isn: Option<u64>,
     me: &mut SideState,
     msg: &Message<'_>,
     seen: &mut Seen,
-    report: &mut dyn FnMut(&mut Seen, Rule, String),
 ) {
     let sn = msg.seq_num;
     let len = msg.payload.len() as u64;
     if len != msg.size {
-        report(
+        o.report(
             seen,
             Rule::BadSize,
             format!("Data {sn} has Size {} but {len} payload bytes", msg.size),
@@ -62,7 +61,7 @@ pub(super) fn check_data(
     if !intact(msg) {
         if len >= msg.size {
             let want = checksum(msg.conn_id, sn, msg.size, &msg.payload[..msg.size as usize]);
-            report(
+            o.report(
                 seen,
                 Rule::BadChecksum,
                 format!(
@@ -81,49 +80,27 @@ pub(super) fn check_data(
         if tx.times.len() >= MAX_TIMES {
             return;
         }
-        tx.times.push(at);
-        let j = tx.times.len() - 1;
-        if tx.early_reported || j < 2 {
-            return;
-        }
-        // Resends happen on epoch ticks: resend j may come at most one
-        // late tick (the jitter) sooner than the schedule after resend i.
-        let now = tx.times[j];
-        for i in 1..j {
-            let epochs = required_epochs(p.max_backoff, i, j);
-            let due = u32::try_from(epochs)
-                .ok()
-                .and_then(|e| p.epoch.checked_mul(e))
-                .unwrap_or(Duration::MAX);
-            let gap = now.saturating_sub(tx.times[i]);
-            let slack =
-                p.jitter
-                    .saturating_add(stall_within(stalls, tx.times[i].saturating_sub(due), now));
-            if gap.saturating_add(slack) < due {
-                tx.early_reported = true;
-                report(
-                    seen,
-                    Rule::EarlyRetransmit,
-                    format!(
-                        "Data {sn} sent for the {} time {} after its {} transmission; back-off (max {}) allows no sooner than {epochs} epochs ({} less {} jitter)",
-                        ordinal(j + 1),
-                        ms(gap),
-                        ordinal(i + 1),
-                        p.max_backoff,
-                        ms(due),
-                        ms(p.jitter)
-                    ),
-                );
-                break;
-            }
-        }
+        tx.times.push(o.at);
+        check_backoff(o, p, stalls, sn, tx, seen);
         return;
     }
     if sn < me.forgotten_below {
         seen.retransmission = 1;
         return;
     }
+    check_first(o, p, isn, me, sn, seen);
+}
 
+/// The window and unacknowledged-limit rules, for the first transmission
+/// of Data `sn`, which is remembered.
+fn check_first(
+    o: &Origin,
+    p: &CheckParams,
+    isn: Option<u64>,
+    me: &mut SideState,
+    sn: u64,
+    seen: &mut Seen,
+) {
     // A first transmission. `lo` is the first sequence number of this side;
     // with the ISN unknown, the lowest seen stands in (higher: lenient).
     let lo = match isn {
@@ -134,7 +111,7 @@ pub(super) fn check_data(
     let mut tx = Tx::default();
     if sn >= n.saturating_add(p.window) {
         tx.reported = true;
-        report(
+        o.report(
             seen,
             Rule::BeyondWindow,
             format!(
@@ -155,7 +132,7 @@ pub(super) fn check_data(
         0
     };
     if in_flight >= p.max_unacked && !tx.reported {
-        report(
+        o.report(
             seen,
             Rule::MaxUnacked,
             format!(
@@ -164,6 +141,42 @@ pub(super) fn check_data(
             ),
         );
     }
-    tx.times.push(at);
+    tx.times.push(o.at);
     me.sent.insert(sn, tx);
+}
+
+/// The rule that an Ack or CAck acknowledges only Data the `other` side
+/// sent; an acknowledgement of a first transmission gives a round-trip
+/// sample.
+pub(super) fn check_ack(
+    o: &Origin,
+    msg: &Message<'_>,
+    other: &mut SideState,
+    rtt: &mut RttSamples,
+    seen: &mut Seen,
+) {
+    let sn = msg.seq_num;
+    // Each unsent number is reported once; a peer spraying
+    // numbers is reported on every one beyond what is remembered.
+    let new = other.reported_acks.len() >= MAX_SENT || other.reported_acks.insert(sn);
+    if !other.was_sent(sn) && new {
+        o.report(
+            seen,
+            Rule::AckUnsent,
+            format!(
+                "{} {sn} acknowledges Data the {} never sent",
+                kind_name(msg),
+                o.from.other().name()
+            ),
+        );
+    }
+    if let Some(delivered) = other.rtt_pending.remove(&sn) {
+        let samples = match o.from {
+            Side::Client => &mut rtt.client,
+            Side::Server => &mut rtt.server,
+        };
+        if samples.len() < MAX_RTT_SAMPLES {
+            samples.push(o.at.saturating_sub(delivered));
+        }
+    }
 }

@@ -10,6 +10,13 @@
 //! has at least as many messages in flight as the proxy saw unacknowledged,
 //! it heard last no later than the proxy's last delivery to it, and so on.
 //! Timer-based rules allow `jitter` for an endpoint's late epoch timer.
+//!
+//! The parts: [`Checker`] holds the state and walks each datagram through
+//! the checks in order; [`connect`] keeps each client address and its
+//! connections and checks ConnIDs and repeated Connects; [`timers`] holds
+//! the rules with a deadline (lost, silent, back-off); [`data`] the rules
+//! on Data and acknowledgements; [`side`] what is known of each end of a
+//! connection; [`rules`] the rules and the findings that report them.
 
 mod connect;
 mod data;
@@ -24,11 +31,10 @@ use std::time::Duration;
 
 use liveseq::proto::{DecodeError, Message, MsgType};
 
-use connect::{Answer, Contested, Flow, TrackedConn, MAX_ANSWERS};
-use data::{check_data, intact, MAX_RTT_SAMPLES};
-use rules::{kind_name, ms};
-use side::{SideState, MAX_SENT};
-use timers::{later, stall_within};
+use connect::{check_owner, Flow};
+use data::{check_ack, check_data, intact};
+use rules::Origin;
+use timers::{check_lost, check_silent};
 
 pub use data::RttSamples;
 pub use rules::{Rule, Seen, Violation};
@@ -142,24 +148,19 @@ impl Checker {
     ) -> Seen {
         let mut seen = Seen::default();
         let p = self.params;
-        let report = |seen: &mut Seen, rule: Rule, conn: Option<u32>, detail: String| {
-            seen.violations.push(Violation {
-                rule,
-                side: from,
-                flow,
-                conn,
-                datagram,
-                at,
-                detail,
-            });
+        let o = Origin {
+            at,
+            flow,
+            from,
+            datagram,
+            conn: None,
         };
         let msg = match msg {
             Ok(msg) => msg,
             Err(e) => {
-                report(
+                o.report(
                     &mut seen,
                     Rule::Malformed,
-                    None,
                     format!("not an LSP message: {e}"),
                 );
                 return seen;
@@ -169,101 +170,27 @@ impl Checker {
         let fl = self.flows.entry(flow).or_default();
         if msg.kind == MsgType::Connect {
             if from == Side::Client {
-                if !fl.isns.contains(&msg.seq_num) {
-                    fl.isns.push(msg.seq_num);
-                }
-                fl.last_client_sent = Some(at);
+                fl.client_connect(at, msg.seq_num);
             }
             // Connect resends follow no schedule the checker holds them to.
             return seen;
         }
         let id = msg.conn_id;
         seen.conn = Some(id);
+        let o = Origin {
+            conn: Some(id),
+            ..o
+        };
         let connect_isn = fl.isns.contains(&msg.seq_num).then_some(msg.seq_num);
         let is_connect_ack =
             from == Side::Server && msg.kind == MsgType::Ack && connect_isn.is_some();
 
         if from == Side::Server {
-            match self.owners.get(&id) {
-                Some(&owner) if owner != flow => {
-                    if self.reused.len() < MAX_SENT && self.reused.insert((id, flow)) {
-                        report(
-                            &mut seen,
-                            Rule::ConnIdReused,
-                            Some(id),
-                            format!("ConnID {id} was already given to another client address"),
-                        );
-                    }
-                }
-                Some(_) => {}
-                None => {
-                    self.owners.insert(id, flow);
-                }
-            }
+            check_owner(&mut self.owners, &mut self.reused, &o, id, &mut seen);
         }
-
-        if !fl.conns.contains_key(&id) {
-            // Which Connect this connection answers: the one whose ISN its
-            // first Ack carries, or the only one this address sent. With
-            // several and no Ack to tell, the ISN stays unknown and the
-            // checks that need it are lenient.
-            let isn = if is_connect_ack {
-                connect_isn
-            } else if fl.isns.len() == 1 {
-                fl.isns.first().copied()
-            } else {
-                None
-            };
-            let mut sides: [SideState; 2] = Default::default();
-            sides[Side::Server.index()].last_heard = fl.last_connect_delivered;
-            fl.conns.insert(
-                id,
-                TrackedConn {
-                    isn,
-                    sides,
-                    client_connected: false,
-                    server_validated: false,
-                },
-            );
-        }
-
-        // A repeated Connect answered with another ConnID is a breach only
-        // if the older connection provably lived on: the server uses it
-        // after giving out the newer one.
+        fl.track(id, is_connect_ack, connect_isn);
         if from == Side::Server {
-            for c in fl.contested.iter_mut() {
-                if c.older == id && !c.reported && at > c.at {
-                    c.reported = true;
-                    report(
-                        &mut seen,
-                        Rule::ConnectReanswered,
-                        Some(id),
-                        format!(
-                            "Connect with ISN {} was answered with ConnID {} (datagram #{}) while connection {} from the same address was still live",
-                            c.isn, c.newer, c.datagram, c.older
-                        ),
-                    );
-                }
-            }
-            if let (true, Some(isn)) = (is_connect_ack, connect_isn) {
-                let known = fl.answers.iter().any(|a| a.isn == isn && a.id == id);
-                if !known {
-                    let older = fl.answers.iter().find(|a| a.isn == isn).map(|a| a.id);
-                    if let Some(older) = older.filter(|_| fl.contested.len() < MAX_ANSWERS) {
-                        fl.contested.push(Contested {
-                            older,
-                            newer: id,
-                            isn,
-                            at,
-                            datagram,
-                            reported: false,
-                        });
-                    }
-                    if fl.answers.len() < MAX_ANSWERS {
-                        fl.answers.push(Answer { isn, id });
-                    }
-                }
-            }
+            fl.check_answer(&o, id, is_connect_ack, connect_isn, &mut seen);
         }
 
         let Some(conn) = fl.conns.get_mut(&id) else {
@@ -283,68 +210,9 @@ impl Checker {
             Side::Server => (server, client),
         };
 
-        // The sender must have declared the connection lost epoch_limit
-        // epochs after it last heard anything of it.
-        match me.last_heard {
-            Some(heard) => {
-                let limit = p
-                    .epoch
-                    .checked_mul(p.epoch_limit)
-                    .and_then(|d| d.checked_add(p.jitter))
-                    .unwrap_or(Duration::MAX)
-                    .saturating_add(stall_within(stalls, heard, at));
-                if !me.lost_reported && at.saturating_sub(heard) > limit {
-                    me.lost_reported = true;
-                    report(
-                        &mut seen,
-                        Rule::AfterLost,
-                        Some(id),
-                        format!(
-                            "sent {} after hearing nothing of the connection for {} (epoch limit {} x {} + {} jitter): it must have declared the connection lost",
-                            kind_name(msg),
-                            ms(at - heard),
-                            p.epoch_limit,
-                            ms(p.epoch),
-                            ms(p.jitter)
-                        ),
-                    );
-                }
-            }
-            // It has heard nothing we know of: treat now as its last
-            // hearing, an upper bound.
-            None => me.last_heard = Some(at),
-        }
-
-        // Each epoch in which a side heard nothing and sent no Data ends
-        // with a heartbeat, so silence on both ways longer than two epochs
-        // (any such stretch holds a whole epoch) is a skipped heartbeat,
-        // proven by the side speaking again on the same connection.
+        check_lost(&o, &p, stalls, me, msg, &mut seen);
         if applies_silent {
-            let last_sent = match from {
-                Side::Client => later(me.last_sent, fl.last_client_sent),
-                Side::Server => me.last_sent,
-            };
-            if let Some(quiet_since) = later(last_sent, me.last_heard) {
-                let allowed = p
-                    .epoch
-                    .checked_mul(2)
-                    .and_then(|d| d.checked_add(p.jitter))
-                    .unwrap_or(Duration::MAX)
-                    .saturating_add(stall_within(stalls, quiet_since, at));
-                if at.saturating_sub(quiet_since) > allowed {
-                    report(
-                        &mut seen,
-                        Rule::Silent,
-                        Some(id),
-                        format!(
-                            "sent nothing for {} while hearing nothing (at most 2 epochs of {} + {} jitter)",
-                            ms(at - quiet_since),
-                            ms(p.epoch),
-                            ms(p.jitter)
-                        ),
-                    );
-                }
-            }
+            check_silent(&o, &p, stalls, me, fl.last_client_sent, &mut seen);
         }
         me.last_sent = Some(at);
         if from == Side::Client {
@@ -353,47 +221,10 @@ impl Checker {
 
         match msg.kind {
             MsgType::Connect => {}
-            MsgType::Data => {
-                check_data(
-                    at,
-                    &p,
-                    stalls,
-                    isn,
-                    me,
-                    msg,
-                    &mut seen,
-                    &mut |s, rule, detail| report(s, rule, Some(id), detail),
-                );
-            }
+            MsgType::Data => check_data(&o, &p, stalls, isn, me, msg, &mut seen),
             MsgType::Ack if msg.seq_num == 0 => {} // a heartbeat
             MsgType::Ack if is_connect_ack => {}
-            MsgType::Ack | MsgType::CAck => {
-                let sn = msg.seq_num;
-                // Each unsent number is reported once; a peer spraying
-                // numbers is reported on every one beyond what is remembered.
-                let new = other.reported_acks.len() >= MAX_SENT || other.reported_acks.insert(sn);
-                if !other.was_sent(sn) && new {
-                    report(
-                        &mut seen,
-                        Rule::AckUnsent,
-                        Some(id),
-                        format!(
-                            "{} {sn} acknowledges Data the {} never sent",
-                            kind_name(msg),
-                            from.other().name()
-                        ),
-                    );
-                }
-                if let Some(delivered) = other.rtt_pending.remove(&sn) {
-                    let samples = match from {
-                        Side::Client => &mut self.rtt.client,
-                        Side::Server => &mut self.rtt.server,
-                    };
-                    if samples.len() < MAX_RTT_SAMPLES {
-                        samples.push(at.saturating_sub(delivered));
-                    }
-                }
-            }
+            MsgType::Ack | MsgType::CAck => check_ack(&o, msg, other, &mut self.rtt, &mut seen),
         }
         seen
     }

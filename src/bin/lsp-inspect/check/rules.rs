@@ -94,6 +94,37 @@ pub struct Seen {
     pub violations: Vec<Violation>,
 }
 
+/// The datagram being judged, as each [`Violation`] it proves names it:
+/// one value for every check, instead of the same five arguments each.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Origin {
+    /// When the proxy received it.
+    pub(super) at: Duration,
+    /// The client address (flow number) it came from or went to.
+    pub(super) flow: usize,
+    /// The side that sent it.
+    pub(super) from: Side,
+    /// Its index (the proxy numbers every datagram).
+    pub(super) datagram: usize,
+    /// The connection it names (none for a Connect or a malformed datagram).
+    pub(super) conn: Option<u32>,
+}
+
+impl Origin {
+    /// Records that this datagram proves a breach of `rule`.
+    pub(super) fn report(&self, seen: &mut Seen, rule: Rule, detail: String) {
+        seen.violations.push(Violation {
+            rule,
+            side: self.from,
+            flow: self.flow,
+            conn: self.conn,
+            datagram: self.datagram,
+            at: self.at,
+            detail,
+        });
+    }
+}
+
 pub(super) fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
