@@ -18,7 +18,7 @@
 mod common;
 
 #[allow(dead_code)]
-#[path = "../src/bin/lsp-inspect/check.rs"]
+#[path = "../src/bin/lsp-inspect/check/mod.rs"]
 mod check;
 #[allow(dead_code)]
 #[path = "../src/bin/lsp-inspect/faults.rs"]
