@@ -15,7 +15,7 @@ usage: lsp-inspect --listen 127.0.0.1:PORT --server HOST:PORT --epoch-millis MS 
 
 Clients send to --listen; every datagram goes on to --server (one upstream
 socket per client address) and the answers come back. Each datagram is
-decoded, recorded and checked against the wire protocol (SPEC.md) as its
+decoded, recorded and checked against the wire protocol (docs/PROTOCOL.md) as its
 sender sent it; faults are applied after the check. Give the parameters the
 endpoints run with: the checks depend on them.
 

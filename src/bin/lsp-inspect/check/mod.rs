@@ -1,4 +1,4 @@
-//! The SPEC checker: an I/O-free judge of what each side of each connection
+//! The protocol checker (the rules of docs/PROTOCOL.md): an I/O-free judge of what each side of each connection
 //! sent, fed with every datagram as the proxy received it ([`Checker::sent`])
 //! and as the proxy passed it on ([`Checker::delivered`]).
 //!

@@ -9,7 +9,7 @@ use liveseq::proto::{Message, MsgType};
 
 use super::Side;
 
-/// A SPEC rule the checker enforces. [`Rule::name`] is what reports print.
+/// A protocol rule (docs/PROTOCOL.md) the checker enforces. [`Rule::name`] is what reports print.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Rule {
     /// A datagram that is not an LSP message (bad JSON, unknown type, bad base64).

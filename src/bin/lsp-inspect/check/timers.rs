@@ -166,7 +166,7 @@ fn later(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 }
 
 /// Epochs that must separate resend `i` from resend `j` (`1 <= i < j`,
-/// transmission 0 being the first) under the back-off rule of SPEC: after
+/// transmission 0 being the first) under the back-off rule (docs/PROTOCOL.md, section 8.1): after
 /// each resend the message waits `backoff + 1` epochs, `backoff` going
 /// 0, 1, 2, 4, ... capped at `max_backoff`.
 pub(super) fn required_epochs(max_backoff: u32, i: usize, j: usize) -> u64 {
