@@ -36,11 +36,13 @@ mod send;
 mod tests;
 mod transmit;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use super::message::{Message, MsgType};
 use crate::Params;
-use send::Outgoing;
+use acks::PendingAcks;
+use recv::RecvBuffer;
+use send::SendQueue;
 use transmit::Transmit;
 
 pub use counters::Counters;
@@ -162,42 +164,22 @@ pub struct Conn {
     conn_id: u32,
     isn: u64,
     phase: Phase,
+    /// The application closed the connection (it reads nothing more).
+    closed_by_app: bool,
 
-    /// Sequence number of `out[0]`: the oldest unacknowledged message, or the
-    /// next to send when nothing is in flight.
-    base: u64,
-    /// Written messages: `out[..sent]` were sent at least once, the rest wait for the window.
-    out: VecDeque<Outgoing>,
-    /// Payload bytes in `out` not yet acknowledged.
-    out_bytes: usize,
-    sent: usize,
-    unacked: usize,
+    // Each with its invariants written beside its type.
+    send: SendQueue,
+    recv: RecvBuffer,
+    acks: PendingAcks,
+
+    // Liveness: what `on_epoch` judges the peer by.
+    epochs_silent: u32,
+    /// Epochs in a row with messages in flight and none newly acknowledged.
+    epochs_stalled: u32,
     /// Whether any Data went out since the last epoch (no heartbeat needed then).
     data_sent_this_epoch: bool,
 
-    /// Next sequence number to deliver in order.
-    expected: u64,
-    /// Out-of-order messages inside the receive window, by sequence number.
-    /// A map, not a slot per sequence number: memory follows what was
-    /// received, whatever the window size (found by fuzzing with a huge window).
-    window: BTreeMap<u64, Vec<u8>>,
-    delivered: VecDeque<Vec<u8>>,
-
-    epochs_silent: u32,
-    /// Payload bytes in `window`.
-    window_bytes: usize,
-    /// How much more Data may be taken and acknowledged, and how much more
-    /// may be held unacknowledged (flow control: see [`Conn::set_receive_room`]).
-    room: Room,
-    hold_room: Room,
-    /// In-window Data received while there was no room, not acknowledged:
-    /// taken (and acknowledged) as soon as there is room again.
-    held: BTreeMap<u64, Vec<u8>>,
-    held_bytes: usize,
-    /// Epochs in a row with messages in flight and none newly acknowledged.
-    epochs_stalled: u32,
-    /// The application closed the connection (it reads nothing more).
-    closed_by_app: bool,
+    // The handshake.
     /// Epochs since a client started connecting (paces its Connects).
     epochs_connecting: u32,
     /// A connection id a connecting client must not adopt: its previous
@@ -205,16 +187,12 @@ pub struct Conn {
     stale_conn_id: Option<u32>,
     /// Re-sends of the Connect's Ack left (server; see [`CONNECT_REACKS`]).
     reacks_left: u32,
-    /// Acknowledge in-order Data with one CAck per [`Conn::flush_acks`].
-    coalesce_acks: bool,
-    /// In-order Data acknowledged since the last flush, and the first of them:
-    /// one is acknowledged with a plain Ack, more with a CAck.
-    acks_pending: u32,
-    first_pending_ack: u64,
     /// Whether the peer has sent anything but a Connect. A server sends no
     /// heartbeats before that, so a spoofed Connect earns its claimed source
     /// one Ack and nothing more (no amplification).
     heard: bool,
+
+    // Outputs, until the driver polls them.
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     /// Sequence numbers acknowledged on their first transmission.
@@ -269,31 +247,18 @@ impl Conn {
             conn_id,
             isn,
             phase,
-            // Saturating: see `server` for why an isn this large is harmless.
-            base: isn.saturating_add(1),
-            out: VecDeque::new(),
-            out_bytes: 0,
-            sent: 0,
-            unacked: 0,
-            data_sent_this_epoch: false,
-            expected: isn.saturating_add(1),
-            window: BTreeMap::new(),
-            delivered: VecDeque::new(),
-            epochs_silent: 0,
-            window_bytes: 0,
-            room: Room::UNLIMITED,
-            hold_room: Room::NONE,
-            held: BTreeMap::new(),
-            held_bytes: 0,
-            epochs_stalled: 0,
             closed_by_app: false,
+            // Saturating: see `server` for why an isn this large is harmless.
+            send: SendQueue::new(isn.saturating_add(1)),
+            recv: RecvBuffer::new(isn.saturating_add(1)),
+            acks: PendingAcks::default(),
+            epochs_silent: 0,
+            epochs_stalled: 0,
+            data_sent_this_epoch: false,
             epochs_connecting: 0,
             stale_conn_id: None,
             reacks_left: 0,
             heard: false,
-            coalesce_acks: false,
-            acks_pending: 0,
-            first_pending_ack: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             first_acked: VecDeque::new(),
@@ -370,11 +335,11 @@ impl Conn {
                 // The peer still needs the acks of what we received.
                 self.flush_acks();
                 self.phase = Phase::Closing;
-                self.delivered.clear();
+                self.recv.delivered.clear();
                 // Never acknowledged: the peer sends them again, and a
                 // closing connection then consumes them.
-                self.held.clear();
-                self.held_bytes = 0;
+                self.recv.held.clear();
+                self.recv.held_bytes = 0;
                 // The receive window stays: the peer may be closing too, and
                 // only a window that keeps moving lets its last messages in.
                 self.check_drained();
@@ -384,8 +349,9 @@ impl Conn {
             Phase::Connecting => {
                 self.phase = Phase::Drained;
                 self.transmits.clear();
-                self.orphans.extend(self.out.drain(..).map(|m| m.payload));
-                self.out_bytes = 0;
+                self.orphans
+                    .extend(self.send.out.drain(..).map(|m| m.payload));
+                self.send.out_bytes = 0;
                 self.events.push_back(Event::Drained);
             }
             Phase::Closing | Phase::Drained | Phase::Lost => {}
@@ -474,7 +440,7 @@ impl Conn {
             self.lose();
             return;
         }
-        if self.unacked > 0 {
+        if self.send.unacked > 0 {
             self.epochs_stalled = self.epochs_stalled.saturating_add(1);
         } else {
             self.epochs_stalled = 0;
@@ -535,15 +501,15 @@ impl Conn {
     /// unsent or unacknowledged and returns how many messages that was. The
     /// connection ends `Drained` without an event.
     pub fn abort(&mut self) -> usize {
-        let discarded = self.out.iter().filter(|m| !m.acked).count();
-        self.out.clear();
-        self.out_bytes = 0;
-        self.sent = 0;
-        self.unacked = 0;
+        let discarded = self.send.out.iter().filter(|m| !m.acked).count();
+        self.send.out.clear();
+        self.send.out_bytes = 0;
+        self.send.sent = 0;
+        self.send.unacked = 0;
         self.clear_received();
         self.transmits.clear();
         self.first_acked.clear();
-        self.acks_pending = 0;
+        self.acks.pending = 0;
         self.phase = Phase::Drained;
         discarded
     }
@@ -556,7 +522,7 @@ impl Conn {
     // ----- internals -----
 
     fn check_drained(&mut self) {
-        if self.phase == Phase::Closing && self.out.is_empty() {
+        if self.phase == Phase::Closing && self.send.out.is_empty() {
             self.phase = Phase::Drained;
             self.clear_received();
             self.events.push_back(Event::Drained);
@@ -565,17 +531,18 @@ impl Conn {
 
     fn lose(&mut self) {
         self.phase = Phase::Lost;
-        self.acks_pending = 0;
+        self.acks.pending = 0;
         self.first_acked.clear();
         self.orphans = self
+            .send
             .out
             .drain(..)
             .filter(|m| !m.acked)
             .map(|m| m.payload)
             .collect();
-        self.out_bytes = 0;
-        self.sent = 0;
-        self.unacked = 0;
+        self.send.out_bytes = 0;
+        self.send.sent = 0;
+        self.send.unacked = 0;
         self.clear_received();
         self.transmits.clear();
         self.events.push_back(Event::Lost);

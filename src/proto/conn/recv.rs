@@ -1,39 +1,83 @@
 //! The receive side: the reorder window, Data held back for want of room,
 //! and what waits for the application, in order.
 
+use std::collections::{BTreeMap, VecDeque};
+
 use super::{Conn, Message, Phase, Rejected, Room};
+
+/// What was received from the peer and not yet read by the application.
+#[derive(Debug)]
+pub(super) struct RecvBuffer {
+    /// Next sequence number to deliver in order.
+    pub(super) expected: u64,
+    /// Out-of-order messages inside the receive window, by sequence number,
+    /// all above `expected` (the one at `expected` is delivered at once).
+    /// A map, not a slot per sequence number: memory follows what was
+    /// received, whatever the window size (found by fuzzing with a huge window).
+    pub(super) window: BTreeMap<u64, Vec<u8>>,
+    /// Payload bytes in `window`.
+    pub(super) window_bytes: usize,
+    /// Delivered in order, waiting for [`Conn::poll_delivered`].
+    pub(super) delivered: VecDeque<Vec<u8>>,
+    /// How much more Data may be taken and acknowledged, and how much more
+    /// may be held unacknowledged (flow control: see [`Conn::set_receive_room`]).
+    pub(super) room: Room,
+    pub(super) hold_room: Room,
+    /// In-window Data received while there was no room, not acknowledged:
+    /// taken (and acknowledged) as soon as there is room again. Never also
+    /// in `window`, and always empty unless the connection is open.
+    pub(super) held: BTreeMap<u64, Vec<u8>>,
+    /// Payload bytes in `held`.
+    pub(super) held_bytes: usize,
+}
+
+impl RecvBuffer {
+    /// Nothing received yet; the first message to deliver is `expected`.
+    pub(super) fn new(expected: u64) -> RecvBuffer {
+        RecvBuffer {
+            expected,
+            window: BTreeMap::new(),
+            window_bytes: 0,
+            delivered: VecDeque::new(),
+            room: Room::UNLIMITED,
+            hold_room: Room::NONE,
+            held: BTreeMap::new(),
+            held_bytes: 0,
+        }
+    }
+}
 
 impl Conn {
     /// Next sequence number the receiver will deliver.
     pub fn next_expected(&self) -> u64 {
-        self.expected
+        self.recv.expected
     }
 
     /// Out-of-order messages buffered for delivery.
     pub fn buffered(&self) -> usize {
-        self.window.len()
+        self.recv.window.len()
     }
 
     /// Out-of-order messages buffered for delivery and their payload bytes
     /// (acknowledged, so they count against the inbox).
     pub fn reorder_buffered(&self) -> (usize, usize) {
-        (self.window.len(), self.window_bytes)
+        (self.recv.window.len(), self.recv.window_bytes)
     }
 
     /// Messages received while there was no room, held unacknowledged, and
     /// their payload bytes.
     pub fn held(&self) -> (usize, usize) {
-        (self.held.len(), self.held_bytes)
+        (self.recv.held.len(), self.recv.held_bytes)
     }
 
     /// Whether [`poll_delivered`](Conn::poll_delivered) has a payload.
     pub fn has_delivered(&self) -> bool {
-        !self.delivered.is_empty()
+        !self.recv.delivered.is_empty()
     }
 
     /// The next payload to hand to the application, in order.
     pub fn poll_delivered(&mut self) -> Option<Vec<u8>> {
-        self.delivered.pop_front()
+        self.recv.delivered.pop_front()
     }
 
     /// Takes Data from the peer: acknowledges it and delivers it (with
@@ -46,30 +90,30 @@ impl Conn {
         }
         let sn = msg.seq_num;
         let window = u64::from(self.params.window_size);
-        if sn >= self.expected.saturating_add(window) {
+        if sn >= self.recv.expected.saturating_add(window) {
             self.counters.outside_window += 1;
             return Err(Rejected::OutsideWindow);
         }
         self.epochs_silent = 0;
-        if sn < self.expected || self.window.contains_key(&sn) {
-            self.ack_received(sn, sn < self.expected);
+        if sn < self.recv.expected || self.recv.window.contains_key(&sn) {
+            self.ack_received(sn, sn < self.recv.expected);
             self.counters.duplicates_received += 1;
             return Ok(());
         }
-        if self.held.contains_key(&sn) {
+        if self.recv.held.contains_key(&sn) {
             // Still held: it is acknowledged once it is taken.
             self.counters.duplicates_received += 1;
             return Ok(());
         }
         let len = msg.payload.len();
         // A closing connection consumes without delivering: it needs no room.
-        if self.phase == Phase::Open && !self.room.fits(len) {
-            if self.hold_room.fits(len) {
+        if self.phase == Phase::Open && !self.recv.room.fits(len) {
+            if self.recv.hold_room.fits(len) {
                 // Kept, unacknowledged, so that the application's
                 // next read can take it at once.
-                self.hold_room.take(len);
-                self.held_bytes += len;
-                self.held.insert(sn, msg.payload.into_owned());
+                self.recv.hold_room.take(len);
+                self.recv.held_bytes += len;
+                self.recv.held.insert(sn, msg.payload.into_owned());
                 self.counters.held_back += 1;
                 return Ok(());
             }
@@ -115,19 +159,19 @@ impl Conn {
     /// assert_eq!(conn.poll_transmit().unwrap(), Message::ack(1, 101));
     /// ```
     pub fn set_receive_room(&mut self, room: Room, hold: Room) {
-        self.room = room;
-        self.hold_room = hold;
-        if self.held.is_empty() || self.phase != Phase::Open {
+        self.recv.room = room;
+        self.recv.hold_room = hold;
+        if self.recv.held.is_empty() || self.phase != Phase::Open {
             return;
         }
         let mut taken = false;
-        while let Some(entry) = self.held.first_entry() {
+        while let Some(entry) = self.recv.held.first_entry() {
             let len = entry.get().len();
-            if !self.room.fits(len) {
+            if !self.recv.room.fits(len) {
                 break;
             }
             let (sn, payload) = entry.remove_entry();
-            self.held_bytes -= len;
+            self.recv.held_bytes -= len;
             self.take(sn, payload);
             taken = true;
         }
@@ -140,27 +184,27 @@ impl Conn {
     /// (and what it unblocks) or buffers it out of order.
     pub(super) fn take(&mut self, sn: u64, payload: Vec<u8>) {
         if self.phase == Phase::Open {
-            self.room.take(payload.len());
+            self.recv.room.take(payload.len());
         }
-        self.ack_received(sn, sn == self.expected);
-        if sn != self.expected {
-            self.window_bytes += payload.len();
-            self.window.insert(sn, payload);
+        self.ack_received(sn, sn == self.recv.expected);
+        if sn != self.recv.expected {
+            self.recv.window_bytes += payload.len();
+            self.recv.window.insert(sn, payload);
             return;
         }
         self.deliver_next(payload);
-        while let Some(payload) = self.window.remove(&self.expected) {
-            self.window_bytes -= payload.len();
+        while let Some(payload) = self.recv.window.remove(&self.recv.expected) {
+            self.recv.window_bytes -= payload.len();
             self.deliver_next(payload);
         }
     }
 
     /// Forgets everything received and not delivered.
     pub(super) fn clear_received(&mut self) {
-        self.window.clear();
-        self.window_bytes = 0;
-        self.held.clear();
-        self.held_bytes = 0;
+        self.recv.window.clear();
+        self.recv.window_bytes = 0;
+        self.recv.held.clear();
+        self.recv.held_bytes = 0;
     }
 
     /// Takes the message numbered `expected`.
@@ -169,8 +213,8 @@ impl Conn {
         if self.phase == Phase::Open {
             self.counters.data_received += 1;
             self.counters.bytes_received += payload.len() as u64;
-            self.delivered.push_back(payload);
+            self.recv.delivered.push_back(payload);
         }
-        self.expected = self.expected.saturating_add(1);
+        self.recv.expected = self.recv.expected.saturating_add(1);
     }
 }

@@ -2,8 +2,46 @@
 //! acknowledgement, the window that paces first transmissions and the
 //! back-off that paces retransmissions.
 
+use std::collections::VecDeque;
+
 use super::transmit::Transmit;
 use super::{Conn, Message, MsgType, Phase, Rejected};
+
+/// Every written message from `write` until it is acknowledged. The
+/// invariants below hold between calls into [`Conn`].
+#[derive(Debug)]
+pub(super) struct SendQueue {
+    /// Sequence number of `out[0]`: the oldest unacknowledged message, or the
+    /// next to send when nothing is in flight.
+    pub(super) base: u64,
+    /// Written messages: `out[..sent]` were sent at least once, the rest wait
+    /// for the window. `out[0]` is never acknowledged: acknowledged messages
+    /// leave from the front at once (`after_acks`), so `base` moves with them.
+    pub(super) out: VecDeque<Outgoing>,
+    /// Payload bytes in `out` not yet acknowledged (an acknowledged
+    /// message's payload is dropped when it is acknowledged).
+    pub(super) out_bytes: usize,
+    /// How many of `out` were sent at least once: at most `out.len()`, and
+    /// at most the window size. `base + sent` numbers the next first
+    /// transmission.
+    pub(super) sent: usize,
+    /// How many of `out[..sent]` are not yet acknowledged: at most `sent`
+    /// and at most `max_unacked_messages`.
+    pub(super) unacked: usize,
+}
+
+impl SendQueue {
+    /// An empty queue whose first message will carry `base`.
+    pub(super) fn new(base: u64) -> SendQueue {
+        SendQueue {
+            base,
+            out: VecDeque::new(),
+            out_bytes: 0,
+            sent: 0,
+            unacked: 0,
+        }
+    }
+}
 
 /// One written message, from `write` until it is acknowledged.
 #[derive(Debug)]
@@ -21,30 +59,31 @@ pub(super) struct Outgoing {
 impl Conn {
     /// Messages sent and not yet acknowledged.
     pub fn unacked(&self) -> usize {
-        self.unacked
+        self.send.unacked
     }
 
     /// Messages written but not yet sent (waiting for the window).
     pub fn queued(&self) -> usize {
-        self.out.len() - self.sent
+        self.send.out.len() - self.send.sent
     }
 
     /// Payload bytes written and not yet acknowledged (sent or queued).
     pub fn buffered_bytes(&self) -> usize {
-        self.out_bytes
+        self.send.out_bytes
     }
 
     /// Oldest unacknowledged sequence number (or the next to send).
     pub fn oldest_unacked(&self) -> u64 {
-        self.base
+        self.send.base
     }
 
     /// Sequence numbers currently unacknowledged, in order.
     pub fn in_flight(&self) -> impl Iterator<Item = u64> + '_ {
-        let base = self.base;
-        self.out
+        let base = self.send.base;
+        self.send
+            .out
             .iter()
-            .take(self.sent)
+            .take(self.send.sent)
             .enumerate()
             .filter(|(_, m)| !m.acked)
             .map(move |(i, _)| base.saturating_add(i as u64))
@@ -53,17 +92,17 @@ impl Conn {
     /// Written messages not yet acknowledged (sent or waiting), and their
     /// payload bytes.
     pub fn send_buffered(&self) -> (usize, usize) {
-        (self.out.len(), self.out_bytes)
+        (self.send.out.len(), self.send.out_bytes)
     }
 
     /// Whether everything written has been acknowledged.
     pub fn is_idle(&self) -> bool {
-        self.out.is_empty()
+        self.send.out.is_empty()
     }
 
     /// Sequence number the next newly sent message will carry.
     pub fn next_unsent(&self) -> u64 {
-        self.base.saturating_add(self.sent as u64)
+        self.send.base.saturating_add(self.send.sent as u64)
     }
 
     /// The next sequence number acknowledged on its first transmission
@@ -90,8 +129,8 @@ impl Conn {
         if !matches!(self.phase, Phase::Open | Phase::Connecting) {
             return;
         }
-        self.out_bytes += payload.len();
-        self.out.push_back(Outgoing {
+        self.send.out_bytes += payload.len();
+        self.send.out.push_back(Outgoing {
             payload,
             acked: false,
             retransmitted: false,
@@ -109,7 +148,7 @@ impl Conn {
         }
         self.epochs_silent = 0;
         // Below `base`: an ack of something acknowledged before.
-        if let Some(index) = sn.checked_sub(self.base) {
+        if let Some(index) = sn.checked_sub(self.send.base) {
             // Below `sent`, a usize: the check above bounds it.
             let index = index as usize;
             if msg.kind == MsgType::Ack {
@@ -127,7 +166,7 @@ impl Conn {
     /// Retransmits each message in flight whose back-off has run out.
     pub(super) fn retransmit(&mut self) {
         let cap = self.params.max_backoff_interval;
-        for (i, m) in self.out.iter_mut().take(self.sent).enumerate() {
+        for (i, m) in self.send.out.iter_mut().take(self.send.sent).enumerate() {
             if m.acked {
                 continue;
             }
@@ -142,7 +181,7 @@ impl Conn {
                 }
                 .min(cap);
                 self.transmits
-                    .push_back(Transmit::Data(self.base.saturating_add(i as u64)));
+                    .push_back(Transmit::Data(self.send.base.saturating_add(i as u64)));
                 self.counters.retransmissions += 1;
                 self.data_sent_this_epoch = true;
             }
@@ -150,8 +189,8 @@ impl Conn {
     }
 
     pub(super) fn is_unacked(&self, sn: u64) -> bool {
-        sn.checked_sub(self.base)
-            .and_then(|i| self.out.get(i as usize))
+        sn.checked_sub(self.send.base)
+            .and_then(|i| self.send.out.get(i as usize))
             .is_some_and(|m| !m.acked)
     }
 
@@ -163,39 +202,42 @@ impl Conn {
         }
         let window = self.params.window_size as usize;
         let max_unacked = self.params.max_unacked_messages as usize;
-        while self.sent < self.out.len() && self.sent < window && self.unacked < max_unacked {
-            let m = &mut self.out[self.sent];
+        while self.send.sent < self.send.out.len()
+            && self.send.sent < window
+            && self.send.unacked < max_unacked
+        {
+            let m = &mut self.send.out[self.send.sent];
             m.backoff = 0;
             m.since_sent = 0;
             self.counters.data_sent += 1;
             self.counters.bytes_sent += m.payload.len() as u64;
             self.transmits.push_back(Transmit::Data(self.next_unsent()));
-            self.sent += 1;
-            self.unacked += 1;
+            self.send.sent += 1;
+            self.send.unacked += 1;
             self.data_sent_this_epoch = true;
         }
     }
 
     pub(super) fn ack_one(&mut self, index: usize) {
-        let m = &mut self.out[index];
+        let m = &mut self.send.out[index];
         if !m.acked {
             self.epochs_stalled = 0;
             m.acked = true;
-            self.out_bytes -= m.payload.len();
+            self.send.out_bytes -= m.payload.len();
             m.payload = Vec::new();
-            self.unacked -= 1;
+            self.send.unacked -= 1;
             if !m.retransmitted {
                 self.first_acked
-                    .push_back(self.base.saturating_add(index as u64));
+                    .push_back(self.send.base.saturating_add(index as u64));
             }
         }
     }
 
     pub(super) fn after_acks(&mut self) {
-        while self.out.front().is_some_and(|m| m.acked) {
-            self.out.pop_front();
-            self.base = self.base.saturating_add(1);
-            self.sent -= 1;
+        while self.send.out.front().is_some_and(|m| m.acked) {
+            self.send.out.pop_front();
+            self.send.base = self.send.base.saturating_add(1);
+            self.send.sent -= 1;
         }
         self.fill_window();
         self.check_drained();

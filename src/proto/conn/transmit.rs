@@ -40,8 +40,8 @@ impl Conn {
                     // Acknowledged since it was queued: nothing to send.
                     // The index is below `sent`, a usize, when it is found.
                     let Some(m) = sn
-                        .checked_sub(self.base)
-                        .and_then(|i| self.out.get(i as usize))
+                        .checked_sub(self.send.base)
+                        .and_then(|i| self.send.out.get(i as usize))
                     else {
                         continue;
                     };
