@@ -255,8 +255,8 @@ mod readme_figures {
                 &|p| one(p.epoch() * p.epoch_limit),
             ),
             row(
-                "first retransmission of a lost message",
-                &|p| one(p.epoch()),
+                "first retransmission of a lost message (at the next tick)",
+                &|p| format!("0-{}", one(p.epoch())),
             ),
         ] {
             assert!(text.contains(&expected), "README lacks {expected:?}");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use liveseq::proto::{
     ClientConfig, ClientCore, ClientOutput, ConnectFailure, CoreError, Limit, Message,
     PolledServer, ServerConfig, ServerOutput, AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS,
-    CONNECT_REACKS, EVENT_COST, MAX_CONN_ID, MESSAGE_OVERHEAD,
+    CONNECT_REACKS, EVENT_COST, MAX_CONN_ID, MAX_UNANSWERED, MESSAGE_OVERHEAD,
 };
 use liveseq::{ConnId, ConnState, Params, ReconnectPolicy, ServerEvent};
 
@@ -799,8 +799,10 @@ fn a_slow_consumer_ends_lost_after_the_stall_limit() {
     s.handle_message(now, a, Message::data(1, 101, b"meanwhile"));
     assert_eq!(outputs(&mut s), []);
     sent(&mut s);
+    // With no back-off the oldest message is tried every epoch: its 30
+    // tries unanswered (MAX_UNANSWERED) end it when the 31st is due.
     let stall_limit = s.conn(id(1)).unwrap().stall_limit();
-    assert_eq!(stall_limit, 5);
+    assert_eq!(stall_limit, MAX_UNANSWERED);
     for epoch in 1..stall_limit {
         now += Duration::from_millis(100);
         s.handle_message(now, a, Message::ack(1, 0));

@@ -99,7 +99,7 @@ pub use checksum::checksum;
 pub use client::{ClientConfig, ClientCore, ClientOutput, ConnectFailure};
 pub use conn::{
     Conn, Counters, Event, Phase, Rejected, Room, CONNECT_REACKS, MAX_ISN, MAX_SEQ_NUM,
-    MESSAGE_OVERHEAD,
+    MAX_UNANSWERED, MESSAGE_OVERHEAD,
 };
 pub use error::CoreError;
 pub use event::ServerEvent;

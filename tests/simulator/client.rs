@@ -190,7 +190,8 @@ impl Sim {
                     }
                     step.sent.data.push(msg.seq_num);
                     t.data_since_tick = true;
-                    if input == Input::Other && t.sends.insert(msg.seq_num, (epoch, 0)).is_some() {
+                    if input == Input::Other && t.sends.insert(msg.seq_num, (epoch, 0, 1)).is_some()
+                    {
                         violations
                             .push(format!("{} sent again outside an epoch tick", msg.seq_num));
                     }

@@ -2,9 +2,9 @@
 //! epoch of each loss, back-off, heartbeats, Connect re-sends and re-acks
 //! checked.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use liveseq::proto::{Phase, CONNECT_REACKS};
+use liveseq::proto::{Phase, CONNECT_REACKS, MAX_UNANSWERED};
 use liveseq::{ConnId, ConnState};
 
 use super::shadow::{Sent, Shadow};
@@ -20,13 +20,29 @@ enum Held {
     Challenged,
 }
 
-/// Whether `conn`'s next epoch ends it for a stalled close: closing, with
-/// messages in flight and nothing newly acknowledged for its stall limit
-/// (less one epoch if it is `excused`: its datagrams were held back).
-fn stall_due(conn: &liveseq::proto::Conn, excused: bool) -> bool {
-    conn.phase() == Phase::Closing
-        && conn.unacked() > 0
-        && conn.epochs_stalled().saturating_sub(u32::from(excused)) + 1 >= conn.stall_limit()
+/// Whether `conn`'s next epoch (number `epoch`) ends it for a stalled
+/// close: closing, with messages in flight, and either its oldest message
+/// tried `MAX_UNANSWERED` times on the schedule (by the shadow's count) and
+/// due again, or nothing newly acknowledged for its stall limit; if it is
+/// `excused` (its datagrams were held back) the last epoch does not count,
+/// nor a try made in it.
+fn stall_due(
+    conn: &liveseq::proto::Conn,
+    sends: &mut BTreeMap<u64, (u64, u32, u32)>,
+    epoch: u64,
+    excused: bool,
+) -> bool {
+    if conn.phase() != Phase::Closing || conn.unacked() == 0 {
+        return false;
+    }
+    let oldest = sends.get_mut(&conn.oldest_unacked());
+    let unanswered = oldest.is_some_and(|(last, backoff, tries)| {
+        if excused && epoch - *last == 1 && *tries > 1 {
+            *tries -= 1;
+        }
+        *tries >= MAX_UNANSWERED && epoch - *last > u64::from(*backoff)
+    });
+    unanswered || conn.epochs_stalled().saturating_sub(u32::from(excused)) + 1 >= conn.stall_limit()
 }
 
 impl Sim {
@@ -35,7 +51,7 @@ impl Sim {
         t.sends.retain(|sn, _| in_flight.contains(sn));
         t.sends
             .iter()
-            .filter(|(_, &(last, backoff))| epoch - last > u64::from(backoff))
+            .filter(|(_, &(last, backoff, _))| epoch - last > u64::from(backoff))
             .map(|(&sn, _)| sn)
             .collect()
     }
@@ -94,9 +110,10 @@ impl Sim {
         // Held back or not, the connection resent what was due.
         let due_now = if held == Held::No { &resent } else { expected };
         for sn in due_now {
-            if let Some((last, backoff)) = t.sends.get_mut(sn) {
+            if let Some((last, backoff, tries)) = t.sends.get_mut(sn) {
                 *last = epoch;
                 *backoff = if *backoff == 0 { 1 } else { *backoff * 2 }.min(cap);
+                *tries += 1;
             }
         }
         let data_this_epoch = data_before || !due_now.is_empty();
@@ -137,9 +154,9 @@ impl Sim {
             let excused = self.server.held_back_this_epoch(ConnId::from(id));
             let conn = self.server.conn(ConnId::from(id)).expect("live");
             let in_flight: BTreeSet<u64> = conn.in_flight().collect();
-            let stall_due = stall_due(&conn, excused);
-            drop(conn);
             let t = self.sconns.get_mut(&id).expect("live");
+            let stall_due = stall_due(&conn, &mut t.sends, epoch, excused);
+            drop(conn);
             // An unanswered challenge ends it before it ticks; otherwise
             // one epoch less to answer.
             let challenge_ends = t.challenge == Some(1);
@@ -218,7 +235,8 @@ impl Sim {
             if ticking {
                 let in_flight: BTreeSet<u64> = conn.in_flight().collect();
                 let connecting = conn.phase() == Phase::Connecting;
-                let stalled = stall_due(conn, false);
+                let t = &mut self.cconns[index];
+                let stalled = stall_due(conn, &mut t.sends, epoch, false);
                 self.pre_epoch =
                     Some((conn.oldest_unacked(), conn.next_unsent(), in_flight.clone()));
                 let t = &mut self.cconns[index];

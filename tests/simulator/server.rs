@@ -152,7 +152,8 @@ impl Sim {
                     }
                     sent.data.push(msg.seq_num);
                     s.data_since_tick = true;
-                    if input == Input::Other && s.sends.insert(msg.seq_num, (epoch, 0)).is_some() {
+                    if input == Input::Other && s.sends.insert(msg.seq_num, (epoch, 0, 1)).is_some()
+                    {
                         violations.push((
                             id,
                             format!("{} sent again outside an epoch tick", msg.seq_num),
@@ -195,7 +196,7 @@ impl Sim {
                         if s.heard && s.challenge.is_none() && input == Input::Other {
                             violations.push((id, format!("{sn} in flight but never sent")));
                         }
-                        e.insert((epoch, 0));
+                        e.insert((epoch, 0, 1));
                         s.data_since_tick = true;
                     }
                 }

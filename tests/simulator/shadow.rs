@@ -36,8 +36,9 @@ pub(super) struct Shadow {
     pub(super) delivered: usize,
     /// Sequence numbers received in order (delivered or, once closing, consumed).
     pub(super) received: u64,
-    /// Per unacknowledged sequence number: epoch of its last send, current back-off.
-    pub(super) sends: BTreeMap<u64, (u64, u32)>,
+    /// Per unacknowledged sequence number: epoch of its last send, current
+    /// back-off, and its tries on the epoch schedule (see `MAX_UNANSWERED`).
+    pub(super) sends: BTreeMap<u64, (u64, u32, u32)>,
     pub(super) data_since_tick: bool,
     /// Epochs since the connection last accepted a message (shadow of epochs_silent).
     pub(super) silent: u32,

@@ -59,6 +59,20 @@ pub const MAX_SEQ_NUM: u64 = i64::MAX as u64;
 /// with a larger one is refused (ignored and counted).
 pub const MAX_ISN: u64 = (1 << 62) - 1;
 
+/// Transmissions of one message on the epoch schedule (its first and its
+/// back-off retransmissions), all unanswered, after which a draining
+/// connection gives up on its peer and a server ends a slow consumer (each
+/// try given its whole back-off interval). Evidence, not time: at 36% loss
+/// each way a try goes unanswered with probability 0.59, and 30 in a row
+/// with 0.59^30, about 1.4e-7, so an honest peer on a bad link is
+/// essentially never given up (Linux's `tcp_retries2` of 15 would fail a
+/// 100-message close at that loss 3.6% of the time). A peer that leaves Data
+/// unacknowledged on purpose, its inbox full, is given up the same way: a
+/// close then ends within [`Conn::stall_limit`] epochs of the last progress
+/// (60 s at the defaults); a close deadline (`close_timeout`) bounds it
+/// sooner.
+pub const MAX_UNANSWERED: u32 = 30;
+
 /// How many times a server connection re-sends the Ack of its Connect, one
 /// per epoch, while its client has said nothing since. A client whose
 /// repeated Connects are all lost still hears it; a spoofed Connect earns
@@ -176,6 +190,8 @@ pub struct Conn {
     epochs_silent: u32,
     /// Epochs in a row with messages in flight and none newly acknowledged.
     epochs_stalled: u32,
+    /// The give-up rule's verdict at the last epoch (see `is_stalled`).
+    stalled: bool,
     /// Whether any Data went out since the last epoch (no heartbeat needed then).
     data_sent_this_epoch: bool,
 
@@ -254,6 +270,7 @@ impl Conn {
             acks: PendingAcks::default(),
             epochs_silent: 0,
             epochs_stalled: 0,
+            stalled: false,
             data_sent_this_epoch: false,
             epochs_connecting: 0,
             stale_conn_id: None,
@@ -296,16 +313,24 @@ impl Conn {
         self.epochs_stalled
     }
 
-    /// Epochs without acknowledgement progress after which a draining
-    /// connection is given up as lost: `epoch_limit` epochs, plus the
-    /// back-off cap, so that a message waiting out its back-off is
-    /// retransmitted at least once more before the connection is judged.
-    /// A peer that keeps heartbeating but never acknowledges cannot make a
-    /// close hang.
+    /// The most epochs without acknowledgement progress before a draining
+    /// connection is given up as lost, or a server's slow consumer ended:
+    /// [`MAX_UNANSWERED`] x (`max_backoff_interval` + 1), the time the
+    /// oldest message's 30 tries take at the back-off cap. The rule itself
+    /// counts evidence, not epochs ([`is_stalled`](Conn::is_stalled)); this
+    /// bound holds even for tries that were excused because they never left
+    /// ([`excuse_stall`](Conn::excuse_stall)). A peer that keeps
+    /// heartbeating but never acknowledges cannot make a close hang.
     pub fn stall_limit(&self) -> u32 {
-        self.params
-            .epoch_limit
-            .saturating_add(self.params.max_backoff_interval)
+        MAX_UNANSWERED.saturating_mul(self.params.max_backoff_interval.saturating_add(1))
+    }
+
+    /// Whether the peer has left the oldest message in flight unanswered
+    /// for [`MAX_UNANSWERED`] transmissions on the epoch schedule (each
+    /// given its whole back-off interval), or acknowledged nothing for
+    /// [`stall_limit`](Conn::stall_limit) epochs: as of the last epoch.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled
     }
 
     /// Epochs since anything was heard from the peer.
@@ -445,7 +470,9 @@ impl Conn {
         } else {
             self.epochs_stalled = 0;
         }
-        if self.phase == Phase::Closing && self.epochs_stalled >= self.stall_limit() {
+        self.stalled = self.send.unacked > 0
+            && (self.oldest_unanswered() || self.epochs_stalled >= self.stall_limit());
+        if self.phase == Phase::Closing && self.stalled {
             // A peer that heartbeats but never acknowledges: a close must
             // not wait for it forever.
             self.counters.stalled_closes += 1;
@@ -482,6 +509,7 @@ impl Conn {
     /// retransmissions it could not receive.
     pub fn excuse_stall(&mut self) {
         self.epochs_stalled = self.epochs_stalled.saturating_sub(1);
+        self.excuse_oldest();
     }
 
     /// Queues a heartbeat `(Ack, id, 0)` now, outside the epoch schedule: a

@@ -54,6 +54,10 @@ pub(super) struct Outgoing {
     pub(super) backoff: u32,
     /// Epochs since the last transmission.
     pub(super) since_sent: u32,
+    /// Transmissions on the epoch schedule (the first one and back-off
+    /// expirations), none of them answered yet: the evidence a give-up rule
+    /// counts (see [`MAX_UNANSWERED`](super::MAX_UNANSWERED)).
+    pub(super) tries: u32,
 }
 
 impl Conn {
@@ -142,6 +146,7 @@ impl Conn {
             retransmitted: false,
             backoff: 0,
             since_sent: 0,
+            tries: 0,
         });
         self.fill_window();
     }
@@ -179,6 +184,7 @@ impl Conn {
             m.since_sent = m.since_sent.saturating_add(1);
             if m.since_sent > m.backoff {
                 m.since_sent = 0;
+                m.tries = m.tries.saturating_add(1);
                 m.retransmitted = true;
                 m.backoff = if m.backoff == 0 {
                     1
@@ -190,6 +196,30 @@ impl Conn {
                     .push_back(Transmit::Data(self.send.base.saturating_add(i as u64)));
                 self.counters.retransmissions += 1;
                 self.data_sent_this_epoch = true;
+            }
+        }
+    }
+
+    /// Whether the oldest message in flight has been sent
+    /// [`MAX_UNANSWERED`](super::MAX_UNANSWERED) times on the epoch
+    /// schedule, each given its whole back-off interval to be answered, and
+    /// is due once more.
+    pub(super) fn oldest_unanswered(&self) -> bool {
+        self.send.sent > 0
+            && self.send.out.front().is_some_and(|m| {
+                !m.acked
+                    && m.tries >= super::MAX_UNANSWERED
+                    && m.since_sent.saturating_add(1) > m.backoff
+            })
+    }
+
+    /// Takes back the last epoch-schedule transmission of the oldest
+    /// message in flight, if it was made in the last epoch: it never left
+    /// (see [`excuse_stall`](Conn::excuse_stall)).
+    pub(super) fn excuse_oldest(&mut self) {
+        if let Some(m) = self.send.out.front_mut() {
+            if self.send.sent > 0 && !m.acked && m.since_sent == 0 && m.tries > 1 {
+                m.tries -= 1;
             }
         }
     }
@@ -215,6 +245,7 @@ impl Conn {
             let m = &mut self.send.out[self.send.sent];
             m.backoff = 0;
             m.since_sent = 0;
+            m.tries = 1;
             self.counters.data_sent += 1;
             self.counters.bytes_sent += m.payload.len() as u64;
             self.transmits.push_back(Transmit::Data(self.next_unsent()));

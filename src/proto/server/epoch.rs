@@ -67,7 +67,7 @@ impl ServerCore {
         // peer that then acknowledges nothing.
         if (slot.unwritable || slot.refused_write)
             && slot.conn.phase() == Phase::Open
-            && slot.conn.epochs_stalled() >= slot.conn.stall_limit()
+            && slot.conn.is_stalled()
         {
             log::debug!(
                 "connection {id} at {} ended as a slow consumer: nothing acknowledged in {} epochs",
