@@ -5,87 +5,25 @@
 //! [`driver`](crate::driver) feed it.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::driver::cores::{canonical, ClientCell};
-use crate::driver::endpoint::{Endpoint, Published, Role};
-use crate::driver::inbox::{Empty, Inbox};
+use crate::driver::endpoint::Endpoint;
+use crate::driver::inbox::Empty;
+use crate::driver::roles::{ClientRole, Item};
 use crate::driver::time::deadline;
 use crate::driver::{checks, endpoint, io};
 use crate::lifecycle::{ConnEvent, ConnState, ReconnectPolicy, Subscribers};
 use crate::proto::stats::ConnStats;
 use crate::proto::{
-    max_payload, ClientConfig, ClientCore, ClientOutput, Limit, DEFAULT_INBOX,
-    DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
+    max_payload, ClientConfig, ClientCore, Limit, DEFAULT_INBOX, DEFAULT_MAX_DATAGRAM,
+    DEFAULT_SEND_BUFFER,
 };
 use crate::{ConnId, Error, Faults, Params};
-
-/// What `read` returns, in order.
-enum Item {
-    Data(Vec<u8>),
-    Lost(ConnId),
-    Reconnected { old: ConnId, new: ConnId },
-}
-
-/// The client's application side: where the core's outputs go.
-pub(crate) struct ClientRole {
-    /// The address in use, for events (the core's changes only while the
-    /// first connect moves on from a refusal).
-    server: Mutex<SocketAddr>,
-    inbox: Inbox<Item>,
-    events: Subscribers,
-    /// Told once whether the first connect succeeded.
-    connected: Mutex<Option<Sender<Result<ConnId, Error>>>>,
-    /// The connection holds Data for lack of room ([`ClientOutput::Holding`]):
-    /// a read then tells the core at once, since the server waits for the
-    /// acknowledgements that follow.
-    holding: AtomicBool,
-}
-
-impl Role for ClientRole {
-    type Core = ClientCell;
-    const WAKE_ON_EVERY_INPUT: bool = true;
-
-    fn publish(&self, output: ClientOutput) -> Published {
-        match output {
-            ClientOutput::State { conn_id, state, at } => {
-                self.events.emit(conn_id, *self.server.lock(), state, at)
-            }
-            ClientOutput::ConnectResult(result) => {
-                if let Some(tx) = self.connected.lock().take() {
-                    let _ = tx.send(result.map_err(Error::from));
-                }
-            }
-            ClientOutput::Dialing(addr) => *self.server.lock() = addr,
-            ClientOutput::Data(payload) => {
-                let _ = self.inbox.tx.send(Item::Data(payload));
-            }
-            ClientOutput::Lost(id) => {
-                let _ = self.inbox.tx.send(Item::Lost(id));
-            }
-            ClientOutput::Reconnected { old, new } => {
-                let _ = self.inbox.tx.send(Item::Reconnected { old, new });
-            }
-            ClientOutput::Holding(holding) => self.holding.store(holding, Ordering::Relaxed),
-            ClientOutput::Drained => return Published::Drained,
-        }
-        Published::Nothing
-    }
-
-    fn close_result(&self, core: &ClientCell) -> Result<(), Error> {
-        core.peek(ClientCore::close_result).map_err(Error::from)
-    }
-
-    fn shut(&self) {
-        self.inbox.shut();
-        // A connect still waiting learns that the client is gone.
-        self.connected.lock().take();
-    }
-}
 
 /// An LSP client: a reliable, ordered, message-oriented connection to a server.
 ///
@@ -372,13 +310,7 @@ impl ClientBuilder {
                 fail_on_refused: self.fail_on_refused,
             },
         );
-        let role = ClientRole {
-            server: Mutex::new(server),
-            inbox: Inbox::new(),
-            events,
-            connected: Mutex::new(Some(connected_tx)),
-            holding: AtomicBool::new(false),
-        };
+        let role = ClientRole::new(server, events, connected_tx);
         let config = endpoint::Config {
             params: self.params,
             faults: self.faults,

@@ -3,113 +3,25 @@
 //! A thin handle around a [`ServerCore`], which makes every protocol
 //! decision; the threads of [`driver`](crate::driver) feed it.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use parking_lot::Mutex;
 
-use crate::driver::endpoint::{Endpoint, Published, Role};
-use crate::driver::inbox::{Empty, Inbox};
+use crate::driver::endpoint::Endpoint;
+use crate::driver::inbox::Empty;
+use crate::driver::roles::ServerRole;
 use crate::driver::time;
 use crate::driver::{checks, endpoint, io};
-use crate::lifecycle::{ConnEvent, ConnState, Subscribers};
+use crate::lifecycle::{ConnEvent, ConnState};
 use crate::listener::{Listener, Router};
 use crate::proto::stats::{ConnStats, ServerStats};
 use crate::proto::{
-    max_payload, CoreError, Limit, ServerConfig, ServerCore, ServerOutput, DEFAULT_BUDGET,
-    DEFAULT_INBOX, DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
+    max_payload, CoreError, Limit, ServerConfig, ServerCore, DEFAULT_BUDGET, DEFAULT_INBOX,
+    DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
 };
 use crate::{ConnId, Error, Faults, Params, ServerEvent};
-
-/// The server's application side: where the core's outputs go.
-pub(crate) struct ServerRole {
-    inbox: Inbox<ServerEvent>,
-    events: Subscribers,
-    /// Connections the core said to discard ([`ServerOutput::Discard`],
-    /// after `close_conn`) whose `Closed` event has not been read yet:
-    /// their messages already in the inbox are skipped. Counted apart, as
-    /// `holding` is, so that a read costs one atomic load when there are none.
-    discarding: Mutex<HashSet<ConnId>>,
-    discarding_count: AtomicUsize,
-    /// Connections holding Data for lack of room ([`ServerOutput::Holding`]):
-    /// a read from one of them tells the core at once, since its peer
-    /// waits for the acknowledgements that follow. Counted apart so that
-    /// the common case (none) costs a read one atomic load.
-    holding: Mutex<HashSet<ConnId>>,
-    holding_count: AtomicUsize,
-    /// For a [`Listener`]: each connection's events go to its own handle.
-    pub(crate) router: Option<Router>,
-}
-
-impl Role for ServerRole {
-    type Core = ServerCore;
-    const WAKE_ON_EVERY_INPUT: bool = false;
-
-    fn publish(&self, output: ServerOutput) -> Published {
-        match output {
-            ServerOutput::State {
-                conn_id,
-                peer,
-                state,
-                at,
-            } => {
-                self.events.emit(conn_id, peer, state, at);
-                // A writer waiting for room on a connection that ends fails.
-                if let Some(id) = conn_id {
-                    return Published::Wake(id.into());
-                }
-            }
-            ServerOutput::Room { id } => return Published::Wake(id.into()),
-            ServerOutput::App(event) => match &self.router {
-                Some(router) => router.route(event),
-                None => {
-                    let _ = self.inbox.tx.send(event);
-                }
-            },
-            ServerOutput::Holding { id, holding } => {
-                let mut set = self.holding.lock();
-                if holding {
-                    set.insert(id);
-                } else {
-                    set.remove(&id);
-                }
-                self.holding_count.store(set.len(), Ordering::Relaxed);
-            }
-            ServerOutput::Discard { id } => {
-                // A listener routes each connection's events to its own
-                // handle, which the router ends at once.
-                if self.router.is_none() {
-                    let mut set = self.discarding.lock();
-                    set.insert(id);
-                    self.discarding_count.store(set.len(), Ordering::Relaxed);
-                }
-            }
-            ServerOutput::Drained => return Published::Drained,
-        }
-        Published::Nothing
-    }
-
-    fn close_result(&self, core: &ServerCore) -> Result<(), Error> {
-        let mut lost = core.lost_during_close();
-        if lost.is_empty() {
-            Ok(())
-        } else {
-            lost.sort();
-            Err(Error::LostDuringClose(lost))
-        }
-    }
-
-    fn shut(&self) {
-        self.inbox.shut();
-        if let Some(router) = &self.router {
-            router.shut();
-        }
-    }
-}
 
 /// An LSP server: accepts any number of clients on one UDP socket.
 ///
@@ -381,15 +293,7 @@ impl ServerBuilder {
                     // Each handle's events wait in its own queue: at most two.
                     config.charge_events = router.is_none();
                     let core = ServerCore::new(config);
-                    let role = ServerRole {
-                        inbox: Inbox::new(),
-                        events: Subscribers::default(),
-                        discarding: Mutex::new(HashSet::new()),
-                        discarding_count: AtomicUsize::new(0),
-                        holding: Mutex::new(HashSet::new()),
-                        holding_count: AtomicUsize::new(0),
-                        router,
-                    };
+                    let role = ServerRole::new(router);
                     let config = endpoint::Config {
                         params: self.params,
                         faults: self.faults,
@@ -604,20 +508,14 @@ impl Server {
             };
             match &event {
                 ServerEvent::Message { id, payload } => {
-                    if role.discarding_count.load(Ordering::Relaxed) > 0
-                        && role.discarding.lock().contains(id)
-                    {
+                    if role.is_discarding(*id) {
                         continue;
                     }
                     // Room in the connection's inbox again (flow control).
                     self.note_read(*id, payload.len());
                 }
                 ServerEvent::Closed { id } => {
-                    if role.discarding_count.load(Ordering::Relaxed) > 0 {
-                        let mut set = role.discarding.lock();
-                        set.remove(id);
-                        role.discarding_count.store(set.len(), Ordering::Relaxed);
-                    }
+                    role.closed_read(*id);
                     shared.read_done(None, 0);
                 }
                 _ => shared.read_done(None, 0),
@@ -777,7 +675,7 @@ impl Server {
         let role = &shared.role;
         // Room in the connection's inbox again (flow control).
         shared.read_done(Some(id), len);
-        if role.holding_count.load(Ordering::Relaxed) > 0 && role.holding.lock().contains(&id) {
+        if role.is_holding(id) {
             // Its peer waits for what this read lets us acknowledge.
             shared.run(|_, _, _| ());
         }
