@@ -18,11 +18,9 @@ use crate::driver::roles::{ClientRole, Item};
 use crate::driver::time::deadline;
 use crate::driver::{checks, endpoint, io};
 use crate::lifecycle::{ConnEvent, ConnState, ReconnectPolicy, Subscribers};
+use crate::options::Options;
 use crate::proto::stats::ConnStats;
-use crate::proto::{
-    max_payload, ClientConfig, ClientCore, Limit, DEFAULT_INBOX, DEFAULT_MAX_DATAGRAM,
-    DEFAULT_SEND_BUFFER,
-};
+use crate::proto::{ClientConfig, ClientCore, Limit};
 use crate::{ConnId, Error, Faults, Params};
 
 /// An LSP client: a reliable, ordered, message-oriented connection to a server.
@@ -89,22 +87,18 @@ impl std::fmt::Debug for Client {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct ClientBuilder {
-    params: Params,
+    /// What a server is configured with too.
+    options: Options,
     isn: Option<u32>,
-    faults: Faults,
-    max_datagram_size: Option<usize>,
     reconnect: Option<ReconnectPolicy>,
     events: Vec<Sender<ConnEvent>>,
-    ack_coalescing: Option<bool>,
-    send_buffer: Option<Limit>,
-    inbox: Option<Limit>,
     fail_on_refused: bool,
 }
 
 impl ClientBuilder {
     /// Protocol parameters (default: [`Params::default`]).
     pub fn params(mut self, params: Params) -> Self {
-        self.params = params;
+        self.options.params = params;
         self
     }
 
@@ -118,14 +112,14 @@ impl ClientBuilder {
     /// hook, hidden from the documentation.
     #[doc(hidden)]
     pub fn faults(mut self, faults: Faults) -> Self {
-        self.faults = faults;
+        self.options.faults = faults;
         self
     }
 
     /// Largest datagram this client sends, 368 to 65507 bytes (default 1472).
     /// It bounds the payload of [`Client::write`].
     pub fn max_datagram_size(mut self, size: usize) -> Self {
-        self.max_datagram_size = Some(size);
+        self.options.max_datagram_size = Some(size);
         self
     }
 
@@ -139,7 +133,7 @@ impl ClientBuilder {
     /// Whether a burst of in-order Data is acknowledged with one CAck rather
     /// than one Ack per message (default: on). Go LSP peers accept CAck.
     pub fn ack_coalescing(mut self, on: bool) -> Self {
-        self.ack_coalescing = Some(on);
+        self.options.ack_coalescing = Some(on);
         self
     }
 
@@ -173,7 +167,7 @@ impl ClientBuilder {
     /// buffer is full, like a bounded channel, so a writer faster than the
     /// network holds bounded memory; [`Client::try_write`] fails instead.
     pub fn send_buffer(mut self, messages: usize, bytes: usize) -> Self {
-        self.send_buffer = Some(Limit { messages, bytes });
+        self.options.send_buffer = Some(Limit { messages, bytes });
         self
     }
 
@@ -181,7 +175,7 @@ impl ClientBuilder {
     /// 4,096 messages or 4 MiB). Past it, new Data from the server is left
     /// unacknowledged until the application reads, so the server slows down.
     pub fn inbox(mut self, messages: usize, bytes: usize) -> Self {
-        self.inbox = Some(Limit { messages, bytes });
+        self.options.inbox = Some(Limit { messages, bytes });
         self
     }
 
@@ -247,13 +241,7 @@ impl ClientBuilder {
     /// # }
     /// ```
     pub fn connect(self, addr: impl ToSocketAddrs) -> Result<Client, Error> {
-        self.params.validate()?;
-        let max_datagram = self.max_datagram_size.unwrap_or(DEFAULT_MAX_DATAGRAM);
-        checks::check_datagram_size(max_datagram)?;
-        let send_buffer = self.send_buffer.unwrap_or(DEFAULT_SEND_BUFFER);
-        let inbox = self.inbox.unwrap_or(DEFAULT_INBOX);
-        checks::check_limit("send_buffer", send_buffer)?;
-        checks::check_limit("inbox", inbox)?;
+        let options = self.options.check()?;
         if self.events.iter().any(|tx| tx.capacity().is_some()) {
             // Events are sent while the client's state is locked: a full
             // channel would stall the client, and dropping an event would
@@ -300,10 +288,10 @@ impl ClientBuilder {
             server,
             u64::from(isn),
             ClientConfig {
-                params: self.params,
-                coalesce_acks: self.ack_coalescing.unwrap_or(true),
-                send_buffer,
-                inbox,
+                params: options.params,
+                coalesce_acks: options.coalesce_acks,
+                send_buffer: options.send_buffer,
+                inbox: options.inbox,
                 reconnect: self.reconnect,
                 seed: rand::random(),
                 fallbacks: fallbacks.to_vec(),
@@ -312,8 +300,8 @@ impl ClientBuilder {
         );
         let role = ClientRole::new(server, events, connected_tx);
         let config = endpoint::Config {
-            params: self.params,
-            faults: self.faults,
+            params: options.params,
+            faults: options.faults,
             batch: 16,
             receive_threads: 1,
         };
@@ -329,7 +317,7 @@ impl ClientBuilder {
         match connected_rx.recv() {
             Ok(Ok(_)) => Ok(Client {
                 endpoint,
-                max_payload: max_payload(max_datagram),
+                max_payload: options.max_payload,
                 lost_seen: Mutex::new(None),
             }),
             Ok(Err(err)) => {

@@ -16,11 +16,9 @@ use crate::driver::time;
 use crate::driver::{checks, endpoint, io};
 use crate::lifecycle::{ConnEvent, ConnState};
 use crate::listener::{Listener, Router};
+use crate::options::Options;
 use crate::proto::stats::{ConnStats, ServerStats};
-use crate::proto::{
-    max_payload, CoreError, Limit, ServerConfig, ServerCore, DEFAULT_BUDGET, DEFAULT_INBOX,
-    DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
-};
+use crate::proto::{CoreError, Limit, ServerConfig, ServerCore, DEFAULT_BUDGET};
 use crate::{ConnId, Error, Faults, Params, ServerEvent};
 
 /// An LSP server: accepts any number of clients on one UDP socket.
@@ -93,13 +91,9 @@ impl fmt::Debug for Server {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct ServerBuilder {
-    params: Params,
-    faults: Faults,
-    max_datagram_size: Option<usize>,
+    /// What a client is configured with too.
+    options: Options,
     max_connections: Option<usize>,
-    ack_coalescing: Option<bool>,
-    send_buffer: Option<Limit>,
-    inbox: Option<Limit>,
     memory_budget: Option<usize>,
     receive_threads: Option<usize>,
 }
@@ -129,7 +123,7 @@ impl ServerBuilder {
 
     /// Protocol parameters (default: [`Params::default`]).
     pub fn params(mut self, params: Params) -> Self {
-        self.params = params;
+        self.options.params = params;
         self
     }
 
@@ -137,13 +131,13 @@ impl ServerBuilder {
     /// hook, hidden from the documentation.
     #[doc(hidden)]
     pub fn faults(mut self, faults: Faults) -> Self {
-        self.faults = faults;
+        self.options.faults = faults;
         self
     }
 
     /// Largest datagram this server sends, 368 to 65507 bytes (default 1472).
     pub fn max_datagram_size(mut self, size: usize) -> Self {
-        self.max_datagram_size = Some(size);
+        self.options.max_datagram_size = Some(size);
         self
     }
 
@@ -152,7 +146,7 @@ impl ServerBuilder {
     /// acknowledged individually. Go LSP peers accept CAck; turn this off for
     /// a peer that does not.
     pub fn ack_coalescing(mut self, on: bool) -> Self {
-        self.ack_coalescing = Some(on);
+        self.options.ack_coalescing = Some(on);
         self
     }
 
@@ -175,7 +169,7 @@ impl ServerBuilder {
     /// server.close().unwrap();
     /// ```
     pub fn send_buffer(mut self, messages: usize, bytes: usize) -> Self {
-        self.send_buffer = Some(Limit { messages, bytes });
+        self.options.send_buffer = Some(Limit { messages, bytes });
         self
     }
 
@@ -194,7 +188,7 @@ impl ServerBuilder {
     /// server.close().unwrap();
     /// ```
     pub fn inbox(mut self, messages: usize, bytes: usize) -> Self {
-        self.inbox = Some(Limit { messages, bytes });
+        self.options.inbox = Some(Limit { messages, bytes });
         self
     }
 
@@ -272,31 +266,25 @@ impl ServerBuilder {
     }
 
     fn start(self, addr: impl ToSocketAddrs, router: Option<Router>) -> Result<Server, Error> {
-        self.params.validate()?;
-        let max_datagram = self.max_datagram_size.unwrap_or(DEFAULT_MAX_DATAGRAM);
-        checks::check_datagram_size(max_datagram)?;
-        let send_buffer = self.send_buffer.unwrap_or(DEFAULT_SEND_BUFFER);
-        let inbox = self.inbox.unwrap_or(DEFAULT_INBOX);
-        checks::check_limit("send_buffer", send_buffer)?;
-        checks::check_limit("inbox", inbox)?;
+        let options = self.options.check()?;
         let mut last_err = None;
         for addr in addr.to_socket_addrs()? {
             match io::bind_socket(addr) {
                 Ok(socket) => {
-                    let mut config = ServerConfig::new(self.params);
+                    let mut config = ServerConfig::new(options.params);
                     config.max_connections = self.max_connections.unwrap_or(usize::MAX);
-                    config.coalesce_acks = self.ack_coalescing.unwrap_or(true);
-                    config.send_buffer = send_buffer;
-                    config.inbox = inbox;
+                    config.coalesce_acks = options.coalesce_acks;
+                    config.send_buffer = options.send_buffer;
+                    config.inbox = options.inbox;
                     config.budget = self.memory_budget.unwrap_or(DEFAULT_BUDGET);
-                    config.floor = ServerConfig::floor_for(self.params, max_payload(max_datagram));
+                    config.floor = ServerConfig::floor_for(options.params, options.max_payload);
                     // Each handle's events wait in its own queue: at most two.
                     config.charge_events = router.is_none();
                     let core = ServerCore::new(config);
                     let role = ServerRole::new(router);
                     let config = endpoint::Config {
-                        params: self.params,
-                        faults: self.faults,
+                        params: options.params,
+                        faults: options.faults,
                         batch: 32,
                         receive_threads: self
                             .receive_threads
@@ -306,7 +294,7 @@ impl ServerBuilder {
                     log::debug!("server listening on {}", endpoint.shared.io.local_addr());
                     return Ok(Server {
                         endpoint,
-                        max_payload: max_payload(max_datagram),
+                        max_payload: options.max_payload,
                     });
                 }
                 Err(err) => last_err = Some(err),

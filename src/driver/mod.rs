@@ -16,7 +16,7 @@
 //! * [`io`]: the socket, binding, never-blocking sends, the fault plumbing;
 //! * [`threads`]: the receive loops, the epoch loop and the close manager;
 //! * [`inbox`]: the queue a handle reads from;
-//! * [`checks`]: parameter checks shared by the builders;
+//! * [`checks`]: the payload check shared by the writes;
 //! * [`faults`], [`sys`], [`time`]: the fault injector, `recvmmsg`, deadlines.
 
 pub(crate) mod checks;
