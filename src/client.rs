@@ -5,87 +5,23 @@
 //! [`driver`](crate::driver) feed it.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::driver::cores::{canonical, ClientCell};
-use crate::driver::endpoint::{Endpoint, Published, Role};
-use crate::driver::inbox::{Empty, Inbox};
+use crate::driver::endpoint::Endpoint;
+use crate::driver::inbox::Empty;
+use crate::driver::roles::{ClientRole, Item};
 use crate::driver::time::deadline;
 use crate::driver::{checks, endpoint, io};
 use crate::lifecycle::{ConnEvent, ConnState, ReconnectPolicy, Subscribers};
+use crate::options::Options;
 use crate::proto::stats::ConnStats;
-use crate::proto::{
-    max_payload, ClientConfig, ClientCore, ClientOutput, Limit, DEFAULT_INBOX,
-    DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER,
-};
+use crate::proto::{ClientConfig, ClientCore, Limit};
 use crate::{ConnId, Error, Faults, Params};
-
-/// What `read` returns, in order.
-enum Item {
-    Data(Vec<u8>),
-    Lost(ConnId),
-    Reconnected { old: ConnId, new: ConnId },
-}
-
-/// The client's application side: where the core's outputs go.
-pub(crate) struct ClientRole {
-    /// The address in use, for events (the core's changes only while the
-    /// first connect moves on from a refusal).
-    server: Mutex<SocketAddr>,
-    inbox: Inbox<Item>,
-    events: Subscribers,
-    /// Told once whether the first connect succeeded.
-    connected: Mutex<Option<Sender<Result<ConnId, Error>>>>,
-    /// The connection holds Data for lack of room ([`ClientOutput::Holding`]):
-    /// a read then tells the core at once, since the server waits for the
-    /// acknowledgements that follow.
-    holding: AtomicBool,
-}
-
-impl Role for ClientRole {
-    type Core = ClientCell;
-    const WAKE_ON_EVERY_INPUT: bool = true;
-
-    fn publish(&self, output: ClientOutput) -> Published {
-        match output {
-            ClientOutput::State { conn_id, state, at } => {
-                self.events.emit(conn_id, *self.server.lock(), state, at)
-            }
-            ClientOutput::ConnectResult(result) => {
-                if let Some(tx) = self.connected.lock().take() {
-                    let _ = tx.send(result.map_err(Error::from));
-                }
-            }
-            ClientOutput::Dialing(addr) => *self.server.lock() = addr,
-            ClientOutput::Data(payload) => {
-                let _ = self.inbox.tx.send(Item::Data(payload));
-            }
-            ClientOutput::Lost(id) => {
-                let _ = self.inbox.tx.send(Item::Lost(id));
-            }
-            ClientOutput::Reconnected { old, new } => {
-                let _ = self.inbox.tx.send(Item::Reconnected { old, new });
-            }
-            ClientOutput::Holding(holding) => self.holding.store(holding, Ordering::Relaxed),
-            ClientOutput::Drained => return Published::Drained,
-        }
-        Published::Nothing
-    }
-
-    fn close_result(&self, core: &ClientCell) -> Result<(), Error> {
-        core.peek(ClientCore::close_result).map_err(Error::from)
-    }
-
-    fn shut(&self) {
-        self.inbox.shut();
-        // A connect still waiting learns that the client is gone.
-        self.connected.lock().take();
-    }
-}
 
 /// An LSP client: a reliable, ordered, message-oriented connection to a server.
 ///
@@ -151,22 +87,18 @@ impl std::fmt::Debug for Client {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct ClientBuilder {
-    params: Params,
+    /// What a server is configured with too.
+    options: Options,
     isn: Option<u32>,
-    faults: Faults,
-    max_datagram_size: Option<usize>,
     reconnect: Option<ReconnectPolicy>,
     events: Vec<Sender<ConnEvent>>,
-    ack_coalescing: Option<bool>,
-    send_buffer: Option<Limit>,
-    inbox: Option<Limit>,
     fail_on_refused: bool,
 }
 
 impl ClientBuilder {
     /// Protocol parameters (default: [`Params::default`]).
     pub fn params(mut self, params: Params) -> Self {
-        self.params = params;
+        self.options.params = params;
         self
     }
 
@@ -180,14 +112,14 @@ impl ClientBuilder {
     /// hook, hidden from the documentation.
     #[doc(hidden)]
     pub fn faults(mut self, faults: Faults) -> Self {
-        self.faults = faults;
+        self.options.faults = faults;
         self
     }
 
     /// Largest datagram this client sends, 368 to 65507 bytes (default 1472).
     /// It bounds the payload of [`Client::write`].
     pub fn max_datagram_size(mut self, size: usize) -> Self {
-        self.max_datagram_size = Some(size);
+        self.options.max_datagram_size = Some(size);
         self
     }
 
@@ -201,7 +133,7 @@ impl ClientBuilder {
     /// Whether a burst of in-order Data is acknowledged with one CAck rather
     /// than one Ack per message (default: on). Go LSP peers accept CAck.
     pub fn ack_coalescing(mut self, on: bool) -> Self {
-        self.ack_coalescing = Some(on);
+        self.options.ack_coalescing = Some(on);
         self
     }
 
@@ -235,7 +167,7 @@ impl ClientBuilder {
     /// buffer is full, like a bounded channel, so a writer faster than the
     /// network holds bounded memory; [`Client::try_write`] fails instead.
     pub fn send_buffer(mut self, messages: usize, bytes: usize) -> Self {
-        self.send_buffer = Some(Limit { messages, bytes });
+        self.options.send_buffer = Some(Limit { messages, bytes });
         self
     }
 
@@ -243,7 +175,7 @@ impl ClientBuilder {
     /// 4,096 messages or 4 MiB). Past it, new Data from the server is left
     /// unacknowledged until the application reads, so the server slows down.
     pub fn inbox(mut self, messages: usize, bytes: usize) -> Self {
-        self.inbox = Some(Limit { messages, bytes });
+        self.options.inbox = Some(Limit { messages, bytes });
         self
     }
 
@@ -309,13 +241,7 @@ impl ClientBuilder {
     /// # }
     /// ```
     pub fn connect(self, addr: impl ToSocketAddrs) -> Result<Client, Error> {
-        self.params.validate()?;
-        let max_datagram = self.max_datagram_size.unwrap_or(DEFAULT_MAX_DATAGRAM);
-        checks::check_datagram_size(max_datagram)?;
-        let send_buffer = self.send_buffer.unwrap_or(DEFAULT_SEND_BUFFER);
-        let inbox = self.inbox.unwrap_or(DEFAULT_INBOX);
-        checks::check_limit("send_buffer", send_buffer)?;
-        checks::check_limit("inbox", inbox)?;
+        let options = self.options.check()?;
         if self.events.iter().any(|tx| tx.capacity().is_some()) {
             // Events are sent while the client's state is locked: a full
             // channel would stall the client, and dropping an event would
@@ -362,26 +288,20 @@ impl ClientBuilder {
             server,
             u64::from(isn),
             ClientConfig {
-                params: self.params,
-                coalesce_acks: self.ack_coalescing.unwrap_or(true),
-                send_buffer,
-                inbox,
+                params: options.params,
+                coalesce_acks: options.coalesce_acks,
+                send_buffer: options.send_buffer,
+                inbox: options.inbox,
                 reconnect: self.reconnect,
                 seed: rand::random(),
                 fallbacks: fallbacks.to_vec(),
                 fail_on_refused: self.fail_on_refused,
             },
         );
-        let role = ClientRole {
-            server: Mutex::new(server),
-            inbox: Inbox::new(),
-            events,
-            connected: Mutex::new(Some(connected_tx)),
-            holding: AtomicBool::new(false),
-        };
+        let role = ClientRole::new(server, events, connected_tx);
         let config = endpoint::Config {
-            params: self.params,
-            faults: self.faults,
+            params: options.params,
+            faults: options.faults,
             batch: 16,
             receive_threads: 1,
         };
@@ -397,7 +317,7 @@ impl ClientBuilder {
         match connected_rx.recv() {
             Ok(Ok(_)) => Ok(Client {
                 endpoint,
-                max_payload: max_payload(max_datagram),
+                max_payload: options.max_payload,
                 lost_seen: Mutex::new(None),
             }),
             Ok(Err(err)) => {

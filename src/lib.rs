@@ -136,6 +136,7 @@ mod driver;
 mod error;
 mod lifecycle;
 mod listener;
+mod options;
 mod params;
 pub mod proto;
 mod server;

@@ -11,10 +11,12 @@
 //!   and closing an instance;
 //! * [`cores`]: the [`Core`](endpoint::Core) impls of the two cores of
 //!   `proto` (the client's behind its mutex);
+//! * [`roles`]: the [`Role`](endpoint::Role) impls of the two handles
+//!   (where each core's outputs go);
 //! * [`io`]: the socket, binding, never-blocking sends, the fault plumbing;
 //! * [`threads`]: the receive loops, the epoch loop and the close manager;
 //! * [`inbox`]: the queue a handle reads from;
-//! * [`checks`]: parameter checks shared by the builders;
+//! * [`checks`]: the payload check shared by the writes;
 //! * [`faults`], [`sys`], [`time`]: the fault injector, `recvmmsg`, deadlines.
 
 pub(crate) mod checks;
@@ -23,6 +25,7 @@ pub(crate) mod endpoint;
 pub(crate) mod faults;
 pub(crate) mod inbox;
 pub(crate) mod io;
+pub(crate) mod roles;
 pub(crate) mod sys;
 pub(crate) mod threads;
 pub(crate) mod time;
