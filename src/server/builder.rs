@@ -141,9 +141,13 @@ impl ServerBuilder {
     /// it really holds (payload plus a fixed overhead per message): send
     /// buffers, inboxes, out-of-order and held Data, and queued events.
     /// Each connection has a small floor of its own (a window's worth of
-    /// the largest messages each way) and draws the rest from this budget;
-    /// connections over their own limits draw only from its first half. When
-    /// it is spent the server stops taking more: Data goes unacknowledged
+    /// the largest messages each way) and draws the rest from this budget,
+    /// less a sixteenth kept for admitting new connections. Once
+    /// connections contend for it, each may hold at most its fair share
+    /// (max-min: those using less than an even split keep theirs, the rest
+    /// is split evenly among the others; see
+    /// [`ServerCore`](crate::proto::ServerCore)'s notes). When its share or
+    /// the budget is spent the server stops taking more: Data goes unacknowledged
     /// (the peers back off), [`Server::write`] fails with
     /// [`Error::BudgetExhausted`], and Connects from new addresses are
     /// refused. [`ServerStats::budget_in_use`] shows where it stands.
