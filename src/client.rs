@@ -13,6 +13,8 @@ use parking_lot::Mutex;
 
 use crate::driver::cores::{canonical, ClientCell};
 use crate::driver::endpoint::Endpoint;
+#[cfg(feature = "test-hooks")]
+use crate::driver::faults::Faults;
 use crate::driver::inbox::Empty;
 use crate::driver::roles::{ClientRole, Item};
 use crate::driver::time::deadline;
@@ -21,7 +23,7 @@ use crate::lifecycle::{ConnEvent, ConnState, ReconnectPolicy, Subscribers};
 use crate::options::Options;
 use crate::proto::stats::ConnStats;
 use crate::proto::{ClientConfig, ClientCore, Limit};
-use crate::{ConnId, Error, Faults, Params};
+use crate::{ConnId, Error, Params};
 
 /// An LSP client: a reliable, ordered, message-oriented connection to a server.
 ///
@@ -109,8 +111,9 @@ impl ClientBuilder {
     }
 
     /// Faults to inject into this client's traffic (default: none). A test
-    /// hook, hidden from the documentation.
+    /// hook (the `test-hooks` feature), hidden from the documentation.
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn faults(mut self, faults: Faults) -> Self {
         self.options.faults = faults;
         self
@@ -309,7 +312,7 @@ impl ClientBuilder {
         // Connected to the server, the socket hears of refusals.
         endpoint.shared.io.follow_peer();
         // Sends the Connect and announces `Connecting`.
-        endpoint.shared.run(|core, _, out| core.with(out, |_| ()));
+        endpoint.shared.run(|core, _, out| core.with(out, |_| ()))?;
         log::debug!(
             "connecting to {server} from {} with isn {isn}",
             endpoint.shared.io.local_addr()
@@ -497,7 +500,8 @@ impl Client {
                 let len = payload.len();
                 shared.read_done((), len);
                 if shared.role.holding.load(Ordering::Relaxed) {
-                    shared.run(|_, _, _| ());
+                    // A failure shows at the next call.
+                    let _ = shared.run(|_, _, _| ());
                 }
                 Ok(payload)
             }
@@ -557,7 +561,7 @@ impl Client {
         self.endpoint.check_open()?;
         self.endpoint
             .shared
-            .run(|core, now, out| core.with(out, |core| core.write(now, payload)))
+            .run(|core, now, out| core.with(out, |core| core.write(now, payload)))?
             .map_err(Error::from)
     }
 
@@ -581,7 +585,7 @@ impl Client {
                 cell.with(out, |core| {
                     (!blocked(core)).then(|| core.write(now, payload))
                 })
-            });
+            })?;
             if let Some(written) = written {
                 return written.map_err(Error::from);
             }
@@ -611,9 +615,19 @@ impl Client {
     }
 
     /// Makes the client's receive thread panic, to test what a failure
-    /// looks like from outside. Not for use outside tests.
+    /// looks like from outside (the `test-hooks` feature).
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn fail_for_tests(&self) {
         self.endpoint.shared.request_panic();
+    }
+
+    /// Makes the next call into the client's core panic, on whichever thread
+    /// makes it (a user's write, say), to test that the instance then fails
+    /// as a whole (the `test-hooks` feature).
+    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
+    pub fn fail_in_core_for_tests(&self) {
+        self.endpoint.shared.request_core_panic();
     }
 }

@@ -143,6 +143,7 @@ mod server;
 
 pub use client::{Client, ClientBuilder};
 #[doc(hidden)]
+#[cfg(feature = "test-hooks")]
 pub use driver::faults::Faults;
 pub use error::Error;
 pub use lifecycle::{ConnEvent, ReconnectPolicy};

@@ -49,9 +49,21 @@ pub struct ConnEvent {
 ///
 /// Channels are unbounded, so a slow subscriber never blocks the protocol; a
 /// dropped one is forgotten at the next event.
-#[derive(Default)]
+///
+/// Once the instance has ended (closed, or failed) every channel is
+/// disconnected, so that a subscriber iterating over its events stops
+/// rather than waiting for an event that can no longer come.
 pub(crate) struct Subscribers {
-    list: Mutex<Vec<Sender<ConnEvent>>>,
+    /// `None` once the instance ended.
+    list: Mutex<Option<Vec<Sender<ConnEvent>>>>,
+}
+
+impl Default for Subscribers {
+    fn default() -> Subscribers {
+        Subscribers {
+            list: Mutex::new(Some(Vec::new())),
+        }
+    }
 }
 
 impl Subscribers {
@@ -61,8 +73,17 @@ impl Subscribers {
         rx
     }
 
+    /// Adds `tx`; once the instance ended it is dropped at once (its
+    /// receiver sees the channel disconnected).
     pub(crate) fn add(&self, tx: Sender<ConnEvent>) {
-        self.list.lock().push(tx);
+        if let Some(list) = self.list.lock().as_mut() {
+            list.push(tx);
+        }
+    }
+
+    /// The instance ended: every subscriber's channel disconnects.
+    pub(crate) fn end(&self) {
+        self.list.lock().take();
     }
 
     pub(crate) fn emit(
@@ -73,9 +94,9 @@ impl Subscribers {
         at: Instant,
     ) {
         let mut list = self.list.lock();
-        if list.is_empty() {
+        let Some(list) = list.as_mut().filter(|list| !list.is_empty()) else {
             return;
-        }
+        };
         let event = ConnEvent {
             conn_id,
             peer,

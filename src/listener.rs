@@ -312,6 +312,14 @@ impl Listener {
     pub fn close(&self) -> Result<(), Error> {
         self.server.close()
     }
+
+    /// Makes the listener's receive thread panic, to test what a failure
+    /// looks like from outside (the `test-hooks` feature).
+    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
+    pub fn fail_for_tests(&self) {
+        self.server.fail_for_tests();
+    }
 }
 
 impl Drop for Listener {
@@ -321,7 +329,7 @@ impl Drop for Listener {
         let params = self.server.params();
         if let Err(err) = self
             .server
-            .close_timeout(params.epoch() * params.epoch_limit)
+            .close_timeout(params.epoch().saturating_mul(params.epoch_limit))
         {
             log::debug!("listener closed on drop: {err}");
         }
@@ -604,6 +612,8 @@ impl Connection {
         if self.server.state(self.id).is_none() {
             return Ok(());
         }
+        // Ends when the instance does (closed or failed): every subscriber
+        // is then disconnected.
         for event in events.iter() {
             if event.conn_id == Some(self.id) && event.state.is_terminal() {
                 return match event.state {
@@ -612,8 +622,8 @@ impl Connection {
                 };
             }
         }
-        // The listener closed meanwhile.
-        Err(Error::Closed)
+        // The listener closed, or failed, meanwhile.
+        Err(self.server.failure().unwrap_or(Error::Closed))
     }
 }
 

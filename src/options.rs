@@ -6,10 +6,11 @@
 //! setters of these six settings (each documented for its own side) write
 //! here, and [`Options::check`] validates them all and fills in the defaults.
 
+use crate::driver::faults::Faults;
 use crate::proto::{
     max_payload, Limit, DEFAULT_INBOX, DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_BUFFER, MAX_DATAGRAM,
 };
-use crate::{Error, Faults, Params};
+use crate::{Error, Params};
 
 /// What a client and a server are both configured with; `None` is the default.
 #[derive(Clone, Debug, Default)]

@@ -49,6 +49,7 @@
 //! returns [`Error::Failed`]) and closes it.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -57,12 +58,13 @@ use std::time::Instant;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
-use super::io::{stop_receivers, wake_receiver, Io, SendBatch, SEND_BATCH};
+use super::faults::Faults;
+use super::io::{stop_receivers, Io, SendBatch, SEND_BATCH};
 use super::threads::{
-    close_manager, epoch_loop, receive_loop, spawn, CloseRequest, Threads, RECV_POLL,
+    close_manager, epoch_loop, panic_message, receive_loop, spawn, CloseRequest, Threads, RECV_POLL,
 };
 use crate::proto::{Message, Sink};
-use crate::{Error, Faults, Params};
+use crate::{Error, Params};
 
 /// A protocol core as the driver sees it (implemented in
 /// [`cores`](super::cores)). Every method takes `&self`: the core locks
@@ -123,6 +125,9 @@ pub(crate) trait Role: Send + Sync + 'static {
     fn close_result(&self, core: &Self::Core) -> Result<(), Error>;
     /// Wakes every blocked reader; later reads find the instance closed.
     fn shut(&self);
+    /// The instance has ended (closed, or failed): no event can come any
+    /// more, and every subscriber's channel disconnects.
+    fn end(&self);
 }
 
 /// Where the core's outputs go during one input (see the module docs):
@@ -235,15 +240,44 @@ pub(crate) struct Shared<R: Role> {
     /// Set when a thread panicked or the socket failed for good.
     failure: Mutex<Option<String>>,
     failed: AtomicBool,
+    /// The close manager's requests: a failure asks it to close at once.
+    close_tx: Sender<CloseRequest>,
     /// Test hook: the receive thread panics at its next wake-up.
+    #[cfg(feature = "test-hooks")]
     pub(super) panic_requested: AtomicBool,
+    /// Test hook: the next call into the core panics.
+    #[cfg(feature = "test-hooks")]
+    core_panic_requested: AtomicBool,
 }
 
 impl<R: Role> Shared<R> {
-    /// Runs one input through the core, then sends and wakes (see the module docs).
-    pub(crate) fn run<T>(&self, f: impl FnOnce(&R::Core, Instant, &mut Outlet<'_, R>) -> T) -> T {
+    /// Runs one input through the core, then sends and wakes (see the module
+    /// docs). Once the instance has failed it touches nothing and returns
+    /// [`Error::Failed`]; a panic inside fails the instance, has it closed,
+    /// and returns the same error, so it never unwinds into a user's thread
+    /// nor leaves a half-updated core to anyone else.
+    pub(crate) fn run<T>(
+        &self,
+        f: impl FnOnce(&R::Core, Instant, &mut Outlet<'_, R>) -> T,
+    ) -> Result<T, Error> {
+        if let Some(failure) = self.failure() {
+            return Err(failure);
+        }
+        match catch_unwind(AssertUnwindSafe(|| self.run_unguarded(f))) {
+            Ok(result) => Ok(result),
+            Err(panic) => {
+                let why = format!("the core panicked: {}", panic_message(&*panic));
+                self.fail_and_close(why.clone());
+                Err(self.failure().unwrap_or(Error::Failed(why)))
+            }
+        }
+    }
+
+    fn run_unguarded<T>(&self, f: impl FnOnce(&R::Core, Instant, &mut Outlet<'_, R>) -> T) -> T {
         SEND_BATCH.with(|batch| {
             let mut batch = batch.borrow_mut();
+            // Whatever a panic left behind in this thread's batch is stale.
+            batch.clear();
             let now = Instant::now();
             let mut out = Outlet {
                 io: &self.io,
@@ -269,6 +303,10 @@ impl<R: Role> Shared<R> {
             }
             if let Some((of, messages, bytes)) = pending {
                 self.core.read_done(now, of, messages, bytes, &mut out);
+            }
+            #[cfg(feature = "test-hooks")]
+            if self.core_panic_requested.swap(false, Ordering::SeqCst) {
+                panic!("a panic in the core, requested by a test");
             }
             let result = f(&self.core, now, &mut out);
             // Outputs made outside any connection's lock (a refusal, the end
@@ -337,6 +375,16 @@ impl<R: Role> Shared<R> {
         ))
     }
 
+    /// Fails the instance ([`fail`](Self::fail)) and has it closed at once:
+    /// after a panic nothing can be trusted to drain.
+    pub(super) fn fail_and_close(&self, why: String) {
+        self.fail(why);
+        let _ = self.close_tx.send(CloseRequest {
+            reply: None,
+            deadline: Some(Instant::now()),
+        });
+    }
+
     /// Marks the instance failed and wakes every blocked caller.
     pub(super) fn fail(&self, why: String) {
         log::error!("liveseq {} failed: {why}", self.io.local_addr());
@@ -348,6 +396,7 @@ impl<R: Role> Shared<R> {
         }
         self.failed.store(true, Ordering::SeqCst);
         self.role.shut();
+        self.role.end();
         self.rooms.wake_all();
         let _ = self.io.drained.send(());
     }
@@ -356,16 +405,24 @@ impl<R: Role> Shared<R> {
     /// (the fuzz target for the server's receive path uses this).
     #[cfg(fuzzing)]
     pub(crate) fn inject(&self, from: SocketAddr, datagram: &[u8]) {
-        self.run(|core, now, out| {
+        let _ = self.run(|core, now, out| {
             let mut batch = Default::default();
             core.handle_batch(now, std::iter::once((datagram, from)), &mut batch, out);
         });
     }
 
     /// Test hook: makes the receive thread panic (see `Server::fail_for_tests`).
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn request_panic(&self) {
         self.panic_requested.store(true, Ordering::SeqCst);
-        wake_receiver(&self.io);
+        super::io::wake_receiver(&self.io);
+    }
+
+    /// Test hook: makes the next call into the core panic (see
+    /// `Server::fail_in_core_for_tests`).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn request_core_panic(&self) {
+        self.core_panic_requested.store(true, Ordering::SeqCst);
     }
 }
 
@@ -420,7 +477,9 @@ impl<R: Role> Endpoint<R> {
             .collect::<Result<Vec<_>, _>>()?;
         let (delay_tx, delay_rx) = unbounded();
         let (drained_tx, drained_rx) = unbounded();
+        let (close_tx, close_rx) = unbounded::<CloseRequest>();
         let shared = Arc::new(Shared {
+            close_tx: close_tx.clone(),
             core,
             reads: unbounded(),
             rooms: Rooms::new(),
@@ -428,22 +487,21 @@ impl<R: Role> Endpoint<R> {
             role,
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
+            #[cfg(feature = "test-hooks")]
             panic_requested: AtomicBool::new(false),
+            #[cfg(feature = "test-hooks")]
+            core_panic_requested: AtomicBool::new(false),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (stop_epoch_tx, stop_epoch_rx) = unbounded::<()>();
-        let (close_tx, close_rx) = unbounded::<CloseRequest>();
 
         let mut recv = Vec::with_capacity(receivers.len());
         for receiver in receivers {
             let for_thread = shared.clone();
             let stop_flag = stop.clone();
-            match spawn(
-                "liveseq-recv",
-                shared.clone(),
-                close_tx.clone(),
-                move || receive_loop(&for_thread, receiver, &stop_flag, batch),
-            ) {
+            match spawn("liveseq-recv", shared.clone(), move || {
+                receive_loop(&for_thread, receiver, &stop_flag, batch)
+            }) {
                 Ok(handle) => recv.push(handle),
                 Err(err) => {
                     stop_started(&shared.io, &stop, recv);
@@ -453,12 +511,9 @@ impl<R: Role> Endpoint<R> {
         }
         let epoch = {
             let for_thread = shared.clone();
-            match spawn(
-                "liveseq-epoch",
-                shared.clone(),
-                close_tx.clone(),
-                move || epoch_loop(&for_thread, delay_rx, stop_epoch_rx),
-            ) {
+            match spawn("liveseq-epoch", shared.clone(), move || {
+                epoch_loop(&for_thread, delay_rx, stop_epoch_rx)
+            }) {
                 Ok(handle) => handle,
                 Err(err) => {
                     stop_started(&shared.io, &stop, recv);
@@ -475,12 +530,9 @@ impl<R: Role> Endpoint<R> {
             };
             let for_thread = shared.clone();
             // If this spawn fails the threads are stopped when `threads` drops.
-            spawn(
-                "liveseq-close",
-                shared.clone(),
-                close_tx.clone(),
-                move || close_manager(&for_thread, close_rx, drained_rx, threads),
-            )?
+            spawn("liveseq-close", shared.clone(), move || {
+                close_manager(&for_thread, close_rx, drained_rx, threads)
+            })?
         };
         Ok(Endpoint {
             shared,

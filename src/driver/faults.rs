@@ -1,13 +1,22 @@
 //! Per-instance fault injection, for testing behaviour on a bad network.
+//!
+//! Only with the `test-hooks` feature (the crate's own tests and examples
+//! turn it on): without it [`Injector`] has no values, so the send and
+//! receive paths' fault branches are dead code the compiler removes, and a
+//! user's build carries no injector.
 
-use std::borrow::Cow;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+#[cfg(feature = "test-hooks")]
+use {
+    crate::proto::MsgType,
+    parking_lot::Mutex,
+    rand::rngs::SmallRng,
+    rand::{Rng, SeedableRng},
+    std::borrow::Cow,
+};
 
-use crate::proto::{Message, MsgType};
+use crate::proto::Message;
 
 /// Faults a client or server injects into its own traffic.
 ///
@@ -35,8 +44,8 @@ use crate::proto::{Message, MsgType};
 /// assert!(!Faults::default().is_active());
 /// ```
 ///
-/// A test hook, hidden from the documentation: the `faults` methods of the
-/// builders take it.
+/// A test hook (the `test-hooks` feature), hidden from the documentation:
+/// the `faults` methods of the builders take it.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Faults {
@@ -60,6 +69,8 @@ pub struct Faults {
     pub seed: Option<u64>,
 }
 
+// Without the `test-hooks` feature nothing builds an injector.
+#[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
 impl Faults {
     /// Whether any fault is switched on.
     pub fn is_active(&self) -> bool {
@@ -76,6 +87,7 @@ impl Faults {
 }
 
 /// What to do with one outgoing datagram.
+#[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
 pub(crate) enum Plan<'m> {
     Drop,
     Send {
@@ -89,11 +101,33 @@ pub(crate) enum Plan<'m> {
 }
 
 /// The live injector of one instance.
+#[cfg(feature = "test-hooks")]
 pub(crate) struct Injector {
     faults: Faults,
     rng: Mutex<SmallRng>,
 }
 
+/// Without the `test-hooks` feature there is no injector: `Option<Injector>`
+/// is always `None`, and the branches that use one are never compiled in.
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) enum Injector {}
+
+#[cfg(not(feature = "test-hooks"))]
+impl Injector {
+    pub(crate) fn new(_: Faults) -> Option<Injector> {
+        None
+    }
+
+    pub(crate) fn drop_read(&self) -> bool {
+        match *self {}
+    }
+
+    pub(crate) fn plan<'m>(&self, _: &Message<'_>, _: Duration) -> Plan<'m> {
+        match *self {}
+    }
+}
+
+#[cfg(feature = "test-hooks")]
 impl Injector {
     /// `None` when no fault is active, so the fast path pays nothing.
     pub(crate) fn new(faults: Faults) -> Option<Injector> {
@@ -154,6 +188,7 @@ impl Injector {
     }
 }
 
+#[cfg(feature = "test-hooks")]
 fn chance(rng: &mut SmallRng, percent: u8) -> bool {
     percent > 0 && rng.gen_range(0..100u8) < percent.min(100)
 }

@@ -14,10 +14,11 @@ use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
+use super::faults::Faults;
 use super::faults::{Injector, Plan};
 use super::time::deadline;
 use crate::proto::Message;
-use crate::{Faults, Params};
+use crate::Params;
 
 /// Flags of every send: never block (see [`Io::send_raw`]).
 #[cfg(unix)]
@@ -69,6 +70,15 @@ pub(crate) struct SendBatch {
     /// Destination and end offset in `bytes` of each datagram.
     items: Vec<(SocketAddr, usize)>,
     pub(super) wakes: Vec<u32>,
+}
+
+impl SendBatch {
+    /// Forgets everything in it, sent or not.
+    pub(super) fn clear(&mut self) {
+        self.bytes.clear();
+        self.items.clear();
+        self.wakes.clear();
+    }
 }
 
 thread_local! {

@@ -102,6 +102,10 @@ impl Role for ClientRole {
         // A connect still waiting learns that the client is gone.
         self.connected.lock().take();
     }
+
+    fn end(&self) {
+        self.events.end();
+    }
 }
 
 /// The server's application side: where the core's outputs go.
@@ -223,5 +227,9 @@ impl Role for ServerRole {
         if let Some(router) = &self.router {
             router.shut();
         }
+    }
+
+    fn end(&self) {
+        self.events.end();
     }
 }

@@ -38,7 +38,6 @@ pub(super) struct CloseRequest {
 pub(super) fn spawn<R: Role>(
     name: &str,
     shared: Arc<Shared<R>>,
-    close_tx: Sender<CloseRequest>,
     f: impl FnOnce() + Send + 'static,
 ) -> Result<JoinHandle<()>, Error> {
     let thread_name = name.to_string();
@@ -46,19 +45,21 @@ pub(super) fn spawn<R: Role>(
         .name(name.to_string())
         .spawn(move || {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panic".to_string());
-                shared.fail(format!("{thread_name} panicked: {what}"));
-                // Close at once: nothing more can be trusted to drain.
-                let _ = close_tx.send(CloseRequest {
-                    reply: None,
-                    deadline: Some(Instant::now()),
-                });
+                shared.fail_and_close(format!(
+                    "{thread_name} panicked: {}",
+                    panic_message(&*panic)
+                ));
             }
         })?)
+}
+
+/// What a caught panic said.
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".to_string())
 }
 
 /// The receive and epoch threads, stopped and joined by the close manager.
@@ -84,9 +85,8 @@ pub(super) fn close_manager<R: Role>(
         "closing {}: no new connections, reconnects cancelled, draining",
         shared.io.local_addr()
     );
-    if !shared.is_failed() {
-        shared.run(|core, now, out| core.close(now, out));
-    }
+    // A failure (the instance's, or a panic in this close) is seen below.
+    let _ = shared.run(|core, now, out| core.close(now, out));
     // Wait for the drain; a later request (a close after a drop, or a
     // failure) may bring the deadline forward.
     let drained_in_time = loop {
@@ -115,12 +115,16 @@ pub(super) fn close_manager<R: Role>(
         // A thread panicked, perhaps inside the core: leave it untouched.
         Err(failure)
     } else {
-        let unacked = shared.run(|core, now, out| core.abort(now, out));
-        log::debug!(
-            "closing {}: deadline passed, {unacked} messages discarded",
-            shared.io.local_addr()
-        );
-        Err(Error::CloseTimedOut { unacked })
+        match shared.run(|core, now, out| core.abort(now, out)) {
+            Ok(unacked) => {
+                log::debug!(
+                    "closing {}: deadline passed, {unacked} messages discarded",
+                    shared.io.local_addr()
+                );
+                Err(Error::CloseTimedOut { unacked })
+            }
+            Err(failure) => Err(failure),
+        }
     };
     log::debug!("closing {}: stopping threads", shared.io.local_addr());
     let Threads {
@@ -139,6 +143,7 @@ pub(super) fn close_manager<R: Role>(
     log::debug!("closing {}: releasing the socket", shared.io.local_addr());
     shared.io.socket.write().take();
     shared.role.shut();
+    shared.role.end();
     // Replies go out only now: whoever waits for close finds the port free.
     let mut result = Some(result);
     for reply in replies {
@@ -163,6 +168,7 @@ pub(super) fn receive_loop<R: Role>(
         if stop.load(Ordering::SeqCst) {
             return;
         }
+        #[cfg(feature = "test-hooks")]
         if shared.panic_requested.swap(false, Ordering::SeqCst) {
             panic!("panic requested by a test");
         }
@@ -185,7 +191,13 @@ pub(super) fn receive_loop<R: Role>(
                 // peer's "port unreachable" here: news for the core, at most
                 // one per datagram sent, so it can neither spin nor persist.
                 errors = 0;
-                shared.run(|core, now, out| core.handle_refused(now, out));
+                if shared
+                    .run(|core, now, out| core.handle_refused(now, out))
+                    .is_err()
+                {
+                    // Failed: the close manager stops everything.
+                    return;
+                }
                 continue;
             }
             Err(err) => {
@@ -204,12 +216,16 @@ pub(super) fn receive_loop<R: Role>(
         io.counters
             .datagrams_received
             .fetch_add(count as u64, Ordering::Relaxed);
-        shared.run(|core, now, out| {
+        let handled = shared.run(|core, now, out| {
             let kept = (0..count)
                 .map(|i| datagrams.get(i))
                 .filter(|_| !io.faults.as_ref().is_some_and(|f| f.drop_read()));
             core.handle_batch(now, kept, &mut batch, out);
         });
+        if handled.is_err() {
+            // Failed: the close manager stops everything.
+            return;
+        }
     }
 }
 
@@ -237,15 +253,21 @@ pub(super) fn epoch_loop<R: Role>(
                 if io.faults.is_some() {
                     io.release_held_back();
                 }
-                shared.run(|core, now, out| core.handle_epoch(now, out));
+                if shared.run(|core, now, out| core.handle_epoch(now, out)).is_err() {
+                    return;
+                }
             }
             recv(delay_rx) -> d => if let Ok(d) = d { held.push(Reverse(d)) },
             recv(next_due) -> _ => {}
             recv(stop) -> _ => return,
         }
         let now = Instant::now();
-        if core_due.is_some_and(|due| due <= now) {
-            shared.run(|core, now, out| core.handle_timeout(now, out));
+        if core_due.is_some_and(|due| due <= now)
+            && shared
+                .run(|core, now, out| core.handle_timeout(now, out))
+                .is_err()
+        {
+            return;
         }
         while held.peek().is_some_and(|Reverse(d)| d.due <= now) {
             if let Some(Reverse(d)) = held.pop() {

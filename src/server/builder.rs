@@ -4,6 +4,8 @@ use std::net::ToSocketAddrs;
 
 use super::Server;
 use crate::driver::endpoint::{self, Endpoint};
+#[cfg(feature = "test-hooks")]
+use crate::driver::faults::Faults;
 use crate::driver::io;
 use crate::driver::roles::ServerRole;
 use crate::listener::{Listener, Router};
@@ -11,19 +13,18 @@ use crate::options::Options;
 use crate::proto::{Limit, ServerConfig, ServerCore, DEFAULT_BUDGET};
 #[cfg(doc)]
 use crate::{ConnState, ServerStats};
-use crate::{Error, Faults, Params};
+use crate::{Error, Params};
 
 /// Configures a [`Server`] before binding.
 ///
 /// # Examples
 ///
 /// ```
-/// use liveseq::{Faults, Params, Server};
+/// use liveseq::{Params, Server};
 ///
 /// # fn main() -> Result<(), liveseq::Error> {
 /// let server = Server::builder()
 ///     .params(Params { epoch_millis: 50, ..Params::default() })
-///     .faults(Faults { read_drop_percent: 10, ..Faults::default() })
 ///     .max_datagram_size(9000)
 ///     .bind("127.0.0.1:0")?;
 /// assert_eq!(server.max_payload(), liveseq::proto::max_payload(9000));
@@ -70,8 +71,9 @@ impl ServerBuilder {
     }
 
     /// Faults to inject into this server's traffic (default: none). A test
-    /// hook, hidden from the documentation.
+    /// hook (the `test-hooks` feature), hidden from the documentation.
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn faults(mut self, faults: Faults) -> Self {
         self.options.faults = faults;
         self

@@ -335,7 +335,7 @@ impl Server {
         self.endpoint.check_open()?;
         self.endpoint
             .shared
-            .run(|core, now, out| core.write(now, id, payload, out))
+            .run(|core, now, out| core.write(now, id, payload, out))?
             .map_err(Error::from)
     }
 
@@ -364,7 +364,7 @@ impl Server {
         self.endpoint.check_open()?;
         self.endpoint
             .shared
-            .run(|core, now, out| core.try_write(now, id, payload, out))
+            .run(|core, now, out| core.try_write(now, id, payload, out))?
             .map_err(Error::from)
     }
 
@@ -401,7 +401,7 @@ impl Server {
             // Try first: a write that finds room (the common case) takes one
             // lock of its connection. One that finds none waits, then tries
             // again (another writer may have taken the room meanwhile).
-            match shared.run(|core, now, out| core.try_write(now, id, payload, out)) {
+            match shared.run(|core, now, out| core.try_write(now, id, payload, out))? {
                 Err(CoreError::BufferFull) => {}
                 result => return result.map_err(Error::from),
             }
@@ -420,8 +420,9 @@ impl Server {
         // Room in the connection's inbox again (flow control).
         shared.read_done(Some(id), len);
         if role.is_holding(id) {
-            // Its peer waits for what this read lets us acknowledge.
-            shared.run(|_, _, _| ());
+            // Its peer waits for what this read lets us acknowledge. (A
+            // failure shows at the next call.)
+            let _ = shared.run(|_, _, _| ());
         }
     }
 
@@ -466,7 +467,7 @@ impl Server {
         self.endpoint.check_open()?;
         let shared = &self.endpoint.shared;
         shared
-            .run(|core, now, out| core.close_conn(now, id, out))
+            .run(|core, now, out| core.close_conn(now, id, out))?
             .map_err(Error::from)
     }
 
@@ -575,10 +576,25 @@ impl Server {
         self.endpoint.shared.core.totals()
     }
 
+    /// The error every call returns once the instance failed.
+    pub(crate) fn failure(&self) -> Option<Error> {
+        self.endpoint.shared.failure()
+    }
+
     /// Makes the server's receive thread panic, to test what a failure
-    /// looks like from outside. Not for use outside tests.
+    /// looks like from outside (the `test-hooks` feature).
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn fail_for_tests(&self) {
         self.endpoint.shared.request_panic();
+    }
+
+    /// Makes the next call into the server's core panic, on whichever thread
+    /// makes it (a user's write, say), to test that the instance then fails
+    /// as a whole (the `test-hooks` feature).
+    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
+    pub fn fail_in_core_for_tests(&self) {
+        self.endpoint.shared.request_core_panic();
     }
 }
