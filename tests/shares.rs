@@ -197,3 +197,43 @@ fn small_users_keep_what_they_hold_under_contention() {
     s.handle_epoch(now);
     assert!(s.totals().budget_in_use <= before);
 }
+
+/// Hoarders took everything before anyone contended; once a share is set, a
+/// reader still under it may draw on the reserve (all but the admissions'
+/// part), so it is served beyond its floor at once, not only once the
+/// hoarders end.
+#[test]
+fn a_connection_under_its_share_draws_on_the_reserve() {
+    let now = Instant::now();
+    let mut config = config();
+    config.floor = 0;
+    let mut s = PolledServer::new(config);
+    let reader = join(&mut s, now, addr(9));
+    let hoarders: Vec<ConnId> = (1..=4).map(|p| join(&mut s, now, addr(p))).collect();
+    fill(&mut s, now, &hoarders);
+    // No share yet, and the budget less the reserve is spent: refused.
+    assert!(matches!(
+        s.write(now, reader, &PAYLOAD),
+        Err(CoreError::BudgetExhausted)
+    ));
+    s.handle_epoch(now + EPOCH);
+    drain(&mut s);
+    // The reader is under its share now: the reserve takes its writes, up
+    // to the admissions' part of the budget.
+    let mut written = 0;
+    while s.write(now, reader, &PAYLOAD).is_ok() {
+        written += 1;
+    }
+    let in_use = s.totals().budget_in_use;
+    assert!(written >= 4, "{written}");
+    assert!(in_use <= config.under_share_budget(), "{in_use}");
+    assert!(config.under_share_budget() - in_use < COST, "{in_use}");
+    drain(&mut s);
+    // Admissions still find their part.
+    join(&mut s, now, addr(20));
+    // The hoarders, over their share, may not take the reserve.
+    assert!(matches!(
+        s.write(now, hoarders[0], &PAYLOAD),
+        Err(CoreError::BudgetExhausted)
+    ));
+}

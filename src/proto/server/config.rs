@@ -94,6 +94,13 @@ pub const DEFAULT_MAX_UNVALIDATED: usize = 1024;
 /// of the default budget, room for the events of some 32,000 admissions.)
 pub const RESERVE_DIVISOR: usize = 16;
 
+/// The part of the budget only admissions may use, whatever else happens:
+/// a sixty-fourth (2 MiB of the default budget, the events of some 8,000
+/// admissions). The rest of the reserve is open, while connections contend,
+/// to those still under their fair share: a reader that holds little gets
+/// room even when hoarders took everything before the share was set.
+pub const ADMISSION_DIVISOR: usize = 64;
+
 /// What a queued event for the application is charged against the budget
 /// (the event itself, its place in the channel, a margin).
 pub const EVENT_COST: usize = 128;
@@ -170,6 +177,13 @@ impl ServerConfig {
     /// but the reserve (see [`RESERVE_DIVISOR`]).
     pub fn shared_budget(&self) -> usize {
         self.budget - self.budget / RESERVE_DIVISOR
+    }
+
+    /// What connections under their fair share may draw up to while
+    /// connections contend: all but the admissions' part
+    /// ([`ADMISSION_DIVISOR`]).
+    pub fn under_share_budget(&self) -> usize {
+        self.budget - self.budget / ADMISSION_DIVISOR
     }
 
     /// The floor that guarantees a connection a window's worth of messages

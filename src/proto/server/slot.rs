@@ -70,11 +70,21 @@ impl Slot {
     }
 
     /// How much more memory it may take now: the rest of its floor, then
-    /// what is left of the budget (less the reserve for admissions) up to its
-    /// fair share ([`fair_share`](super::counters::fair_share)).
+    /// what is left of the budget up to its fair share
+    /// ([`fair_share`](super::counters::fair_share)). The budget less the
+    /// reserve, that is, except for a connection still under its share while
+    /// connections contend, which may also draw on the reserve but for the
+    /// admissions' part.
     pub fn memory_room(&self, config: &ServerConfig, pool: &Pool) -> usize {
-        let shared_left = config.shared_budget().saturating_sub(pool.in_use());
-        let share_left = pool.share().saturating_sub(self.drawn(config));
+        let share = pool.share();
+        let drawn = self.drawn(config);
+        let ceiling = if share != usize::MAX && drawn < share {
+            config.under_share_budget()
+        } else {
+            config.shared_budget()
+        };
+        let shared_left = ceiling.saturating_sub(pool.in_use());
+        let share_left = share.saturating_sub(drawn);
         config
             .floor
             .saturating_sub(self.charged)
