@@ -1459,3 +1459,37 @@ fn refusals_once_connected_or_while_reconnecting_change_nothing() {
     );
     redial(&mut c, now, (30, 40));
 }
+
+/// A server on a wildcard address answers from the address each client sent
+/// its Connect to: the Ack, Data and heartbeats of a connection all leave
+/// from there, whichever local address later datagrams arrive on.
+#[test]
+fn each_connection_sends_from_the_address_its_connect_was_sent_to() {
+    let mut now = Instant::now();
+    let (a, b) = (addr(1), addr(2));
+    let (la, lb): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "::1".parse().unwrap());
+    let mut s = PolledServer::new(seq_config(params(5)));
+    let mut connect = Vec::new();
+    Message::connect(7).encode(&mut connect);
+    s.handle_to(now, a, Some(la), &connect);
+    s.handle_to(now, b, Some(lb), &connect);
+    s.end_batch(now);
+    let sent: Vec<_> = std::iter::from_fn(|| s.poll_transmit_from()).collect();
+    assert_eq!(
+        sent,
+        [
+            (Some(la), a, Message::ack(1, 7)),
+            (Some(lb), b, Message::ack(2, 7))
+        ]
+    );
+    s.handle_message(now, a, Message::ack(1, 0));
+    s.write(now, id(1), b"hi").unwrap();
+    now += Duration::from_millis(100);
+    s.handle_epoch(now);
+    let sent: Vec<_> = std::iter::from_fn(|| s.poll_transmit_from()).collect();
+    assert!(sent.contains(&(Some(la), a, Message::data(1, 8, b"hi"))), "{sent:?}");
+    // Every datagram of each connection leaves from its own address.
+    for (local, to, _) in &sent {
+        assert_eq!(*local, Some(if *to == a { la } else { lb }), "{sent:?}");
+    }
+}

@@ -1,7 +1,7 @@
 //! [`PolledServer`]: a [`ServerCore`] driven from one thread, with its
 //! datagrams and outputs kept to be polled.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Deref;
 use std::time::Instant;
 
@@ -70,6 +70,19 @@ impl PolledServer {
             .handle(now, from, datagram, &mut self.batch, &mut self.out);
     }
 
+    /// See [`ServerCore::handle_to`]: what the connection this datagram
+    /// opens sends leaves from `local` ([`poll_transmit_from`](Self::poll_transmit_from)).
+    pub fn handle_to(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        local: Option<IpAddr>,
+        datagram: &[u8],
+    ) {
+        self.core
+            .handle_to(now, from, local, datagram, &mut self.batch, &mut self.out);
+    }
+
     /// See [`ServerCore::handle_message`].
     pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message<'_>) {
         self.core
@@ -136,6 +149,12 @@ impl PolledServer {
     /// The next datagram to send and where.
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Message<'static>)> {
         self.out.poll_transmit()
+    }
+
+    /// The next datagram, where it goes and the address it is to leave
+    /// from (`None`: the socket's own; see [`Sink::transmit_from`](super::Sink::transmit_from)).
+    pub fn poll_transmit_from(&mut self) -> Option<(Option<IpAddr>, SocketAddr, Message<'static>)> {
+        self.out.poll_transmit_from()
     }
 
     /// The next output for the application side.

@@ -2,7 +2,7 @@
 //! in, and [`Collect`], the sink that keeps them to be polled.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::message::Message;
 
@@ -12,12 +12,22 @@ use super::message::Message;
 /// The core calls it under the lock of the connection the datagram or
 /// output belongs to. That is what keeps each connection's outputs in the
 /// order they happened however many threads feed the core, and why an
-/// implementation must not block: encode or copy a datagram and send it
-/// once the call returns (the driver sends after every lock is released),
-/// and hand an output on through an unbounded queue.
+/// implementation must not block: send a datagram without waiting (the
+/// driver sends it at once, under that lock, so that one connection's
+/// datagrams leave in order; a full socket buffer drops it, as a network
+/// would), and hand an output on through an unbounded queue.
 pub trait Sink<O> {
     /// A datagram for `to`.
     fn transmit(&mut self, to: SocketAddr, msg: &Message<'_>);
+    /// A datagram for `to`, to leave from the address `local` (the one the
+    /// connection's Connect was sent to, see
+    /// [`ServerCore::handle_batch_to`](super::ServerCore::handle_batch_to));
+    /// `None`: from the socket's own address. A sink that cannot choose
+    /// sends it as [`transmit`](Self::transmit) does.
+    fn transmit_from(&mut self, local: Option<IpAddr>, to: SocketAddr, msg: &Message<'_>) {
+        let _ = local;
+        self.transmit(to, msg);
+    }
     /// The next output, in order.
     fn output(&mut self, output: O);
     /// The core is about to release the lock under which it called this
@@ -44,7 +54,7 @@ pub trait Sink<O> {
 /// ```
 #[derive(Debug)]
 pub struct Collect<O> {
-    transmits: VecDeque<(SocketAddr, Message<'static>)>,
+    transmits: VecDeque<(Option<IpAddr>, SocketAddr, Message<'static>)>,
     outputs: VecDeque<O>,
 }
 
@@ -60,6 +70,12 @@ impl<O> Default for Collect<O> {
 impl<O> Collect<O> {
     /// The oldest datagram not yet polled, and where it goes.
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Message<'static>)> {
+        self.transmits.pop_front().map(|(_, to, msg)| (to, msg))
+    }
+
+    /// Like [`poll_transmit`](Self::poll_transmit), with the address the
+    /// datagram is to leave from (see [`Sink::transmit_from`]).
+    pub fn poll_transmit_from(&mut self) -> Option<(Option<IpAddr>, SocketAddr, Message<'static>)> {
         self.transmits.pop_front()
     }
 
@@ -76,7 +92,13 @@ impl<O> Collect<O> {
 
 impl<O> Sink<O> for Collect<O> {
     fn transmit(&mut self, to: SocketAddr, msg: &Message<'_>) {
-        self.transmits.push_back((to, msg.clone().into_owned()));
+        self.transmits
+            .push_back((None, to, msg.clone().into_owned()));
+    }
+
+    fn transmit_from(&mut self, local: Option<IpAddr>, to: SocketAddr, msg: &Message<'_>) {
+        self.transmits
+            .push_back((local, to, msg.clone().into_owned()));
     }
 
     fn output(&mut self, output: O) {

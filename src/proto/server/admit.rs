@@ -3,7 +3,7 @@
 //! refusals.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,6 +28,7 @@ impl ServerCore {
         &self,
         now: Instant,
         from: SocketAddr,
+        local: Option<IpAddr>,
         isn: u64,
         len: usize,
         out: &mut impl Sink<ServerOutput>,
@@ -98,6 +99,7 @@ impl ServerCore {
         let cell = Arc::new(Mutex::new(Slot {
             id,
             addr: from,
+            local,
             conn,
             timing,
             gone: false,

@@ -2,7 +2,7 @@
 //! its connection, and handled under that connection's lock; a Connect goes
 //! to admission ([`admit`](super::admit)).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,7 +30,21 @@ impl ServerCore {
         batch: &mut Batch,
         out: &mut impl Sink<ServerOutput>,
     ) {
-        self.handle_all(now, [(datagram, from)], batch, out);
+        self.handle_all(now, [(datagram, from, None)], batch, out);
+    }
+
+    /// [`handle`](Self::handle) for a datagram sent to `local` (see
+    /// [`handle_batch_to`](Self::handle_batch_to)).
+    pub fn handle_to(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        local: Option<IpAddr>,
+        datagram: &[u8],
+        batch: &mut Batch,
+        out: &mut impl Sink<ServerOutput>,
+    ) {
+        self.handle_all(now, [(datagram, from, local)], batch, out);
     }
 
     /// A batch of datagrams, then its end ([`end_batch`](Self::end_batch)).
@@ -44,6 +58,24 @@ impl ServerCore {
         batch: &mut Batch,
         out: &mut impl Sink<ServerOutput>,
     ) {
+        let datagrams = datagrams.into_iter().map(|(d, from)| (d, from, None));
+        self.handle_all(now, datagrams, batch, out);
+        self.end_batch(now, batch, out);
+    }
+
+    /// [`handle_batch`](Self::handle_batch), each datagram with the address
+    /// it was sent to (`None`: the socket's own). A server on a wildcard
+    /// address (`0.0.0.0`, `::`) learns it from the socket: a new connection
+    /// keeps the one its Connect was sent to, and everything the server
+    /// sends it leaves from there ([`Sink::transmit_from`]), as the client,
+    /// whose socket is connected to that address, expects.
+    pub fn handle_batch_to<'d>(
+        &self,
+        now: Instant,
+        datagrams: impl IntoIterator<Item = (&'d [u8], SocketAddr, Option<IpAddr>)>,
+        batch: &mut Batch,
+        out: &mut impl Sink<ServerOutput>,
+    ) {
         self.handle_all(now, datagrams, batch, out);
         self.end_batch(now, batch, out);
     }
@@ -52,12 +84,12 @@ impl ServerCore {
     fn handle_all<'d>(
         &self,
         now: Instant,
-        datagrams: impl IntoIterator<Item = (&'d [u8], SocketAddr)>,
+        datagrams: impl IntoIterator<Item = (&'d [u8], SocketAddr, Option<IpAddr>)>,
         batch: &mut Batch,
         out: &mut impl Sink<ServerOutput>,
     ) {
         let mut held: Option<(SocketAddr, Held)> = None;
-        for (datagram, from) in datagrams {
+        for (datagram, from, local) in datagrams {
             let msg = match Message::decode(datagram) {
                 Ok(msg) => msg,
                 Err(err) => {
@@ -68,7 +100,7 @@ impl ServerCore {
             };
             if msg.kind == MsgType::Connect {
                 release(&mut held, out);
-                self.handle_connect(now, from, msg.seq_num, datagram.len(), out);
+                self.handle_connect(now, from, local, msg.seq_num, datagram.len(), out);
                 continue;
             }
             if held.as_ref().map(|(at, _)| *at) != Some(from) {
@@ -101,7 +133,7 @@ impl ServerCore {
     ) {
         let len = msg.encoded_len();
         if msg.kind == MsgType::Connect {
-            self.handle_connect(now, from, msg.seq_num, len, out);
+            self.handle_connect(now, from, None, msg.seq_num, len, out);
             return;
         }
         let Some(cell) = self.route(from) else {
@@ -136,6 +168,7 @@ impl ServerCore {
         &self,
         now: Instant,
         from: SocketAddr,
+        local: Option<IpAddr>,
         isn: u64,
         len: usize,
         out: &mut impl Sink<ServerOutput>,
@@ -145,7 +178,7 @@ impl ServerCore {
             bump(&self.totals.rejected);
             return;
         }
-        self.on_connect(now, from, isn, len, out);
+        self.on_connect(now, from, local, isn, len, out);
     }
 
     /// A message other than Connect from `from`, whose connection `slot` is

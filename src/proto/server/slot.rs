@@ -3,7 +3,7 @@
 //! control, validation, the challenge, the memory it is charged).
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::counters::Pool;
 use super::ServerConfig;
@@ -16,6 +16,9 @@ use crate::proto::ConnState;
 pub(crate) struct Slot {
     pub id: u32,
     pub addr: SocketAddr,
+    /// The address its Connect was sent to, on a server bound to a
+    /// wildcard address: what it sends leaves from there.
+    pub local: Option<IpAddr>,
     pub conn: Conn,
     pub timing: Timing,
     /// It has left the table: a thread that looked it up before that finds

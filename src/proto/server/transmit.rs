@@ -27,7 +27,7 @@ impl ServerCore {
         let to = slot.addr;
         if slot.validated {
             while let Some(msg) = slot.conn.poll_transmit() {
-                out.transmit(to, &msg);
+                out.transmit_from(slot.local, to, &msg);
             }
             return;
         }
@@ -35,7 +35,7 @@ impl ServerCore {
         while let Some(msg) = slot.conn.poll_transmit() {
             let len = msg.encoded_len() as u64;
             if slot.bytes_out.saturating_add(len) <= budget {
-                out.transmit(to, &msg);
+                out.transmit_from(slot.local, to, &msg);
                 slot.bytes_out += len;
             } else {
                 // The protocol sends it again; by then the peer may have
