@@ -23,7 +23,7 @@ use crate::lifecycle::{ConnEvent, ConnState, ReconnectPolicy, Subscribers};
 use crate::options::Options;
 use crate::proto::stats::ConnStats;
 use crate::proto::{ClientConfig, ClientCore, Limit};
-use crate::{ConnId, Error, Params};
+use crate::{ConnId, Error, Messages, Params};
 
 /// An LSP client: a reliable, ordered, message-oriented connection to a server.
 ///
@@ -427,6 +427,28 @@ impl Client {
             .peek(|core| core.stats(Instant::now()))
     }
 
+    /// The server's messages, in order, as [`read`](Client::read) returns
+    /// them, until the connection ends (see [`Messages`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Client, Params, Server, ServerEvent};
+    ///
+    /// let params = Params { epoch_millis: 50, ..Params::default() };
+    /// let server = Server::bind("127.0.0.1:0", params).unwrap();
+    /// let client = Client::connect(server.local_addr().unwrap(), params).unwrap();
+    /// let Ok(ServerEvent::Connected { id, .. }) = server.next_event() else { panic!() };
+    /// server.write(id, b"one").unwrap();
+    /// server.write(id, b"two").unwrap();
+    /// let mut messages = client.messages();
+    /// assert_eq!(messages.next().unwrap().unwrap(), b"one");
+    /// assert_eq!(messages.next().unwrap().unwrap(), b"two");
+    /// ```
+    pub fn messages(&self) -> Messages<'_> {
+        Messages::new(move || self.read())
+    }
+
     /// Blocks until the next message from the server arrives, in order.
     ///
     /// Returns [`Error::ConnectionLost`] once every message received before
@@ -612,6 +634,34 @@ impl Client {
     /// timeout past the clock's end waits as long as `close` would.
     pub fn close_timeout(&self, timeout: Duration) -> Result<(), Error> {
         self.endpoint.close(deadline(timeout))
+    }
+
+    /// Closes without waiting: whatever is written and not yet acknowledged
+    /// is discarded, the threads stop and the socket is released. Returns
+    /// how many messages were discarded. For a program that must not wait
+    /// on a peer that may be gone (dropping a `Client` flushes, which waits
+    /// up to `epoch_limit` epochs for a server that died). A `read` blocked
+    /// in another thread returns [`Error::Closed`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use liveseq::{Client, Params, Server};
+    ///
+    /// let params = Params { epoch_millis: 50, ..Params::default() };
+    /// let server = Server::bind("127.0.0.1:0", params).unwrap();
+    /// let client = Client::connect(server.local_addr().unwrap(), params).unwrap();
+    /// server.close().unwrap(); // the server is gone: nothing will be acknowledged
+    /// client.write(b"lost").unwrap();
+    /// assert_eq!(client.abort().unwrap(), 1);
+    /// assert!(matches!(client.write(b"x"), Err(liveseq::Error::Closed)));
+    /// ```
+    pub fn abort(&self) -> Result<usize, Error> {
+        match self.endpoint.close(Some(Instant::now())) {
+            Ok(()) => Ok(0),
+            Err(Error::CloseTimedOut { unacked }) => Ok(unacked),
+            Err(err) => Err(err),
+        }
     }
 
     /// Makes the client's receive thread panic, to test what a failure

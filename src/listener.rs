@@ -17,7 +17,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::driver::inbox::{Empty, Inbox};
 use crate::driver::time;
-use crate::{ConnId, ConnStats, Error, Params, Server, ServerEvent, ServerStats};
+use crate::{ConnId, ConnStats, Error, Messages, Params, Server, ServerEvent, ServerStats};
 
 /// What waits in one connection's queue.
 pub(crate) enum Item {
@@ -476,6 +476,30 @@ impl Connection {
     /// ```
     pub fn read(&self) -> Result<Vec<u8>, Error> {
         self.read_inner(None)
+    }
+
+    /// The peer's messages, in order, as [`read`](Connection::read) returns
+    /// them, until the connection ends (see [`Messages`]): the loop of a
+    /// thread that serves one client.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use liveseq::{Client, Listener, Params};
+    /// # let params = Params { epoch_millis: 50, ..Params::default() };
+    /// # let listener = Listener::bind("127.0.0.1:0", params).unwrap();
+    /// # let client = Client::connect(listener.local_addr().unwrap(), params).unwrap();
+    /// # let conn = listener.accept().unwrap();
+    /// client.write(b"ping").unwrap();
+    /// for msg in conn.messages() {
+    ///     let msg = msg.unwrap();
+    ///     conn.write(&msg).unwrap();
+    ///     break; // one is enough here
+    /// }
+    /// assert_eq!(client.read().unwrap(), b"ping");
+    /// ```
+    pub fn messages(&self) -> Messages<'_> {
+        Messages::new(move || self.read())
     }
 
     /// Like [`read`](Connection::read), but gives up with

@@ -137,3 +137,48 @@ fn a_panic_in_the_core_during_a_client_write_fails_the_client_not_the_caller() {
     // The server is another instance: untouched.
     assert!(server.close().is_ok());
 }
+
+#[test]
+fn abort_discards_and_never_waits_for_a_dead_server() {
+    // An epoch limit of 10 x 200 ms: a drop would wait up to 2 s to flush.
+    let slow = Params {
+        epoch_millis: 200,
+        epoch_limit: 10,
+        ..Params::default()
+    };
+    let server = Server::bind("127.0.0.1:0", slow).unwrap();
+    let client = Client::connect(server.local_addr().unwrap(), slow).unwrap();
+    server.close().unwrap();
+    for i in 0..3u8 {
+        client.write(&[i]).unwrap();
+    }
+    let start = std::time::Instant::now();
+    // Window 1: one in flight, two queued; all three discarded.
+    assert_eq!(client.abort().unwrap(), 3);
+    assert!(start.elapsed() < slow.epoch(), "{:?}", start.elapsed());
+    assert!(matches!(client.read(), Err(Error::Closed)));
+    assert!(matches!(client.abort(), Err(Error::Closed)));
+}
+
+#[test]
+fn messages_yield_in_order_then_the_end_once() {
+    let listener = Listener::bind("127.0.0.1:0", params()).unwrap();
+    let client = Client::connect(listener.local_addr().unwrap(), params()).unwrap();
+    let conn = listener.accept().unwrap();
+    for i in 0..10u8 {
+        client.write(&[i; 3]).unwrap();
+        conn.write(&[i; 5]).unwrap();
+    }
+    let from_client: Vec<Vec<u8>> = conn.messages().take(10).map(Result::unwrap).collect();
+    assert_eq!(from_client, (0..10u8).map(|i| vec![i; 3]).collect::<Vec<_>>());
+    let from_server: Vec<Vec<u8>> = client.messages().take(10).map(Result::unwrap).collect();
+    assert_eq!(from_server, (0..10u8).map(|i| vec![i; 5]).collect::<Vec<_>>());
+    // The client goes away: the connection's messages end with its loss,
+    // yielded once.
+    client.close().unwrap();
+    let mut rest = conn.messages();
+    assert!(matches!(rest.next(), Some(Err(Error::ConnectionLost(_)))));
+    assert!(rest.next().is_none());
+    // A closed client's messages simply end.
+    assert!(client.messages().next().is_none());
+}
