@@ -83,6 +83,7 @@ fn config(server: SocketAddr, params: CheckParams, faults: Faults) -> Config {
         log: None,
         timeline: None,
         print_violations: false,
+        max_clients: proxy::MAX_CLIENTS,
     }
 }
 
@@ -106,7 +107,12 @@ fn rules(outcome: &Outcome, clients: &[SocketAddr]) -> Vec<(Rule, Side)> {
     outcome
         .violations
         .iter()
-        .filter(|v| clients.contains(&outcome.clients[v.flow]))
+        .filter(|v| {
+            outcome
+                .clients
+                .get(&v.flow)
+                .is_some_and(|c| clients.contains(c))
+        })
         .map(|v| (v.rule, v.side))
         .collect()
 }
@@ -150,6 +156,26 @@ fn tmp(name: &str) -> PathBuf {
 
 // ----- liveseq through the proxy -----
 
+/// Window and unacknowledged limit 4, no back-off, and a generous epoch
+/// limit (50 epochs): the runs are about delivery and the rules, not loss
+/// detection, on a machine that may be starved.
+fn generous(epoch_millis: u64) -> Params {
+    Params {
+        epoch_limit: 50,
+        epoch_millis,
+        window_size: 4,
+        max_unacked_messages: 4,
+        max_backoff_interval: 0,
+    }
+}
+
+/// A liveseq server on 127.0.0.1 echoing everything, and its echo thread.
+fn echo_server(params: Params) -> (Arc<Server>, thread::JoinHandle<()>) {
+    let server = Arc::new(Server::bind("127.0.0.1:0", params).unwrap());
+    let echo = common::spawn_echo(server.clone());
+    (server, echo)
+}
+
 /// `clients` liveseq clients echo `msgs` messages each through the proxy;
 /// returns the outcome and the clients' addresses.
 fn echo_through(
@@ -158,17 +184,8 @@ fn echo_through(
     clients: usize,
     msgs: usize,
 ) -> (Outcome, Vec<SocketAddr>) {
-    // A generous epoch limit (2 s): the runs are about delivery and the
-    // rules, not loss detection, on a machine that may be starved.
-    let params = Params {
-        epoch_limit: 50,
-        epoch_millis: 40,
-        window_size: 4,
-        max_unacked_messages: 4,
-        max_backoff_interval: 0,
-    };
-    let server = Arc::new(Server::bind("127.0.0.1:0", params).unwrap());
-    let echo = common::spawn_echo(server.clone());
+    let params = generous(40);
+    let (server, echo) = echo_server(params);
     let proxy = Proxy::start(config(
         server.local_addr().unwrap(),
         loaded(params),
@@ -217,7 +234,9 @@ fn liveseq_echo_through_0_20_40_percent_loss_breaks_no_rule() {
         );
         assert_summary_counts(&outcome);
         assert_eq!(clients.len(), 2);
-        assert!(clients.iter().all(|c| outcome.clients.contains(c)));
+        assert!(clients
+            .iter()
+            .all(|c| outcome.clients.values().any(|x| x == c)));
         if p > 0.0 {
             assert!(outcome.summary.contains("retransmissions"));
         }
@@ -622,7 +641,7 @@ fn fates(faults: Faults, n: usize) -> Vec<String> {
         client.send_to(&b, proxy.local_addr()).unwrap();
     }
     assert!(proxy
-        .wait_until(WAIT, |r| r.flows.iter().any(
+        .wait_until(WAIT, |r| r.flows.values().any(
             |f| f.client == me && f.rows.len() + f.omitted.datagrams as usize == n
         )));
     proxy.stop();
@@ -793,6 +812,211 @@ fn added_latency_is_measured() {
     assert!(added < Duration::from_millis(20), "{added:?}");
 }
 
+// ----- hostile traffic: every table bounded -----
+
+/// The floods of issue 26 on the checker alone, from one client address
+/// (flow 0) while a healthy connection lives on another (flow 1): Acks with
+/// random ConnIDs, Connects with random ISNs answered with new ConnIDs, and
+/// Data never acknowledged. Every table stays within its bound, and the
+/// healthy connection is still judged (a breach on it is still caught).
+#[test]
+fn the_checkers_tables_stay_bounded_under_floods_from_one_address() {
+    let mut rng = faults::Rng(26);
+    let mut c = check::Checker::new(rig_params());
+    let mut n = 0;
+    let mut at = Duration::ZERO;
+    let mut both = |c: &mut check::Checker, at, flow, from: Side, m: &Message<'_>| {
+        let seen = c.sent(at, flow, from, n, Ok(m));
+        n += 1;
+        c.delivered(at, flow, from.other(), Ok(m));
+        seen.violations.iter().map(|v| v.rule).collect::<Vec<_>>()
+    };
+    // The healthy connection, on flow 1.
+    both(&mut c, at, 1, Side::Client, &Message::connect(ISN));
+    both(&mut c, at, 1, Side::Server, &Message::ack(ID, ISN));
+    both(&mut c, at, 1, Side::Client, &Message::ack(ID, 0));
+    let tick = Duration::from_micros(50); // 20,000 datagrams a second
+    let mut peak = check::Sizes::default();
+    for i in 0..60_000u64 {
+        at += tick;
+        let id = (rng.next() as u32) | 1 << 31;
+        match i % 3 {
+            // An Ack on a ConnID nobody gave out.
+            0 => {
+                both(&mut c, at, 0, Side::Client, &Message::ack(id, rng.next()));
+            }
+            // A Connect with a new ISN, answered with a new ConnID.
+            1 => {
+                let isn = rng.next() >> 1;
+                both(&mut c, at, 0, Side::Client, &Message::connect(isn));
+                both(&mut c, at, 0, Side::Server, &Message::ack(id, isn));
+            }
+            // Data on one connection, never acknowledged.
+            _ => {
+                both(&mut c, at, 0, Side::Client, &data(ID + 1, 1 + i, b"x"));
+            }
+        }
+        if i % 100 == 0 {
+            // The healthy connection heartbeats now and then.
+            both(&mut c, at, 1, Side::Client, &Message::ack(ID, 0));
+            both(&mut c, at, 1, Side::Server, &Message::ack(ID, 0));
+        }
+        if i % 1000 == 0 {
+            let s = c.sizes();
+            peak = check::Sizes {
+                flows: peak.flows.max(s.flows),
+                conns: peak.conns.max(s.conns),
+                isns: peak.isns.max(s.isns),
+                answers: peak.answers.max(s.answers),
+                sent: peak.sent.max(s.sent),
+                owners: peak.owners.max(s.owners),
+                reused: peak.reused.max(s.reused),
+                stalls: peak.stalls.max(s.stalls),
+                bytes: peak.bytes.max(s.bytes),
+                conns_forgotten: s.conns_forgotten,
+            };
+        }
+    }
+    println!("peak sizes: {peak:?}");
+    assert!(peak.flows <= 2, "{peak:?}");
+    // Flow 0 holds at most its share, flow 1 its one connection.
+    assert!(peak.conns <= check::MAX_CONNS_PER_FLOW + 1, "{peak:?}");
+    assert!(peak.isns <= check::MAX_ISNS + 1, "{peak:?}");
+    assert!(peak.answers <= check::MAX_ANSWERS + 1, "{peak:?}");
+    assert!(peak.sent <= check::MAX_SENT_HARD * 2 + 4, "{peak:?}");
+    assert!(peak.owners <= 20_001 + 1, "{peak:?}");
+    assert!(peak.bytes <= check::MAX_BYTES, "{peak:?}");
+    assert!(peak.conns_forgotten > 10_000, "{peak:?}");
+    // The healthy connection was never forgotten: a breach on it is caught.
+    at += Duration::from_millis(1);
+    assert_eq!(
+        both(&mut c, at, 1, Side::Client, &data(ID, ISN + 1, b"a")),
+        []
+    );
+    assert_eq!(
+        both(&mut c, at, 1, Side::Client, &data(ID, ISN + 5, b"e")),
+        [Rule::BeyondWindow]
+    );
+}
+
+/// Datagrams from more client addresses than the checker tracks: it keeps
+/// the most recently active, and forgets the rest.
+#[test]
+fn the_checker_tracks_a_bounded_number_of_addresses() {
+    let mut c = check::Checker::with_caps(rig_params(), 100, 1000);
+    for flow in 0..10_000 {
+        let at = Duration::from_micros(flow as u64);
+        c.sent(at, flow, Side::Client, flow, Ok(&Message::connect(ISN)));
+        c.sent(
+            at,
+            flow,
+            Side::Server,
+            flow,
+            Ok(&Message::ack(flow as u32 + 1, ISN)),
+        );
+    }
+    let s = c.sizes();
+    assert_eq!((s.flows, s.conns), (100, 100), "{s:?}");
+}
+
+/// /proc/PID/status's `Threads:` line.
+fn threads_of(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+/// The binary, serving at most 256 client addresses, flooded from 1,500
+/// local ports (one Connect each, as spoofed sources would send), while a
+/// liveseq client talks through it: the client keeps being served, a new
+/// client after the flood gets through, and the proxy runs the same few
+/// threads throughout.
+#[test]
+fn binary_under_a_flood_from_many_addresses_keeps_serving_with_fixed_threads() {
+    let params = generous(50);
+    let (server, echo) = echo_server(params);
+    let (mut child, rx, addr) = spawn_bin(
+        server.local_addr().unwrap(),
+        &[
+            "--max-clients",
+            "256",
+            "--epoch-limit",
+            "50",
+            "--window-size",
+            "4",
+            "--max-unacked",
+            "4",
+            "--jitter-ms",
+            "250",
+        ],
+    );
+    let pid = child.id();
+    let before = threads_of(pid);
+
+    let early = Arc::new(Client::connect(addr, params).unwrap());
+    let mut ours = vec![as_seen(&early)];
+    common::write_and_check_echoes(&early, 0, 20, 100);
+    let start = Instant::now();
+    let mut flood = Vec::new();
+    let mut b = Vec::new();
+    for i in 0..1500u64 {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.clear();
+        Message::connect(1000 + i).encode(&mut b);
+        s.send_to(&b, addr).unwrap();
+        flood.push(s);
+        if i % 300 == 0 {
+            // The early client talks on meanwhile.
+            common::write_and_check_echoes(&early, 0, 2, 100);
+        }
+    }
+    let during = threads_of(pid);
+    let flooded = start.elapsed();
+    drop(flood);
+    common::write_and_check_echoes(&early, 0, 20, 100);
+    let late = Arc::new(Client::connect(addr, params).unwrap());
+    ours.push(as_seen(&late));
+    common::write_and_check_echoes(&late, 1, 20, 100);
+    let after = threads_of(pid);
+    early.close().unwrap();
+    late.close().unwrap();
+
+    let status = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+    let lines: Vec<String> = rx.iter().collect();
+    let _ = server.close_timeout(Duration::from_millis(100));
+    echo.join().unwrap();
+    println!(
+        "threads before, during, after the flood: {before}, {during}, {after}; flood took {flooded:?}"
+    );
+    let summary = lines.join("\n");
+    println!("{summary}");
+    assert_eq!((during, after), (before, before), "{summary}");
+    assert!(before <= 4, "{before} threads");
+    for me in ours {
+        let me = format!(" of {me}");
+        assert!(!lines.iter().any(|l| l.contains(&me)), "{summary}");
+    }
+    // Some 1,500 addresses in all (the kernel may drop a few), at most 256
+    // at a time.
+    let dropped = lines
+        .iter()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" client address(es) dropped by the proxy")
+        })
+        .and_then(|(n, _)| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(dropped >= 1000, "{summary}");
+}
+
 // ----- the binary -----
 
 const BIN: &str = env!("CARGO_BIN_EXE_lsp-inspect");
@@ -938,7 +1162,7 @@ fn go_reference_runners_through_the_proxy() {
         let (p, outcome) = run.join().unwrap();
         println!("Go runners, {p}% loss each way:\n{}\n", outcome.summary);
         // crunner_sols is its proxy's one client, the first address heard.
-        let crunner = Vec::from_iter(outcome.clients.first().copied());
+        let crunner = Vec::from_iter(outcome.clients.values().next().copied());
         assert_eq!(
             rules(&outcome, &crunner),
             [],

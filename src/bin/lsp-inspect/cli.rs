@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::check::CheckParams;
 use crate::faults::{DirFaults, Faults};
-use crate::proxy::Config;
+use crate::proxy::{Config, MAX_CLIENTS};
 
 /// What `--help` prints.
 pub const USAGE: &str = "\
@@ -40,6 +40,9 @@ faults (each also as --NAME-to-server / --NAME-to-client for one direction):
 
 run:
   --duration SECS          stop after SECS seconds (default: at Ctrl-C)
+  --max-clients N          client addresses served at once [4096, at most 4096]; a new
+                           one replaces the least recently active (those that never
+                           answered the server first)
   --log FILE               write every datagram and violation as JSON lines
   --timeline FILE          write an HTML timeline at the end
   -h, --help               this text
@@ -123,6 +126,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut delay_share: [Option<f64>; 2] = [None, None];
     let mut reorder_ms = None;
     let mut duration = None;
+    let mut max_clients = MAX_CLIENTS;
     let mut log = None;
     let mut timeline = None;
 
@@ -208,6 +212,10 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--reorder-ms" => reorder_ms = Some(Duration::from_millis(positive(flag, v)?)),
             "--seed" => faults.seed = number(flag, v)?,
             "--duration" => duration = Some(seconds(flag, v)?),
+            "--max-clients" => match positive(flag, v)? {
+                n if n <= MAX_CLIENTS as u64 => max_clients = n as usize,
+                _ => return Err(format!("{flag} is at most {MAX_CLIENTS}")),
+            },
             "--log" => log = Some(v.into()),
             "--timeline" => timeline = Some(v.into()),
             _ => return Err(format!("unknown option {flag}")),
@@ -244,6 +252,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             log,
             timeline,
             print_violations: true,
+            max_clients,
         }),
         duration,
     ))

@@ -6,12 +6,11 @@
 //! derived from the seed, so one busy client does not change the fate of
 //! another's datagrams and a run with the same traffic repeats exactly.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use liveseq::proto::{Message, MsgType};
 
-use crate::check::Side;
+use crate::check::{AgeMap, Side, MAX_FLOWS};
 
 /// Faults applied to the datagrams one side sends.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -130,7 +129,10 @@ impl Rng {
 #[derive(Debug)]
 pub struct FaultModel {
     faults: Faults,
-    streams: HashMap<(usize, Side), Rng>,
+    /// One stream per client address and direction: at most two per
+    /// address the checker tracks, the least recently active forgotten
+    /// (and dropped addresses at once, [`FaultModel::forget`]).
+    streams: AgeMap<(usize, Side), Rng>,
 }
 
 impl FaultModel {
@@ -138,8 +140,14 @@ impl FaultModel {
     pub fn new(faults: Faults) -> FaultModel {
         FaultModel {
             faults,
-            streams: HashMap::new(),
+            streams: AgeMap::new(2 * MAX_FLOWS),
         }
+    }
+
+    /// Forgets client address `flow` (the proxy dropped it for good).
+    pub fn forget(&mut self, flow: usize) {
+        self.streams.remove(&(flow, Side::Client));
+        self.streams.remove(&(flow, Side::Server));
     }
 
     /// The fate of a datagram `from` a side of client address `flow`, at
@@ -159,11 +167,14 @@ impl FaultModel {
             };
         }
         let seed = self.faults.seed;
-        let rng = self.streams.entry((flow, from)).or_insert_with(|| {
+        let make = || {
             let mut mix = Rng(seed ^ (flow as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93));
             mix.0 ^= from as u64;
             Rng(mix.next())
-        });
+        };
+        let rng = self
+            .streams
+            .touch_or_insert_with(&(flow, from), make, |_, _| {});
         // Every datagram draws the same numbers whatever its fate, so that
         // one fault's outcome does not shift the others' streams.
         let (drop, dup, delay, reorder, corrupt) = (

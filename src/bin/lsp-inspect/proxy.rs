@@ -2,27 +2,38 @@
 //!
 //! One socket listens for clients; each client address gets its own
 //! upstream socket, connected to the server, so the server sees one peer
-//! per client. A thread per socket receives; every datagram is decoded,
-//! judged by the [`Checker`], given a fate by the [`FaultModel`], recorded
-//! and forwarded under one lock, so the check, the log and the delivery
-//! order agree. Held-back copies (delay, reorder) wait in a queue served
-//! by one more thread.
+//! per client. One thread waits on all of them at once with poll(2) and
+//! receives from whichever is ready; every datagram is decoded, judged by
+//! the [`Checker`], given a fate by the [`FaultModel`], recorded and
+//! forwarded under one lock, so the check, the log and the delivery order
+//! agree. Held-back copies (delay, reorder) wait in a queue served by a
+//! second thread, and a third watches for the proxy being held up: three
+//! threads whatever the traffic.
+//!
+//! At most [`Config::max_clients`] client addresses are served. A new one
+//! beyond that replaces the least recently active address that never
+//! proved it receives (it spoke again after the server answered it), or,
+//! when every one has, the least recently active of all: its upstream
+//! socket is closed and the checker and the record forget it. Spoofed
+//! sources can thus take turns in the table but never shut new clients
+//! out, nor evict a client that is talking with the server.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::fs::File;
 use std::io::{self, BufWriter};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use liveseq::proto::Message;
 
-use crate::check::{CheckParams, Checker, Side, Violation};
+use crate::check::{AgeMap, CheckParams, Checker, Side, Violation, MAX_FLOWS};
 use crate::faults::{FaultModel, Faults};
-use crate::record::Recorder;
+use crate::record::{Datagram, Recorder};
 use crate::timeline;
 
 /// How often blocked threads look at the stop flag.
@@ -33,9 +44,17 @@ const POLL: Duration = Duration::from_millis(50);
 const STALL_TICK: Duration = Duration::from_millis(5);
 const STALL_MIN: Duration = Duration::from_millis(10);
 
-/// Client addresses served; datagrams from further ones are dropped (each
-/// costs a socket and a thread).
-const MAX_CLIENTS: usize = 4096;
+/// Client addresses served by default, and at most (the checker tracks as
+/// many): each costs an upstream socket (a file descriptor, and its buffers
+/// in the kernel) and a few hundred bytes here.
+pub const MAX_CLIENTS: usize = MAX_FLOWS;
+
+/// Datagrams received from one socket before the others get their turn.
+const BATCH: usize = 64;
+
+/// Bytes of held-back copies (delay, reorder) queued at most; a copy that
+/// would go beyond is dropped.
+pub const MAX_HELD_BYTES: usize = 16 << 20;
 
 /// Violations printed as they happen; later ones are only counted.
 const PRINTED: usize = 100;
@@ -57,6 +76,8 @@ pub struct Config {
     pub timeline: Option<PathBuf>,
     /// Print each violation to standard output as it is found.
     pub print_violations: bool,
+    /// Client addresses served at once (at most [`MAX_CLIENTS`]).
+    pub max_clients: usize,
 }
 
 /// The mutable heart, under one lock.
@@ -116,6 +137,15 @@ impl Ord for Held {
     }
 }
 
+/// Held-back copies, earliest first, and what they hold.
+#[derive(Default)]
+struct HeldQueue {
+    heap: BinaryHeap<Held>,
+    order: u64,
+    /// Bytes in all the copies held (at most [`MAX_HELD_BYTES`]).
+    bytes: usize,
+}
+
 struct Shared {
     state: Mutex<State>,
     /// Signalled after every recorded datagram (tests wait on it).
@@ -126,8 +156,10 @@ struct Shared {
     stop: AtomicBool,
     /// A datagram's handling panicked (reported once).
     panicked: AtomicBool,
-    held: Mutex<(BinaryHeap<Held>, u64)>,
+    held: Mutex<HeldQueue>,
     held_changed: Condvar,
+    /// Copies dropped because the held queue was full.
+    held_dropped: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -149,8 +181,9 @@ pub struct Outcome {
     pub violation_count: u64,
     /// The first violations, with details.
     pub violations: Vec<Violation>,
-    /// Each flow's client address (index: [`Violation::flow`]).
-    pub clients: Vec<SocketAddr>,
+    /// Client addresses by flow number ([`Violation::flow`]): those still
+    /// recorded and those of the violations kept.
+    pub clients: std::collections::BTreeMap<usize, SocketAddr>,
     /// Problems writing the log or the timeline.
     pub errors: Vec<String>,
 }
@@ -167,7 +200,8 @@ impl Proxy {
     /// Binds the listening socket, opens the log and starts forwarding.
     pub fn start(config: Config) -> io::Result<Proxy> {
         let listen = UdpSocket::bind(config.listen)?;
-        listen.set_read_timeout(Some(POLL))?;
+        listen.set_nonblocking(true)?;
+        let max_clients = config.max_clients.clamp(1, MAX_CLIENTS);
         let addr = listen.local_addr()?;
         let log: Option<Box<dyn io::Write + Send>> = match &config.log {
             Some(path) => Some(Box::new(BufWriter::new(File::create(path).map_err(
@@ -193,14 +227,20 @@ impl Proxy {
             start: Instant::now(),
             stop: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
-            held: Mutex::new((BinaryHeap::new(), 0)),
+            held: Mutex::new(HeldQueue::default()),
             held_changed: Condvar::new(),
+            held_dropped: AtomicU64::new(0),
             threads: Mutex::new(Vec::new()),
         });
         let mut threads = Vec::new();
+        let s = shared.clone();
+        threads.push(
+            thread::Builder::new()
+                .name("inspect-io".into())
+                .spawn(move || io_loop(&s, max_clients))?,
+        );
         for (name, run) in [
-            ("inspect-clients", clients_loop as fn(&Arc<Shared>)),
-            ("inspect-held", held_loop),
+            ("inspect-held", held_loop as fn(&Arc<Shared>)),
             ("inspect-stalls", stall_loop),
         ] {
             let s = shared.clone();
@@ -261,8 +301,6 @@ impl Proxy {
         self.stopped = true;
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.held_changed.notify_all();
-        // The clients thread may still add upstream threads until it ends:
-        // join until none are left.
         loop {
             let batch: Vec<_> = std::mem::take(
                 &mut *self
@@ -280,6 +318,7 @@ impl Proxy {
         }
         let elapsed = self.shared.start.elapsed();
         let mut st = self.shared.lock();
+        st.recorder.held_dropped = self.shared.held_dropped.load(Ordering::SeqCst);
         let summary = st
             .recorder
             .summary(elapsed, st.checker.rtt(), st.checker.stalls());
@@ -297,7 +336,7 @@ impl Proxy {
             summary,
             violation_count: st.recorder.violation_count(),
             violations: st.recorder.violations.clone(),
-            clients: st.recorder.flows.iter().map(|f| f.client).collect(),
+            clients: st.recorder.clients(),
             errors,
         }
     }
@@ -326,80 +365,210 @@ fn upstream_bind(server: SocketAddr) -> SocketAddr {
 fn open_upstream(server: SocketAddr) -> io::Result<UdpSocket> {
     let up = UdpSocket::bind(upstream_bind(server))?;
     up.connect(server)?;
-    up.set_read_timeout(Some(POLL))?;
+    up.set_nonblocking(true)?;
     Ok(up)
 }
 
-/// Receives from clients and forwards to the server.
-fn clients_loop(shared: &Arc<Shared>) {
-    let mut buf = vec![0u8; 65536];
-    let mut clients: HashMap<SocketAddr, (usize, Out)> = HashMap::new();
-    let mut warned = false;
-    while !shared.stop.load(Ordering::SeqCst) {
-        let (n, from) = match shared.listen.recv_from(&mut buf) {
-            Ok(r) => r,
-            // Timeouts let the loop see the stop flag; other errors (an ICMP
-            // unreachable from a client that left) are not ours to act on.
-            Err(_) => continue,
+/// A client address being served.
+struct Upstream {
+    flow: usize,
+    socket: Arc<UdpSocket>,
+    /// The server sent it something.
+    answered: bool,
+}
+
+/// The client addresses served, at most `cap`: those that have not proven
+/// they receive (`fresh`) and those that have (`proven`), each by activity
+/// (a datagram from the client), and which upstream socket is whose.
+struct Clients {
+    fresh: AgeMap<SocketAddr, Upstream>,
+    proven: AgeMap<SocketAddr, Upstream>,
+    by_fd: HashMap<RawFd, SocketAddr>,
+    cap: usize,
+    next_flow: usize,
+    /// The set of sockets changed since the poll set was built.
+    changed: bool,
+    warned: bool,
+}
+
+impl Clients {
+    fn new(cap: usize) -> Clients {
+        Clients {
+            fresh: AgeMap::new(cap),
+            proven: AgeMap::new(cap),
+            by_fd: HashMap::new(),
+            cap,
+            next_flow: 0,
+            changed: true,
+            warned: false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.fresh.len() + self.proven.len()
+    }
+
+    /// Drops the least recently active address, fresh ones first.
+    fn evict_one(&mut self, shared: &Shared) -> bool {
+        let Some((_, up)) = self.fresh.pop_oldest().or_else(|| self.proven.pop_oldest()) else {
+            return false;
         };
-        let (flow, out) = match clients.get(&from) {
-            Some(c) => c.clone(),
-            None if clients.len() >= MAX_CLIENTS => {
-                if !warned {
-                    warned = true;
-                    eprintln!(
-                        "lsp-inspect: more than {MAX_CLIENTS} client addresses: ignoring new ones"
-                    );
-                }
-                continue;
-            }
-            None => {
-                match open_upstream(shared.server) {
-                    Ok(up) => {
-                        let up = Arc::new(up);
-                        let flow = clients.len();
-                        let out = Out {
-                            socket: up.clone(),
-                            to: None,
-                        };
-                        clients.insert(from, (flow, out.clone()));
-                        let s = shared.clone();
-                        let spawned = thread::Builder::new()
-                            .name(format!("inspect-up-{flow}"))
-                            .spawn(move || server_loop(&s, &up, flow, from));
-                        if let Ok(t) = spawned {
-                            s_threads(shared).push(t);
-                        }
-                        (flow, out)
-                    }
-                    Err(e) => {
-                        if !warned {
-                            warned = true;
-                            eprintln!("lsp-inspect: cannot open a socket toward the server for {from}: {e}");
-                        }
-                        continue;
-                    }
+        self.by_fd.remove(&up.socket.as_raw_fd());
+        self.changed = true;
+        let mut st = shared.lock();
+        st.checker.forget(up.flow);
+        st.faults.forget(up.flow);
+        st.recorder.clients_dropped += 1;
+        true
+    }
+
+    /// The flow and upstream socket of client `from`, which just sent: an
+    /// address already served (promoted once it proves it receives), or a
+    /// new one, for which room is made. `None` only if no socket can be
+    /// opened even then.
+    fn client(&mut self, shared: &Shared, from: SocketAddr) -> Option<(usize, Arc<UdpSocket>)> {
+        if let Some(up) = self.proven.touch(&from) {
+            return Some((up.flow, up.socket.clone()));
+        }
+        if let Some(up) = self.fresh.touch(&from) {
+            let got = (up.flow, up.socket.clone());
+            if up.answered {
+                if let Some(up) = self.fresh.remove(&from) {
+                    self.proven.insert(from, up);
                 }
             }
+            return Some(got);
+        }
+        while self.len() >= self.cap && self.evict_one(shared) {}
+        let up = match open_upstream(shared.server) {
+            Ok(up) => up,
+            // Out of descriptors, most likely: make room and try once more.
+            Err(_) if self.evict_one(shared) => match open_upstream(shared.server) {
+                Ok(up) => up,
+                Err(e) => return self.cannot(from, &e),
+            },
+            Err(e) => return self.cannot(from, &e),
         };
-        guarded(shared, flow, from, Side::Client, &buf[..n], &out);
+        let socket = Arc::new(up);
+        let flow = self.next_flow;
+        self.next_flow += 1;
+        self.by_fd.insert(socket.as_raw_fd(), from);
+        self.changed = true;
+        self.fresh.insert(
+            from,
+            Upstream {
+                flow,
+                socket: socket.clone(),
+                answered: false,
+            },
+        );
+        Some((flow, socket))
+    }
+
+    fn cannot<T>(&mut self, from: SocketAddr, e: &io::Error) -> Option<T> {
+        if !self.warned {
+            self.warned = true;
+            eprintln!("lsp-inspect: cannot open a socket toward the server for {from}: {e}");
+        }
+        None
+    }
+
+    /// The client whose upstream socket is `fd`.
+    fn by_fd(&mut self, fd: RawFd) -> Option<(SocketAddr, &mut Upstream)> {
+        let addr = *self.by_fd.get(&fd)?;
+        let up = match self.proven.get_mut(&addr) {
+            Some(up) => up,
+            None => self.fresh.get_mut(&addr)?,
+        };
+        Some((addr, up))
     }
 }
 
-fn s_threads(shared: &Shared) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
-    shared.threads.lock().unwrap_or_else(|e| e.into_inner())
+/// poll(2) on `fds` for up to `timeout_ms`; returns how many are ready
+/// (0 on a timeout, negative on an error such as an interruption).
+#[allow(unsafe_code)]
+fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> libc::c_int {
+    let n = libc::nfds_t::try_from(fds.len()).unwrap_or(libc::nfds_t::MAX);
+    // SAFETY: `fds` is a live, exclusively borrowed slice of `pollfd` for
+    // the whole call, and `n` is at most its length; poll(2) writes only
+    // the `revents` fields of those entries.
+    unsafe { libc::poll(fds.as_mut_ptr(), n, timeout_ms) }
 }
 
-/// Receives from the server for one client and forwards to it.
-fn server_loop(shared: &Arc<Shared>, up: &UdpSocket, flow: usize, client: SocketAddr) {
+fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Receives from clients and from the server for every client, in one
+/// thread: the listening socket and every upstream socket are polled at
+/// once, and each ready one is read until it is empty or gave [`BATCH`].
+fn io_loop(shared: &Arc<Shared>, cap: usize) {
     let mut buf = vec![0u8; 65536];
-    let out = Out {
+    let mut clients = Clients::new(cap);
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    let timeout = libc::c_int::try_from(POLL.as_millis()).unwrap_or(50);
+    let to_clients = Out {
         socket: shared.listen.clone(),
-        to: Some(client),
+        to: None,
     };
     while !shared.stop.load(Ordering::SeqCst) {
-        if let Ok(n) = up.recv(&mut buf) {
-            guarded(shared, flow, client, Side::Server, &buf[..n], &out);
+        if clients.changed {
+            fds.clear();
+            fds.push(pollfd(shared.listen.as_raw_fd()));
+            fds.extend(clients.by_fd.keys().map(|&fd| pollfd(fd)));
+            clients.changed = false;
+        }
+        if poll(&mut fds, timeout) <= 0 {
+            continue;
+        }
+        // The server's answers first: a flood from clients must not starve them.
+        for pfd in fds.iter_mut().skip(1) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            pfd.revents = 0;
+            let fd = pfd.fd;
+            for _ in 0..BATCH {
+                // (A socket closed meanwhile is gone; its number, if reused,
+                // is some other client's now, and so is what it receives.)
+                let Some((addr, up)) = clients.by_fd(fd) else {
+                    break;
+                };
+                let n = match up.socket.recv(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // An ICMP error from the server's side: nothing to read.
+                    Err(_) => continue,
+                };
+                up.answered = true;
+                let flow = up.flow;
+                let out = Out {
+                    to: Some(addr),
+                    ..to_clients.clone()
+                };
+                guarded(shared, flow, addr, Side::Server, &buf[..n], &out);
+            }
+        }
+        if fds[0].revents != 0 {
+            fds[0].revents = 0;
+            for _ in 0..BATCH {
+                let (n, from) = match shared.listen.recv_from(&mut buf) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // An ICMP unreachable from a client that left is not ours
+                    // to act on.
+                    Err(_) => continue,
+                };
+                let Some((flow, socket)) = clients.client(shared, from) else {
+                    continue;
+                };
+                let out = Out { socket, to: None };
+                guarded(shared, flow, from, Side::Client, &buf[..n], &out);
+            }
         }
     }
 }
@@ -430,8 +599,17 @@ fn handle(shared: &Shared, flow: usize, client: SocketAddr, from: Side, bytes: &
     st.next_index += 1;
     let seen = st.checker.sent(at, flow, from, index, msg);
     let decision = st.faults.decide(at, flow, from, msg.ok());
-    st.recorder
-        .datagram(index, at, flow, client, from, bytes, msg, &seen, &decision);
+    st.recorder.datagram(&Datagram {
+        index,
+        at,
+        flow,
+        client,
+        from,
+        raw: bytes,
+        msg,
+        seen: &seen,
+        decision: &decision,
+    });
     for v in &seen.violations {
         if st.printed < PRINTED {
             println!(
@@ -469,13 +647,19 @@ fn handle(shared: &Shared, flow: usize, client: SocketAddr, from: Side, bytes: &
         let now = Instant::now();
         let mut q = shared.held.lock().unwrap_or_else(|e| e.into_inner());
         for (delay, bytes) in held {
-            // A delay beyond what a clock can hold is a drop.
+            // A delay beyond what a clock can hold is a drop, and so is a
+            // copy beyond what the queue may hold.
             let Some(due) = now.checked_add(delay) else {
                 continue;
             };
-            q.1 += 1;
-            let order = q.1;
-            q.0.push(Held {
+            if q.bytes + bytes.len() > MAX_HELD_BYTES {
+                shared.held_dropped.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            q.bytes += bytes.len();
+            q.order += 1;
+            let order = q.order;
+            q.heap.push(Held {
                 due,
                 order,
                 index,
@@ -495,9 +679,10 @@ fn held_loop(shared: &Arc<Shared>) {
     let mut q = shared.held.lock().unwrap_or_else(|e| e.into_inner());
     while !shared.stop.load(Ordering::SeqCst) {
         let now = Instant::now();
-        match q.0.peek() {
+        match q.heap.peek() {
             Some(h) if h.due <= now => {
-                let Some(h) = q.0.pop() else { continue };
+                let Some(h) = q.heap.pop() else { continue };
+                q.bytes -= h.bytes.len();
                 drop(q);
                 let mut st = shared.lock();
                 h.out.send(&h.bytes);

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use liveseq::proto::{DecodeError, Message, MsgType};
 use serde_json::{json, Value};
 
-use crate::check::{RttSamples, Rule, Seen, Side, Violation};
+use crate::check::{AgeMap, RttSamples, Rule, Seen, Side, Violation, MAX_FLOWS};
 use crate::faults::Decision;
 
 /// Payload bytes shown in logs and on the timeline.
@@ -22,6 +22,17 @@ pub const PAYLOAD_SHOWN: usize = 32;
 
 /// Datagrams drawn per client address on the timeline; the rest are counted.
 pub const ROWS_PER_FLOW: usize = 300;
+
+/// Datagrams drawn on the timeline, all addresses together; the rest are
+/// counted (about 200 bytes each: some 10 MB at most).
+pub const ROWS_TOTAL: usize = 50_000;
+
+/// Client addresses recorded (the least recently active is forgotten,
+/// its datagrams staying in the counts).
+pub const FLOWS_KEPT: usize = MAX_FLOWS;
+
+/// ConnIDs listed per client address (the rest are counted).
+pub const CONNS_KEPT: usize = 32;
 
 /// Violations kept with their details (all are counted).
 const VIOLATIONS_KEPT: usize = 1000;
@@ -134,7 +145,7 @@ impl Counts {
         )
     }
 
-    fn add(&mut self, row: &Row, decision: &Decision) {
+    fn add(&mut self, row: &Row, decision: &Decision, violations: usize) {
         self.datagrams += 1;
         match row.kind {
             Kind::Connect => self.connects += 1,
@@ -149,7 +160,7 @@ impl Counts {
         self.duplicated += u64::from(decision.copies.len() > 1);
         self.delayed += u64::from(decision.copies.iter().any(|d| !d.is_zero()));
         self.corrupted += u64::from(decision.replacement.is_some());
-        self.violations += row.violations.len() as u64;
+        self.violations += violations as u64;
     }
 }
 
@@ -158,8 +169,10 @@ impl Counts {
 pub struct FlowRecord {
     /// The client's address.
     pub client: SocketAddr,
-    /// ConnIDs seen on it.
+    /// ConnIDs seen on it (the first [`CONNS_KEPT`]).
     pub conns: BTreeSet<u32>,
+    /// Datagrams naming a ConnID beyond those.
+    pub conns_more: u64,
     /// The first [`ROWS_PER_FLOW`] datagrams.
     pub rows: Vec<Row>,
     /// Counts of the datagrams beyond them.
@@ -168,16 +181,54 @@ pub struct FlowRecord {
     pub last_at: Duration,
 }
 
+/// One datagram as the proxy hands it to the record: number `index`,
+/// received at `at` from a side of client `client` (flow number `flow`),
+/// with the checker's view and the fault decision.
+#[derive(Clone, Copy)]
+pub struct Datagram<'a> {
+    /// The proxy's number for it.
+    pub index: usize,
+    /// When the proxy received it.
+    pub at: Duration,
+    /// Its client address's flow number.
+    pub flow: usize,
+    /// Its client address.
+    pub client: SocketAddr,
+    /// Who sent it.
+    pub from: Side,
+    /// Its bytes.
+    pub raw: &'a [u8],
+    /// Its bytes decoded.
+    pub msg: Result<&'a Message<'a>, DecodeError>,
+    /// What the checker made of it.
+    pub seen: &'a Seen,
+    /// Its fate.
+    pub decision: &'a Decision,
+}
+
 /// The record of a run. See the module documentation.
 pub struct Recorder {
     log: Option<Box<dyn Write + Send>>,
     log_error: Option<String>,
-    /// Per client address, in order of first datagram.
-    pub flows: Vec<FlowRecord>,
+    /// Per client address (flow number), the [`FLOWS_KEPT`] most
+    /// recently active.
+    pub flows: AgeMap<usize, FlowRecord>,
+    /// Client addresses heard, forgotten ones included.
+    pub flows_seen: u64,
+    /// ConnIDs listed for addresses since forgotten.
+    conns_forgotten: u64,
+    /// Rows held, all addresses together (at most [`ROWS_TOTAL`]).
+    rows: usize,
+    /// Client addresses the proxy dropped to make room for new ones.
+    pub clients_dropped: u64,
+    /// Held-back copies the proxy dropped because its queue was full.
+    pub held_dropped: u64,
     /// What clients sent, and what the server sent.
     pub counts: [Counts; 2],
     /// The first violations, with details.
     pub violations: Vec<Violation>,
+    /// The client address of each of them.
+    pub violation_clients: Vec<SocketAddr>,
     /// Violations by rule and side.
     pub by_rule: BTreeMap<(Rule, Side), u64>,
 }
@@ -220,9 +271,15 @@ impl Recorder {
         Recorder {
             log,
             log_error: None,
-            flows: Vec::new(),
+            flows: AgeMap::new(FLOWS_KEPT),
+            flows_seen: 0,
+            conns_forgotten: 0,
+            rows: 0,
+            clients_dropped: 0,
+            held_dropped: 0,
             counts: Default::default(),
             violations: Vec::new(),
+            violation_clients: Vec::new(),
             by_rule: BTreeMap::new(),
         }
     }
@@ -237,30 +294,111 @@ impl Recorder {
         }
     }
 
-    /// Records datagram `index`, received at `at` from a side of client
-    /// `client` (flow number `flow`), with the checker's view and the fault
-    /// decision. Returns the violations it carried, for printing.
-    #[allow(clippy::too_many_arguments)]
-    pub fn datagram(
-        &mut self,
-        index: usize,
-        at: Duration,
-        flow: usize,
-        client: SocketAddr,
-        from: Side,
-        raw: &[u8],
-        msg: Result<&Message<'_>, DecodeError>,
-        seen: &Seen,
-        decision: &Decision,
-    ) {
+    /// Records a datagram.
+    pub fn datagram(&mut self, d: &Datagram<'_>) {
+        if self.log.is_some() {
+            self.log_datagram(d);
+        }
+        let Datagram {
+            index,
+            at,
+            flow,
+            client,
+            from,
+            raw,
+            msg,
+            seen,
+            decision,
+        } = *d;
+        for v in &seen.violations {
+            *self.by_rule.entry((v.rule, v.side)).or_default() += 1;
+            if self.violations.len() < VIOLATIONS_KEPT {
+                self.violations.push(v.clone());
+                self.violation_clients.push(client);
+            }
+        }
+        let kind = Kind::of(msg, seen);
+        let mut gone = None;
+        let fresh = &mut false;
+        let fl = self.flows.touch_or_insert_with(
+            &flow,
+            || {
+                *fresh = true;
+                FlowRecord {
+                    client,
+                    conns: BTreeSet::new(),
+                    conns_more: 0,
+                    rows: Vec::new(),
+                    omitted: Counts::default(),
+                    last_at: at,
+                }
+            },
+            |_, old| gone = Some(old),
+        );
+        fl.client = client;
+        fl.last_at = at;
+        if let Some(id) = seen.conn {
+            if fl.conns.len() < CONNS_KEPT {
+                fl.conns.insert(id);
+            } else if !fl.conns.contains(&id) {
+                fl.conns_more += 1;
+            }
+        }
+        let keep = fl.rows.len() < ROWS_PER_FLOW && self.rows < ROWS_TOTAL;
+        // Only a row that is kept is described in words.
+        let row = Row {
+            index,
+            at,
+            from,
+            kind,
+            label: if keep {
+                label(msg, raw, seen)
+            } else {
+                String::new()
+            },
+            fate: if keep {
+                decision.label()
+            } else {
+                String::new()
+            },
+            dropped: decision.dropped.is_some(),
+            retransmission: seen.retransmission > 0,
+            violations: if keep {
+                seen.violations
+                    .iter()
+                    .map(|v| (v.rule, v.detail.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        };
+        self.counts[from as usize].add(&row, decision, seen.violations.len());
+        if keep {
+            fl.rows.push(row);
+            self.rows += 1;
+        } else {
+            fl.omitted.add(&row, decision, seen.violations.len());
+        }
+        if *fresh {
+            self.flows_seen += 1;
+        }
+        if let Some(old) = gone {
+            self.rows -= old.rows.len();
+            self.conns_forgotten += old.conns.len() as u64;
+        }
+    }
+
+    /// The JSON lines of one datagram and its violations.
+    fn log_datagram(&mut self, d: &Datagram<'_>) {
+        let (seen, raw, client) = (d.seen, d.raw, d.client);
         let mut line = json!({
-            "i": index,
-            "t_ms": millis(at),
-            "from": from.name(),
+            "i": d.index,
+            "t_ms": millis(d.at),
+            "from": d.from.name(),
             "client": client.to_string(),
             "bytes": raw.len(),
         });
-        match msg {
+        match d.msg {
             Ok(m) => {
                 line["type"] = json!(format!("{:?}", m.kind));
                 line["conn"] = json!(m.conn_id);
@@ -287,7 +425,7 @@ impl Recorder {
                 line["raw"] = json!(String::from_utf8_lossy(shown));
             }
         }
-        let fate = decision.label();
+        let fate = d.decision.label();
         if !fate.is_empty() {
             line["fault"] = json!(fate);
         }
@@ -309,47 +447,6 @@ impl Recorder {
                 "conn": v.conn,
                 "detail": v.detail,
             }));
-            *self.by_rule.entry((v.rule, v.side)).or_default() += 1;
-            if self.violations.len() < VIOLATIONS_KEPT {
-                self.violations.push(v.clone());
-            }
-        }
-
-        let row = Row {
-            index,
-            at,
-            from,
-            kind: Kind::of(msg, seen),
-            label: label(msg, raw, seen),
-            fate,
-            dropped: decision.dropped.is_some(),
-            retransmission: seen.retransmission > 0,
-            violations: seen
-                .violations
-                .iter()
-                .map(|v| (v.rule, v.detail.clone()))
-                .collect(),
-        };
-        self.counts[from as usize].add(&row, decision);
-        while self.flows.len() <= flow {
-            self.flows.push(FlowRecord {
-                client,
-                conns: BTreeSet::new(),
-                rows: Vec::new(),
-                omitted: Counts::default(),
-                last_at: at,
-            });
-        }
-        let fl = &mut self.flows[flow];
-        fl.client = client;
-        fl.last_at = at;
-        if let Some(id) = seen.conn {
-            fl.conns.insert(id);
-        }
-        if fl.rows.len() < ROWS_PER_FLOW {
-            fl.rows.push(row);
-        } else {
-            fl.omitted.add(&row, decision);
         }
     }
 
@@ -372,6 +469,24 @@ impl Recorder {
         }
     }
 
+    /// The recorded addresses in order of flow number (first heard first).
+    pub fn flows_in_order(&self) -> Vec<(usize, &FlowRecord)> {
+        let mut v: Vec<_> = self.flows.iter().map(|(&f, r)| (f, r)).collect();
+        v.sort_by_key(|&(f, _)| f);
+        v
+    }
+
+    /// Every client address it still knows by flow number: those recorded,
+    /// and those of the violations kept.
+    pub fn clients(&self) -> BTreeMap<usize, SocketAddr> {
+        let mut m: BTreeMap<usize, SocketAddr> =
+            self.flows.iter().map(|(&f, r)| (f, r.client)).collect();
+        for (v, &c) in self.violations.iter().zip(&self.violation_clients) {
+            m.entry(v.flow).or_insert(c);
+        }
+        m
+    }
+
     /// Violations in all.
     pub fn violation_count(&self) -> u64 {
         self.by_rule.values().sum()
@@ -381,14 +496,34 @@ impl Recorder {
     /// `stalls` is how many times the proxy was held up and the longest.
     pub fn summary(&self, elapsed: Duration, rtt: &RttSamples, stalls: (u64, Duration)) -> String {
         let mut s = String::new();
-        let conns: usize = self.flows.iter().map(|f| f.conns.len()).sum();
+        let conns = self
+            .flows
+            .values()
+            .map(|f| f.conns.len() as u64)
+            .sum::<u64>()
+            + self.conns_forgotten;
+        let more = self.flows.values().any(|f| f.conns_more > 0);
         let _ = writeln!(
             s,
-            "summary: {:.1} s, {} client address(es), {} connection(s)",
+            "summary: {:.1} s, {} client address(es), {}{conns} connection(s)",
             elapsed.as_secs_f64(),
-            self.flows.len(),
-            conns
+            self.flows_seen,
+            if more { "at least " } else { "" },
         );
+        if self.clients_dropped > 0 {
+            let _ = writeln!(
+                s,
+                "  {} client address(es) dropped by the proxy to make room for new ones",
+                self.clients_dropped
+            );
+        }
+        let forgotten = self.flows_seen - self.flows.len() as u64;
+        if forgotten > 0 {
+            let _ = writeln!(
+                s,
+                "  {forgotten} client address(es) forgotten by the record (counted, not drawn)"
+            );
+        }
         for side in [Side::Client, Side::Server] {
             let c = &self.counts[side as usize];
             let _ = writeln!(
@@ -426,6 +561,13 @@ impl Recorder {
                     total.as_secs_f64() * 1e3
                 );
             }
+        }
+        if self.held_dropped > 0 {
+            let _ = writeln!(
+                s,
+                "  {} delayed or reordered copies dropped: the queue of held copies was full",
+                self.held_dropped
+            );
         }
         if stalls.0 > 0 {
             let _ = writeln!(

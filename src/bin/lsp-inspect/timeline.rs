@@ -3,8 +3,9 @@
 //! server lane and one arrow per datagram in arrival order. Drops end in a
 //! cross halfway, retransmissions are dashed, violations are red with the
 //! rule named; hovering any arrow shows its details. Beyond
-//! [`ROWS_PER_FLOW`](crate::record::ROWS_PER_FLOW) datagrams per address
-//! the rest are counted instead of drawn.
+//! [`ROWS_PER_FLOW`](crate::record::ROWS_PER_FLOW) datagrams per address,
+//! or [`ROWS_TOTAL`](crate::record::ROWS_TOTAL) in all, the rest are counted
+//! instead of drawn.
 
 use std::fmt::Write as _;
 
@@ -116,7 +117,7 @@ pub fn render(rec: &Recorder, params: &CheckParams, summary: &str) -> String {
     if rec.flows.is_empty() {
         h.push_str("<p>No datagrams.</p>\n");
     }
-    for (i, flow) in rec.flows.iter().enumerate() {
+    for (i, flow) in rec.flows_in_order() {
         flow_section(&mut h, i, flow);
     }
     violations_table(&mut h, rec);
@@ -125,7 +126,10 @@ pub fn render(rec: &Recorder, params: &CheckParams, summary: &str) -> String {
 }
 
 fn flow_section(h: &mut String, i: usize, flow: &FlowRecord) {
-    let ids: Vec<String> = flow.conns.iter().map(u32::to_string).collect();
+    let mut ids: Vec<String> = flow.conns.iter().map(u32::to_string).collect();
+    if flow.conns_more > 0 {
+        ids.push("and more".to_string());
+    }
     let _ = writeln!(
         h,
         "<h2>Client {} &mdash; ConnID {}</h2>",

@@ -81,6 +81,7 @@ pub(super) fn check_data(
             return;
         }
         tx.times.push(o.at);
+        me.times += 1;
         check_backoff(o, p, stalls, sn, tx, seen);
         return;
     }
@@ -142,6 +143,7 @@ fn check_first(
         );
     }
     tx.times.push(o.at);
+    me.times += 1;
     me.sent.insert(sn, tx);
 }
 

@@ -18,6 +18,7 @@
 //! on Data and acknowledgements; [`side`] what is known of each end of a
 //! connection; [`rules`] the rules and the findings that report them.
 
+mod age;
 mod connect;
 mod data;
 mod rules;
@@ -26,7 +27,6 @@ mod side;
 mod tests;
 mod timers;
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use liveseq::proto::{DecodeError, Message, MsgType};
@@ -36,9 +36,14 @@ use data::{check_ack, check_data, intact};
 use rules::Origin;
 use timers::{check_lost, check_silent};
 
+pub use age::AgeMap;
+#[allow(unused_imports)] // for tests/inspect.rs
+pub use connect::{MAX_ANSWERS, MAX_CONNS_PER_FLOW, MAX_ISNS};
 pub use data::RttSamples;
 pub use rules::{Rule, Seen, Violation};
 pub use side::Side;
+#[allow(unused_imports)] // for tests/inspect.rs
+pub use side::MAX_SENT_HARD;
 
 /// The protocol parameters the endpoints run with, and the timer slack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,34 +75,175 @@ impl CheckParams {
 /// look back a few epochs at most).
 const MAX_STALLS: usize = 4096;
 
-/// The checker. See the module documentation.
+/// Client addresses (flows) tracked; the least recently active is
+/// forgotten to make room. The proxy serves at most as many
+/// ([`crate::proxy`]), and tells the checker when it drops one.
+pub const MAX_FLOWS: usize = 4096;
+
+/// Connections tracked, all addresses together (at most
+/// [`MAX_CONNS_PER_FLOW`] per address); the least recently active is
+/// forgotten to make room.
+pub const MAX_CONNS: usize = 16_384;
+
+/// ConnIDs whose owner (the address the server first gave it to) is kept,
+/// and reuses remembered as reported.
+const MAX_OWNERS: usize = 65_536;
+const MAX_REUSED: usize = 4096;
+
+/// What the checker may keep, by its own accounting (about what each
+/// connection, message, transmission and table entry costs in memory):
+/// beyond this, the least recently active connections are forgotten.
+pub const MAX_BYTES: usize = 128 << 20;
+
+/// The sizes of the checker's tables (see [`Checker::sizes`]).
+#[allow(dead_code)] // for tests
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sizes {
+    /// Client addresses tracked.
+    pub flows: usize,
+    /// Connections tracked.
+    pub conns: usize,
+    /// ISNs kept, all addresses together.
+    pub isns: usize,
+    /// Connect answers kept, all addresses together.
+    pub answers: usize,
+    /// Data messages kept, all sides together.
+    pub sent: usize,
+    /// ConnID owners kept.
+    pub owners: usize,
+    /// Reuses kept as reported.
+    pub reused: usize,
+    /// Stall stretches kept.
+    pub stalls: usize,
+    /// What the accounting charges for everything kept.
+    pub bytes: usize,
+    /// Connections forgotten to make room (addresses dropped included).
+    pub conns_forgotten: u64,
+}
+
+/// The checker. See the module documentation. Every table is bounded:
+/// [`MAX_FLOWS`], [`MAX_CONNS`], [`MAX_CONNS_PER_FLOW`], the per-address
+/// bounds in [`connect`], the per-side ones in [`side`], and [`MAX_BYTES`]
+/// over them all.
 #[derive(Debug)]
 pub struct Checker {
     params: CheckParams,
-    flows: HashMap<usize, Flow>,
+    flows: AgeMap<usize, Flow>,
+    /// Every tracked connection (flow, ConnID), by activity.
+    conn_ages: AgeMap<(usize, u32), ()>,
     /// Which client address (flow) the server first gave each ConnID to.
-    owners: HashMap<u32, usize>,
-    /// (ConnID, flow) pairs reported as reused, each once.
-    reused: HashSet<(u32, usize)>,
+    owners: AgeMap<u32, usize>,
+    /// (ConnID, flow) pairs reported as reused.
+    reused: AgeMap<(u32, usize), ()>,
     rtt: RttSamples,
     /// Stretches in which the proxy itself was held up, oldest first.
     stalls: Vec<(Duration, Duration)>,
     stall_count: u64,
     stall_max: Duration,
+    /// What the accounting charges for every flow kept.
+    bytes: usize,
+    /// A flow was forgotten for room: one heard again starts lenient.
+    flows_evicted: bool,
+    conns_forgotten: u64,
 }
 
 impl Checker {
     /// A checker for endpoints running with `params`.
     pub fn new(params: CheckParams) -> Checker {
+        Checker::with_caps(params, MAX_FLOWS, MAX_CONNS)
+    }
+
+    /// The same with other bounds on addresses and connections.
+    pub fn with_caps(params: CheckParams, flows: usize, conns: usize) -> Checker {
         Checker {
             params,
-            flows: HashMap::new(),
-            owners: HashMap::new(),
-            reused: HashSet::new(),
+            flows: AgeMap::new(flows),
+            conn_ages: AgeMap::new(conns),
+            owners: AgeMap::new(MAX_OWNERS),
+            reused: AgeMap::new(MAX_REUSED),
             rtt: RttSamples::default(),
             stalls: Vec::new(),
             stall_count: 0,
             stall_max: Duration::ZERO,
+            bytes: 0,
+            flows_evicted: false,
+            conns_forgotten: 0,
+        }
+    }
+
+    /// The sizes of its tables, to check that they stay bounded. O(flows).
+    #[allow(dead_code)] // for tests
+    pub fn sizes(&self) -> Sizes {
+        let fl = self.flows.values();
+        let (mut isns, mut answers, mut sent) = (0, 0, 0);
+        for f in fl {
+            isns += f.isns.len();
+            answers += f.answers.len();
+            sent += f
+                .conns
+                .values()
+                .map(|c| c.sides[0].sent.len() + c.sides[1].sent.len())
+                .sum::<usize>();
+        }
+        Sizes {
+            flows: self.flows.len(),
+            conns: self.conn_ages.len(),
+            isns,
+            answers,
+            sent,
+            owners: self.owners.len(),
+            reused: self.reused.len(),
+            stalls: self.stalls.len(),
+            bytes: self.bytes,
+            conns_forgotten: self.conns_forgotten,
+        }
+    }
+
+    /// Forgets client address `flow` (the proxy dropped it: its number is
+    /// never used again).
+    pub fn forget(&mut self, flow: usize) {
+        if let Some(fl) = self.flows.remove(&flow) {
+            self.dropped_flow(flow, fl);
+        }
+    }
+
+    fn dropped_flow(&mut self, flow: usize, fl: Flow) {
+        self.bytes = self.bytes.saturating_sub(fl.cost);
+        for &id in fl.conns.keys() {
+            self.conn_ages.remove(&(flow, id));
+            self.conns_forgotten += 1;
+            if self.owners.get(&id) == Some(&flow) {
+                self.owners.remove(&id);
+            }
+        }
+    }
+
+    /// Forgets connection `id` of `flow` (for room).
+    fn forget_conn(&mut self, flow: usize, id: u32) {
+        self.conn_ages.remove(&(flow, id));
+        if let Some(fl) = self.flows.get_mut(&flow) {
+            if fl.conns.remove(&id).is_some() {
+                self.conns_forgotten += 1;
+            }
+            fl.forgot = true;
+            reweigh(&mut self.bytes, fl);
+        }
+    }
+
+    /// Forgets the least recently active connections (then addresses)
+    /// until the accounting is under [`MAX_BYTES`]; never `flow`'s newest.
+    fn make_room(&mut self, flow: usize) {
+        while self.bytes > MAX_BYTES {
+            match self.conn_ages.oldest().copied() {
+                Some((f, id)) if self.conn_ages.len() > 1 => self.forget_conn(f, id),
+                _ => match self.flows.oldest().copied() {
+                    Some(f) if f != flow => {
+                        self.flows_evicted = true;
+                        self.forget(f);
+                    }
+                    _ => break,
+                },
+            }
         }
     }
 
@@ -147,7 +293,6 @@ impl Checker {
         msg: Result<&Message<'_>, DecodeError>,
     ) -> Seen {
         let mut seen = Seen::default();
-        let p = self.params;
         let o = Origin {
             at,
             flow,
@@ -166,35 +311,75 @@ impl Checker {
                 return seen;
             }
         };
+        // Taken out while judged (so that the rest of the checker can be
+        // changed meanwhile), and put back as the most recently active.
+        let mut fl = self
+            .flows
+            .remove(&flow)
+            .unwrap_or_else(|| Flow::new(self.flows_evicted));
+        self.judge(&mut fl, &o, msg, &mut seen);
+        reweigh(&mut self.bytes, &mut fl);
+        let tracked = msg.kind != MsgType::Connect && fl.conns.contains_key(&msg.conn_id);
+        if let Some((f, old)) = self.flows.insert(flow, fl) {
+            self.flows_evicted = true;
+            self.dropped_flow(f, old);
+        }
+        let key = (flow, msg.conn_id);
+        if tracked && self.conn_ages.touch(&key).is_none() {
+            if let Some(((f, id), ())) = self.conn_ages.insert(key, ()) {
+                self.forget_conn(f, id);
+            }
+        }
+        self.make_room(flow);
+        seen
+    }
+
+    /// [`Checker::sent`] on the datagram's flow, taken out of the table.
+    fn judge(&mut self, fl: &mut Flow, o: &Origin, msg: &Message<'_>, seen: &mut Seen) {
+        let (at, flow, from, p) = (o.at, o.flow, o.from, self.params);
         let stalls = &self.stalls[..];
-        let fl = self.flows.entry(flow).or_default();
         if msg.kind == MsgType::Connect {
             if from == Side::Client {
                 fl.client_connect(at, msg.seq_num);
             }
             // Connect resends follow no schedule the checker holds them to.
-            return seen;
+            return;
         }
         let id = msg.conn_id;
         seen.conn = Some(id);
-        let o = Origin {
+        let o = &Origin {
             conn: Some(id),
-            ..o
+            ..*o
         };
-        let connect_isn = fl.isns.contains(&msg.seq_num).then_some(msg.seq_num);
+        let connect_isn = fl.isns.contains_key(&msg.seq_num).then_some(msg.seq_num);
         let is_connect_ack =
             from == Side::Server && msg.kind == MsgType::Ack && connect_isn.is_some();
 
         if from == Side::Server {
-            check_owner(&mut self.owners, &mut self.reused, &o, id, &mut seen);
+            check_owner(&mut self.owners, &mut self.reused, o, id, seen);
+        }
+        if !fl.conns.contains_key(&id) && fl.conns.len() >= MAX_CONNS_PER_FLOW {
+            // Room for the new one: the address's least recently active.
+            let ages = &self.conn_ages;
+            let oldest = fl
+                .conns
+                .keys()
+                .copied()
+                .min_by_key(|&c| ages.age_of(&(flow, c)).unwrap_or(0));
+            if let Some(old) = oldest {
+                fl.conns.remove(&old);
+                self.conn_ages.remove(&(flow, old));
+                self.conns_forgotten += 1;
+                fl.forgot = true;
+            }
         }
         fl.track(id, is_connect_ack, connect_isn);
         if from == Side::Server {
-            fl.check_answer(&o, id, is_connect_ack, connect_isn, &mut seen);
+            fl.check_answer(o, id, is_connect_ack, connect_isn, seen);
         }
 
         let Some(conn) = fl.conns.get_mut(&id) else {
-            return seen;
+            return;
         };
         // With ISN 0 an answer to the Connect and a heartbeat are the same
         // datagram: call it an answer until the client has been heard.
@@ -210,9 +395,9 @@ impl Checker {
             Side::Server => (server, client),
         };
 
-        check_lost(&o, &p, stalls, me, msg, &mut seen);
+        check_lost(o, &p, stalls, me, msg, seen);
         if applies_silent {
-            check_silent(&o, &p, stalls, me, fl.last_client_sent, &mut seen);
+            check_silent(o, &p, stalls, me, fl.last_client_sent, seen);
         }
         me.last_sent = Some(at);
         if from == Side::Client {
@@ -221,12 +406,14 @@ impl Checker {
 
         match msg.kind {
             MsgType::Connect => {}
-            MsgType::Data => check_data(&o, &p, stalls, isn, me, msg, &mut seen),
+            MsgType::Data => {
+                check_data(o, &p, stalls, isn, me, msg, seen);
+                me.forget_old(isn.map_or(0, |isn| isn.saturating_add(1)));
+            }
             MsgType::Ack if msg.seq_num == 0 => {} // a heartbeat
             MsgType::Ack if is_connect_ack => {}
-            MsgType::Ack | MsgType::CAck => check_ack(&o, msg, other, &mut self.rtt, &mut seen),
+            MsgType::Ack | MsgType::CAck => check_ack(o, msg, other, &mut self.rtt, seen),
         }
-        seen
     }
 
     /// Notes that the proxy passed a datagram on `to` one side of `flow`
@@ -242,6 +429,21 @@ impl Checker {
         let Some(fl) = self.flows.get_mut(&flow) else {
             return;
         };
+        delivered_to(fl, at, to, msg);
+        reweigh(&mut self.bytes, fl);
+    }
+}
+
+/// Charges `fl` anew in the running total `bytes`.
+fn reweigh(bytes: &mut usize, fl: &mut Flow) {
+    let now = fl.cost_now();
+    *bytes = bytes.saturating_sub(fl.cost).saturating_add(now);
+    fl.cost = now;
+}
+
+/// [`Checker::delivered`] on the datagram's flow.
+fn delivered_to(fl: &mut Flow, at: Duration, to: Side, msg: &Message<'_>) {
+    {
         // Whatever reaches an address may count as hearing for any of its
         // connections (a repeated Connect does; an implementation may count
         // more): crediting all of them only makes the timer rules lenient.
@@ -271,7 +473,7 @@ impl Checker {
             Side::Server => (server, client),
         };
         match msg.kind {
-            MsgType::Ack if msg.seq_num != 0 => me.acked.ack(msg.seq_num),
+            MsgType::Ack if msg.seq_num != 0 => me.acked_one(msg.seq_num),
             MsgType::CAck => me.acked.ack_through(msg.seq_num),
             MsgType::Data => {
                 let sn = msg.seq_num;

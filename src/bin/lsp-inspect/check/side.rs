@@ -59,6 +59,26 @@ impl AckSet {
         }
     }
 
+    /// Folds plain Acks that continue `through` into it: the same answers
+    /// to every question, in less room.
+    fn compact(&mut self) {
+        while let Some(next) = self.through.checked_add(1) {
+            if !self.single.remove(&next) {
+                break;
+            }
+            self.through = next;
+        }
+    }
+
+    pub(super) fn forget(&mut self, sn: u64) {
+        self.single.remove(&sn);
+    }
+
+    /// Plain Acks held.
+    pub(super) fn len(&self) -> usize {
+        self.single.len()
+    }
+
     pub(super) fn contains(&self, sn: u64) -> bool {
         sn <= self.through || self.single.contains(&sn)
     }
@@ -80,7 +100,21 @@ impl AckSet {
 pub(super) const MAX_TIMES: usize = 64;
 
 /// Data messages remembered per side before the oldest acknowledged are forgotten.
-pub(super) const MAX_SENT: usize = 4096;
+pub const MAX_SENT: usize = 4096;
+
+/// Data messages remembered per side at most, acknowledged or not: beyond
+/// this the oldest is forgotten as if acknowledged (lenient).
+pub const MAX_SENT_HARD: usize = 2 * MAX_SENT;
+
+/// What the checker's accounting charges (in bytes, about what each costs
+/// with its share of the collection holding it) for a connection, a Data
+/// message remembered, each further transmission of it, and an entry of a
+/// set of sequence numbers. [`super::Checker`] keeps the sum under
+/// [`super::MAX_BYTES`].
+pub(super) const COST_CONN: usize = 1024;
+pub(super) const COST_TX: usize = 128;
+pub(super) const COST_TIME: usize = 16;
+pub(super) const COST_ENTRY: usize = 64;
 
 /// One Data message a side sent.
 #[derive(Debug, Default)]
@@ -107,27 +141,62 @@ pub(super) struct SideState {
     /// This side's Data delivered once and not yet acknowledged: when.
     pub(super) rtt_pending: HashMap<u64, Duration>,
     pub(super) reported_acks: BTreeSet<u64>,
+    /// Transmissions held in `sent`, all messages together.
+    pub(super) times: usize,
+    /// The checker forgot this connection (or its address) before: this side
+    /// may have sent Data it never saw, so no Ack proves a breach.
+    pub(super) history_lost: bool,
 }
 
 impl SideState {
     pub(super) fn was_sent(&self, sn: u64) -> bool {
-        sn < self.forgotten_below || self.sent.contains_key(&sn)
+        self.history_lost || sn < self.forgotten_below || self.sent.contains_key(&sn)
+    }
+
+    /// Notes an Ack of `sn` delivered to this side. Only Data it sent counts
+    /// (an Ack of anything else moves no honest window), which keeps the
+    /// acknowledged set no larger than `sent`.
+    pub(super) fn acked_one(&mut self, sn: u64) {
+        if self.sent.contains_key(&sn) {
+            self.acked.ack(sn);
+        }
+    }
+
+    fn forget_first(&mut self) {
+        if let Some((sn, tx)) = self.sent.pop_first() {
+            self.times -= tx.times.len();
+            self.forgotten_below = self.forgotten_below.max(sn.saturating_add(1));
+            self.rtt_pending.remove(&sn);
+            self.acked.forget(sn);
+        }
     }
 
     pub(super) fn forget_old(&mut self, lo: u64) {
+        self.acked.compact();
         let n = self.acked.first_unacked(lo);
         while self.sent.len() > MAX_SENT {
             match self.sent.first_key_value() {
-                Some((&sn, _)) if sn < n => {
-                    self.sent.remove(&sn);
-                    self.forgotten_below = self.forgotten_below.max(sn.saturating_add(1));
-                    self.rtt_pending.remove(&sn);
-                }
+                Some((&sn, _)) if sn < n => self.forget_first(),
                 _ => break,
             }
+        }
+        // A sender that is never acknowledged: forget its oldest anyway,
+        // counting it acknowledged so that no rule is stricter for it.
+        while self.sent.len() > MAX_SENT_HARD {
+            if let Some((&sn, _)) = self.sent.first_key_value() {
+                self.acked.ack_through(sn);
+            }
+            self.forget_first();
         }
         if self.rtt_pending.len() > MAX_SENT {
             self.rtt_pending.clear();
         }
+    }
+
+    /// What the accounting charges for this side (see [`COST_TX`]).
+    pub(super) fn cost(&self) -> usize {
+        self.sent.len() * COST_TX
+            + self.times.saturating_sub(self.sent.len()) * COST_TIME
+            + (self.acked.len() + self.rtt_pending.len() + self.reported_acks.len()) * COST_ENTRY
     }
 }
