@@ -1,7 +1,7 @@
 //! The server core: the connection table, routing, admission, refusals,
 //! closing and flow control, without I/O.
 //!
-//! [`ServerCore`] holds every connection's [`Conn`] and decides everything a
+//! [`ServerCore`] holds every connection's [`Conn`](crate::proto::Conn) and decides everything a
 //! server decides: which connection a datagram belongs to (by address), what
 //! a repeated or a new-incarnation Connect does, when the connection limit
 //! refuses one, when an ended connection leaves the table, when a close has
