@@ -149,11 +149,14 @@ fn one_iteration(seed: u64) {
         }));
     }
     // Two server readers echo; two writers push; one closer closes connections.
+    // The readers say when the traffic has started: a first message read.
+    let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(1);
     for reader in 0..2 {
-        let (server, log) = (server.clone(), server_log.clone());
+        let (server, log, started) = (server.clone(), server_log.clone(), started_tx.clone());
         server_workers.push(thread::spawn(move || loop {
             match server.read() {
                 Ok((id, msg)) => {
+                    let _ = started.try_send(());
                     let i = index_of(&msg);
                     log.lock().unwrap().read[reader]
                         .entry(id)
@@ -206,8 +209,10 @@ fn one_iteration(seed: u64) {
         }));
     }
     // Close while all of it is going on.
-    thread::sleep(Duration::from_millis(5)); // let the traffic start
-                                             // Every client is alive until the server's close returns: it drains.
+    started_rx
+        .recv_timeout(common::WAIT)
+        .expect("the server reads a first message");
+    // Every client is alive until the server's close returns: it drains.
     server_log.lock().unwrap().closing = true;
     server.close_timeout(Duration::from_secs(2)).unwrap();
     for w in server_workers {
