@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -54,17 +54,18 @@ fn never_acking_peer(
     messages: u64,
     stop: Arc<AtomicBool>,
 ) -> thread::JoinHandle<u64> {
-    let go = Arc::new(AtomicBool::new(true));
-    never_acking_peer_after(server, params, messages, stop, go)
+    never_acking_peer_after(server, params, messages, stop, None)
 }
 
-/// [`never_acking_peer`], connected at once but sending nothing until `go`.
+/// [`never_acking_peer`], connected at once but sending nothing until every
+/// party to `go` (when given) has reached it: the test starts a flood of
+/// peers at once.
 fn never_acking_peer_after(
     server: SocketAddr,
     params: Params,
     messages: u64,
     stop: Arc<AtomicBool>,
-    go: Arc<AtomicBool>,
+    go: Option<Arc<Barrier>>,
 ) -> thread::JoinHandle<u64> {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.set_read_timeout(Some(WAIT)).unwrap();
@@ -84,11 +85,8 @@ fn never_acking_peer_after(
         .set_read_timeout(Some(Duration::from_millis(5)))
         .unwrap();
     thread::spawn(move || {
-        while !go.load(Ordering::SeqCst) {
-            if stop.load(Ordering::SeqCst) {
-                return 0;
-            }
-            thread::sleep(Duration::from_millis(1));
+        if let Some(go) = go {
+            go.wait();
         }
         let window = u64::from(params.window_size);
         let payload = vec![b'x'; 200];
@@ -582,12 +580,12 @@ fn a_crowd_that_fills_every_buffer_stays_within_the_budget() {
     // Every hog connects, then all of them flood at once.
     let (stop, go) = (
         Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicBool::new(false)),
+        Arc::new(Barrier::new(HOGS + 1)),
     );
     let hogs: Vec<_> = (0..HOGS)
-        .map(|_| never_acking_peer_after(addr, params, 100_000, stop.clone(), go.clone()))
+        .map(|_| never_acking_peer_after(addr, params, 100_000, stop.clone(), Some(go.clone())))
         .collect();
-    go.store(true, Ordering::SeqCst);
+    go.wait();
     let sampler = {
         let (server, stop) = (server.clone(), stop.clone());
         thread::spawn(move || {
