@@ -18,7 +18,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{params, poll_until, Acks, WAIT};
+use common::{poll_until, Acks, TestParams, WAIT};
 use liveseq::crossbeam_channel::bounded;
 use liveseq::proto::{Message, MsgType, AMPLIFICATION_FACTOR, CONNECT_REACKS};
 use liveseq::{Client, Error, Params, Server, ServerEvent};
@@ -27,7 +27,12 @@ use liveseq::{Client, Error, Params, Server, ServerEvent};
 /// test, long enough that a loaded machine does not lose a client by
 /// accident.
 fn test_params() -> Params {
-    params(10, 50, 8, 8)
+    TestParams::new()
+        .epoch_millis(50)
+        .epoch_limit(10)
+        .window(8)
+        .max_unacked(8)
+        .build()
 }
 
 /// The longest a well-behaved client may wait for one echo while another
@@ -566,7 +571,12 @@ fn a_crowd_that_fills_every_buffer_stays_within_the_budget() {
     const HOGS: usize = 60;
     const BUDGET: usize = 8 << 20;
     // A long epoch limit: the hogs live (heartbeating) through the test.
-    let params = params(40, 50, 8, 8);
+    let params = TestParams::new()
+        .epoch_millis(50)
+        .epoch_limit(40)
+        .window(8)
+        .max_unacked(8)
+        .build();
     let server = Arc::new(
         Server::builder()
             .params(params)
@@ -697,7 +707,12 @@ fn a_dropped_client_delivers_everything_before_the_process_exits() {
 #[test]
 fn a_slow_reader_is_paced_by_its_reads_not_by_epochs() {
     // Long epochs: a read that had to wait for a retransmission would take one.
-    let params = params(5, 1000, 8, 8);
+    let params = TestParams::new()
+        .epoch_millis(1000)
+        .epoch_limit(5)
+        .window(8)
+        .max_unacked(8)
+        .build();
     let server = Server::builder()
         .params(params)
         .inbox(4, 1 << 20)

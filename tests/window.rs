@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::{params, RawPeer};
+use common::{RawPeer, TestParams};
 use liveseq::proto::{Message, MsgType};
 use liveseq::{Client, Server};
 
@@ -30,7 +30,12 @@ fn data(msgs: &[Message<'_>]) -> BTreeSet<u64> {
 /// exactly min(W, M) distinct messages arrive, then, as acks flow, the rest,
 /// never more than min(W, M) unacknowledged and never beyond the window.
 fn client_limits(window: u32, max_unacked: u32, total: usize) {
-    let p = params(50, 100, window, max_unacked);
+    let p = TestParams::new()
+        .epoch_millis(100)
+        .epoch_limit(50)
+        .window(window)
+        .max_unacked(max_unacked)
+        .build();
     let mut raw = RawPeer::new();
     let addr = raw.addr();
     let connecting = thread::spawn(move || Client::connect(addr, p).unwrap());
@@ -82,7 +87,12 @@ fn window_limits_client_to_server() {
 #[test]
 fn window_limits_server_to_client() {
     for (window, max_unacked, total) in [(5u32, 5u32, 10usize), (50, 5, 10), (10, 3, 12)] {
-        let p = params(50, 100, window, max_unacked);
+        let p = TestParams::new()
+            .epoch_millis(100)
+            .epoch_limit(50)
+            .window(window)
+            .max_unacked(max_unacked)
+            .build();
         let server = Server::bind("127.0.0.1:0", p).unwrap();
         let mut raw = RawPeer::new();
         let id = raw.connect(server.local_addr().unwrap(), 500);
@@ -112,7 +122,12 @@ fn window_limits_server_to_client() {
 /// exactly once, each copy acknowledged.
 #[test]
 fn out_of_order_and_duplicates_from_the_wire() {
-    let p = params(50, 1000, 8, 8);
+    let p = TestParams::new()
+        .epoch_millis(1000)
+        .epoch_limit(50)
+        .window(8)
+        .max_unacked(8)
+        .build();
     let server = Server::builder()
         .params(p)
         .ack_coalescing(false)
@@ -149,7 +164,12 @@ fn out_of_order_and_duplicates_from_the_wire() {
 /// A CAck covering a window stops every retransmission it covers.
 #[test]
 fn cack_from_the_peer_stops_retransmission() {
-    let p = params(50, 50, 4, 4);
+    let p = TestParams::new()
+        .epoch_millis(50)
+        .epoch_limit(50)
+        .window(4)
+        .max_unacked(4)
+        .build();
     let mut raw = RawPeer::new();
     let addr = raw.addr();
     let connecting = thread::spawn(move || Client::connect(addr, p).unwrap());
@@ -182,7 +202,12 @@ fn cack_from_the_peer_stops_retransmission() {
 /// An idle connection heartbeats once per epoch in each direction.
 #[test]
 fn idle_connection_heartbeats_every_epoch() {
-    let p = params(50, 40, 1, 1);
+    let p = TestParams::new()
+        .epoch_millis(40)
+        .epoch_limit(50)
+        .window(1)
+        .max_unacked(1)
+        .build();
     let server = Arc::new(Server::bind("127.0.0.1:0", p).unwrap());
     let mut raw = RawPeer::new();
     let id = raw.connect(server.local_addr().unwrap(), 10);

@@ -13,13 +13,53 @@ use liveseq::{Error, Params, Server};
 /// Long enough that a test only waits this long when something is broken.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-pub fn params(epoch_limit: u32, epoch_millis: u64, window: u32, max_unacked: u32) -> Params {
-    Params {
-        epoch_limit,
-        epoch_millis,
-        window_size: window,
-        max_unacked_messages: max_unacked,
-        max_backoff_interval: 0,
+/// A test's [`Params`], each number named where it is used:
+///
+/// ```ignore
+/// let p = TestParams::new().epoch_millis(50).epoch_limit(10).window(8).max_unacked(8).build();
+/// ```
+///
+/// Starts from [`Params::default`] (epochs of 2 s, lost after 5, window 1,
+/// max unacked 1, no back-off); a test names every number its outcome
+/// depends on, in the order epoch, limit, window, max unacked, back-off.
+#[derive(Clone, Copy, Debug)]
+#[must_use]
+pub struct TestParams(Params);
+
+impl TestParams {
+    pub fn new() -> TestParams {
+        TestParams(Params::default())
+    }
+
+    pub fn epoch_millis(mut self, millis: u64) -> TestParams {
+        self.0.epoch_millis = millis;
+        self
+    }
+
+    /// Silent epochs before a peer is taken for lost.
+    pub fn epoch_limit(mut self, epochs: u32) -> TestParams {
+        self.0.epoch_limit = epochs;
+        self
+    }
+
+    pub fn window(mut self, window: u32) -> TestParams {
+        self.0.window_size = window;
+        self
+    }
+
+    pub fn max_unacked(mut self, messages: u32) -> TestParams {
+        self.0.max_unacked_messages = messages;
+        self
+    }
+
+    /// The cap, in epochs, of the retransmission back-off.
+    pub fn max_backoff(mut self, epochs: u32) -> TestParams {
+        self.0.max_backoff_interval = epochs;
+        self
+    }
+
+    pub fn build(self) -> Params {
+        self.0
     }
 }
 
