@@ -13,33 +13,25 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::{spawn_echo, write_and_check_echoes, RawPeer, TestParams};
+use common::{spawn_echo, spawn_paced_echo, write_and_check_echoes, RawPeer, TestParams};
 use liveseq::proto::{Message, MsgType};
 use liveseq::{Client, Error, Params, Server};
 
-/// `clients` clients each send `msgs` messages and check every echo, byte
-/// for byte and in order. `server_delay` holds each echo back (Basic 7-9).
 /// The reference tests' epochs: 2 s, lost after 5.
 fn reference() -> TestParams {
     TestParams::new().epoch_millis(2000).epoch_limit(5)
 }
 
+/// `clients` clients each send `msgs` messages and check every echo, byte
+/// for byte and in order. `server_delay` holds each echo back (Basic 7-9).
 fn echo_run(p: Params, clients: usize, msgs: usize, server_delay: Option<Duration>) {
     let server = Arc::new(Server::bind("127.0.0.1:0", p).unwrap());
     let addr = server.local_addr().unwrap();
     let echo = match server_delay {
         None => spawn_echo(server.clone()),
-        Some(max) => {
-            let server = server.clone();
-            thread::spawn(move || {
-                let mut n = 0u64;
-                while let Ok((id, msg)) = server.read() {
-                    n += 1;
-                    thread::sleep(max.mul_f64((n * 7919 % 100) as f64 / 100.0)); // the scenario: a slow server
-                    let _ = server.write(id, &msg);
-                }
-            })
-        }
+        Some(max) => spawn_paced_echo(server.clone(), move |n| {
+            max.mul_f64((n * 7919 % 100) as f64 / 100.0)
+        }),
     };
     let handles: Vec<_> = (0..clients)
         .map(|c| {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{payload, Acks, RawPeer, TestParams};
+use common::{faulty_client, faulty_server, payload, Acks, RawPeer, TestParams};
 use liveseq::proto::{Message, MsgType};
 use liveseq::{Client, ConnId, Error, Faults, Params, Server};
 
@@ -31,11 +31,7 @@ fn client_close_drains_everything_written() {
         seed: Some(5),
         ..Faults::default()
     };
-    let client = Client::builder()
-        .params(p)
-        .faults(faults)
-        .connect(server.local_addr().unwrap())
-        .unwrap();
+    let client = faulty_client(server.local_addr().unwrap(), p, faults);
     for i in 0..100 {
         client.write(&payload(0, i, 300)).unwrap();
     }
@@ -225,21 +221,15 @@ fn close_with_unacknowledged_messages_under_loss() {
         seed: Some(3),
         ..Faults::default()
     };
-    let server = Arc::new(
-        Server::builder()
-            .params(p)
-            .faults(faults)
-            .bind("127.0.0.1:0")
-            .unwrap(),
-    );
-    let client = Client::builder()
-        .params(p)
-        .faults(Faults {
+    let server = faulty_server(p, faults);
+    let client = faulty_client(
+        server.local_addr().unwrap(),
+        p,
+        Faults {
             seed: Some(4),
             ..faults
-        })
-        .connect(server.local_addr().unwrap())
-        .unwrap();
+        },
+    );
     for i in 0..50 {
         client.write(&payload(1, i, 800)).unwrap();
         server.write(client.conn_id(), &payload(2, i, 800)).unwrap();
@@ -344,11 +334,7 @@ fn dropping_without_close_still_delivers() {
         seed: Some(1),
         ..Faults::default()
     };
-    let client = Client::builder()
-        .params(p)
-        .faults(faults)
-        .connect(server.local_addr().unwrap())
-        .unwrap();
+    let client = faulty_client(server.local_addr().unwrap(), p, faults);
     let id = client.conn_id();
     for i in 0..30 {
         client.write(&payload(0, i, 200)).unwrap();

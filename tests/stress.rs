@@ -7,14 +7,14 @@
 
 mod common;
 
-use common::{threads, threads_settled_at};
+use common::{faulty_server, threads, threads_settled_at};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use liveseq::{Client, ConnId, Error, Faults, Params, Server};
+use liveseq::{Client, ConnId, Error, Faults, Params};
 
 const CLIENTS: usize = 4;
 const CLIENT_WRITES: u8 = 50;
@@ -102,13 +102,7 @@ fn one_iteration(seed: u64) {
         seed: Some(seed),
         ..Faults::default()
     };
-    let server = Arc::new(
-        Server::builder()
-            .params(p)
-            .faults(faults)
-            .bind("127.0.0.1:0")
-            .unwrap(),
-    );
+    let server = faulty_server(p, faults);
     let addr = server.local_addr().unwrap();
     let clients: Vec<Arc<Client>> = (0..CLIENTS)
         .map(|_| Arc::new(Client::connect(addr, p).unwrap()))

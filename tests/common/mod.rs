@@ -8,7 +8,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use liveseq::proto::{Message, MsgType};
-use liveseq::{Error, Params, Server};
+use liveseq::{Client, Error, Faults, Params, Server};
 
 /// Long enough that a test only waits this long when something is broken.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -75,15 +75,52 @@ pub fn payload(c: usize, i: usize, max: usize) -> Vec<u8> {
 /// An echo loop on `server` in a thread: every message goes back to its
 /// sender. Ends when the server is closed.
 pub fn spawn_echo(server: Arc<Server>) -> JoinHandle<()> {
-    thread::spawn(move || loop {
-        match server.read() {
-            Ok((id, msg)) => {
-                let _ = server.write(id, &msg);
+    spawn_paced_echo(server, |_| Duration::ZERO)
+}
+
+/// [`spawn_echo`], holding echo `n` (from 1) back for `pace(n)` first: a
+/// slow server.
+pub fn spawn_paced_echo(
+    server: Arc<Server>,
+    mut pace: impl FnMut(u64) -> Duration + Send + 'static,
+) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut n = 0u64;
+        loop {
+            match server.read() {
+                Ok((id, msg)) => {
+                    n += 1;
+                    let hold = pace(n);
+                    if !hold.is_zero() {
+                        thread::sleep(hold); // the scenario: a slow server
+                    }
+                    let _ = server.write(id, &msg);
+                }
+                Err(Error::ConnectionLost(_) | Error::ConnectionClosed(_)) => {}
+                Err(_) => return,
             }
-            Err(Error::ConnectionLost(_) | Error::ConnectionClosed(_)) => {}
-            Err(_) => return,
         }
     })
+}
+
+/// A server on 127.0.0.1 (port 0) whose socket has `faults`.
+pub fn faulty_server(p: Params, faults: Faults) -> Arc<Server> {
+    Arc::new(
+        Server::builder()
+            .params(p)
+            .faults(faults)
+            .bind("127.0.0.1:0")
+            .unwrap(),
+    )
+}
+
+/// A client of `addr` whose socket has `faults`.
+pub fn faulty_client(addr: SocketAddr, p: Params, faults: Faults) -> Client {
+    Client::builder()
+        .params(p)
+        .faults(faults)
+        .connect(addr)
+        .unwrap()
 }
 
 /// Client `c` writes `msgs` messages (see [`payload`]) from this thread while
