@@ -32,11 +32,13 @@ for v in WIRE_EDGES:
     write("decode", "size-%d" % v, datagram(1, 1, 1, v, 0, "eA=="))
     write("decode", "checksum-%d" % v, datagram(1, 1, 1, 1, v, "eA=="))
 
-# server_recv: records [port selector, length, datagram]: Connects with edge
-# ISNs, then Data, Ack and CAck with edge values from the same address.
+# server_recv: operations (see fuzz_targets/server_recv.rs); a datagram is
+# [0, source selector, length, datagram], 4 ends a batch, [5, n] lets n
+# quarter epochs pass. Connects with edge ISNs, then Data, Ack and CAck with
+# edge values from the same address, each followed by a batch end.
 def record(port, d):
     assert len(d) < 256
-    return bytes([port, len(d)]) + d
+    return bytes([0, port, len(d)]) + d + bytes([4])
 
 for i, v in enumerate(WIRE_EDGES):
     session = record(i, datagram(0, 0, v, 0))
@@ -46,6 +48,7 @@ for i, v in enumerate(WIRE_EDGES):
         session += record(i, datagram(1, conn_id, 8, v, 0, "eA=="))
         session += record(i, datagram(2, conn_id, v, 0))
         session += record(i, datagram(3, conn_id, v, 0))
+    session += bytes([5, 4]) * 4  # four epochs: resends, then the loss
     write("server_recv", "session-%d" % v, session)
 
 # conn: header [role, ISN selector, window, max unacked, epoch limit, back-off],

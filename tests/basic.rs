@@ -13,9 +13,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::{params, spawn_echo, write_and_check_echoes, RawPeer};
+use common::{spawn_echo, spawn_paced_echo, write_and_check_echoes, RawPeer, TestParams};
 use liveseq::proto::{Message, MsgType};
 use liveseq::{Client, Error, Params, Server};
+
+/// The reference tests' epochs: 2 s, lost after 5.
+fn reference() -> TestParams {
+    TestParams::new().epoch_millis(2000).epoch_limit(5)
+}
 
 /// `clients` clients each send `msgs` messages and check every echo, byte
 /// for byte and in order. `server_delay` holds each echo back (Basic 7-9).
@@ -24,17 +29,9 @@ fn echo_run(p: Params, clients: usize, msgs: usize, server_delay: Option<Duratio
     let addr = server.local_addr().unwrap();
     let echo = match server_delay {
         None => spawn_echo(server.clone()),
-        Some(max) => {
-            let server = server.clone();
-            thread::spawn(move || {
-                let mut n = 0u64;
-                while let Ok((id, msg)) = server.read() {
-                    n += 1;
-                    thread::sleep(max.mul_f64((n * 7919 % 100) as f64 / 100.0)); // the scenario: a slow server
-                    let _ = server.write(id, &msg);
-                }
-            })
-        }
+        Some(max) => spawn_paced_echo(server.clone(), move |n| {
+            max.mul_f64((n * 7919 % 100) as f64 / 100.0)
+        }),
     };
     let handles: Vec<_> = (0..clients)
         .map(|c| {
@@ -60,55 +57,85 @@ fn echo_run(p: Params, clients: usize, msgs: usize, server_delay: Option<Duratio
 
 #[test]
 fn basic_one_client_few_messages() {
-    echo_run(params(5, 2000, 1, 1), 1, 3, None);
-    echo_run(params(5, 2000, 1, 1), 1, 50, None);
+    echo_run(reference().window(1).max_unacked(1).build(), 1, 3, None);
+    echo_run(reference().window(1).max_unacked(1).build(), 1, 50, None);
 }
 
 #[test]
 fn basic_two_clients() {
-    echo_run(params(5, 2000, 1, 1), 2, 50, None);
+    echo_run(reference().window(1).max_unacked(1).build(), 2, 50, None);
 }
 
 #[test]
 fn basic_ten_clients_window_two() {
-    echo_run(params(5, 2000, 2, 2), 10, 50, None);
+    echo_run(reference().window(2).max_unacked(2).build(), 10, 50, None);
 }
 
 #[test]
 fn basic_two_clients_500_messages_window_two_unacked_one() {
-    echo_run(params(5, 2000, 2, 1), 2, 500, None);
+    echo_run(reference().window(2).max_unacked(1).build(), 2, 500, None);
 }
 
 #[test]
 fn basic_ten_clients_500_messages_window_twenty() {
-    echo_run(params(5, 2000, 20, 10), 10, 500, None);
+    echo_run(
+        reference().window(20).max_unacked(10).build(),
+        10,
+        500,
+        None,
+    );
 }
 
 #[test]
 fn basic_thousand_messages_each_way() {
-    echo_run(params(5, 2000, 8, 8), 1, 1000, None);
-    echo_run(params(5, 2000, 4, 4), 3, 1000, None);
+    echo_run(reference().window(8).max_unacked(8).build(), 1, 1000, None);
+    echo_run(reference().window(4).max_unacked(4).build(), 3, 1000, None);
 }
 
 #[test]
 fn basic_slow_server() {
     let slow = Some(Duration::from_millis(10));
-    echo_run(params(5, 2000, 2, 2), 4, 10, slow);
-    echo_run(params(5, 2000, 10, 10), 5, 10, slow);
-    echo_run(params(5, 2000, 10, 10), 2, 50, slow);
+    echo_run(reference().window(2).max_unacked(2).build(), 4, 10, slow);
+    echo_run(reference().window(10).max_unacked(10).build(), 5, 10, slow);
+    echo_run(reference().window(10).max_unacked(10).build(), 2, 50, slow);
 }
 
 /// SendReceive: epochs far longer than the exchange, so a lost datagram
 /// would stall the test: none may be needed.
 #[test]
 fn send_receive_inside_one_epoch() {
-    echo_run(params(3, 5000, 1, 1), 1, 6, None);
-    echo_run(params(3, 10_000, 1, 1), 4, 6, None);
+    echo_run(
+        TestParams::new()
+            .epoch_millis(5000)
+            .epoch_limit(3)
+            .window(1)
+            .max_unacked(1)
+            .build(),
+        1,
+        6,
+        None,
+    );
+    echo_run(
+        TestParams::new()
+            .epoch_millis(10_000)
+            .epoch_limit(3)
+            .window(1)
+            .max_unacked(1)
+            .build(),
+        4,
+        6,
+        None,
+    );
 }
 
 #[test]
 fn client_connects_before_the_server_is_up() {
-    let p = params(8, 50, 1, 1);
+    let p = TestParams::new()
+        .epoch_millis(50)
+        .epoch_limit(8)
+        .window(1)
+        .max_unacked(1)
+        .build();
     // Reserve a port, start connecting to it, then start the server there.
     let reserved = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = reserved.local_addr().unwrap();
@@ -136,7 +163,12 @@ fn client_connects_before_the_server_is_up() {
 #[test]
 fn connect_to_nothing_times_out_after_the_epoch_limit() {
     let quiet = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let p = params(4, 20, 1, 1);
+    let p = TestParams::new()
+        .epoch_millis(20)
+        .epoch_limit(4)
+        .window(1)
+        .max_unacked(1)
+        .build();
     let started = std::time::Instant::now();
     let addr = quiet.local_addr().unwrap();
     let err = Client::connect(addr, p).unwrap_err();
@@ -219,7 +251,7 @@ fn invalid_params_are_rejected_naming_the_field() {
 
 #[test]
 fn payload_limits() {
-    let p = params(5, 2000, 1, 1);
+    let p = reference().window(1).max_unacked(1).build();
     for max_datagram in [None, Some(9000), Some(65507)] {
         let mut builder = Server::builder().params(p);
         let mut client_builder = Client::builder().params(p);
@@ -260,7 +292,7 @@ fn payload_limits() {
 /// each side is isn + 1, for many random isns.
 #[test]
 fn isn_progression_on_the_wire() {
-    let p = params(5, 2000, 1, 1);
+    let p = reference().window(1).max_unacked(1).build();
     // The client side, seen by a raw server.
     for isn in [1u32, 255, 70_000, u32::MAX] {
         let mut raw = RawPeer::new();
@@ -308,7 +340,7 @@ fn isn_progression_on_the_wire() {
 
 #[test]
 fn many_clients_with_random_isns_each_write_one_message() {
-    let p = params(5, 2000, 1, 1);
+    let p = reference().window(1).max_unacked(1).build();
     let server = Arc::new(Server::bind("127.0.0.1:0", p).unwrap());
     let addr = server.local_addr().unwrap();
     let clients: Vec<Client> = (0..100)

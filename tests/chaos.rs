@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::spawn_echo;
+use common::{faulty_client, faulty_server, spawn_echo};
 use liveseq::{Client, ConnId, Error, Faults, Params, Server};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -54,25 +54,13 @@ struct Run {
 /// echoes: every one must arrive exactly once, in order, byte for byte.
 fn chaos_exchange(clients: usize, messages: usize, seed: u64) -> Vec<Run> {
     let p = chaos_params();
-    let server = Arc::new(
-        Server::builder()
-            .params(p)
-            .faults(chaos(seed))
-            .bind("127.0.0.1:0")
-            .unwrap(),
-    );
+    let server = faulty_server(p, chaos(seed));
     let addr = server.local_addr().unwrap();
     let echo = spawn_echo(server.clone());
     let handles: Vec<_> = (0..clients)
         .map(|c| {
             thread::spawn(move || {
-                let client = Arc::new(
-                    Client::builder()
-                        .params(p)
-                        .faults(chaos(seed * 1000 + c as u64))
-                        .connect(addr)
-                        .unwrap(),
-                );
+                let client = Arc::new(faulty_client(addr, p, chaos(seed * 1000 + c as u64)));
                 let max = client.max_payload();
                 let mut rng = SmallRng::seed_from_u64(seed + c as u64);
                 let sent: Vec<Vec<u8>> = (0..messages)

@@ -10,13 +10,18 @@ mod chat;
 
 use std::net::SocketAddr;
 
-use common::{params, WAIT};
+use common::{TestParams, WAIT};
 use liveseq::{Client, ConnId, Error, Params, Server, ServerEvent};
 
 /// Short epochs, with a loss time (10 x 50 ms) a starved test machine does
 /// not reach by accident.
 fn chat_params() -> Params {
-    params(10, 50, 8, 8)
+    TestParams::new()
+        .epoch_millis(50)
+        .epoch_limit(10)
+        .window(8)
+        .max_unacked(8)
+        .build()
 }
 
 /// The next message, as text; fails after [`WAIT`].

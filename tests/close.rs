@@ -12,13 +12,18 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{params, payload, Acks, RawPeer};
+use common::{faulty_client, faulty_server, payload, Acks, RawPeer, TestParams};
 use liveseq::proto::{Message, MsgType};
 use liveseq::{Client, ConnId, Error, Faults, Params, Server};
 
 #[test]
 fn client_close_drains_everything_written() {
-    let p = params(20, 30, 4, 4);
+    let p = TestParams::new()
+        .epoch_millis(30)
+        .epoch_limit(20)
+        .window(4)
+        .max_unacked(4)
+        .build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     // The client loses 40% of what it sends: close must wait for retransmissions.
     let faults = Faults {
@@ -26,11 +31,7 @@ fn client_close_drains_everything_written() {
         seed: Some(5),
         ..Faults::default()
     };
-    let client = Client::builder()
-        .params(p)
-        .faults(faults)
-        .connect(server.local_addr().unwrap())
-        .unwrap();
+    let client = faulty_client(server.local_addr().unwrap(), p, faults);
     for i in 0..100 {
         client.write(&payload(0, i, 300)).unwrap();
     }
@@ -49,7 +50,12 @@ fn client_close_drains_everything_written() {
 
 #[test]
 fn server_close_drains_to_many_clients() {
-    let p = params(20, 30, 4, 4);
+    let p = TestParams::new()
+        .epoch_millis(30)
+        .epoch_limit(20)
+        .window(4)
+        .max_unacked(4)
+        .build();
     let faults = Faults {
         write_drop_percent: 30,
         seed: Some(9),
@@ -97,7 +103,12 @@ fn server_close_drains_to_many_clients() {
 
 #[test]
 fn close_conn_delivers_written_data_but_reads_nothing_more() {
-    let p = params(20, 30, 8, 8);
+    let p = TestParams::new()
+        .epoch_millis(30)
+        .epoch_limit(20)
+        .window(8)
+        .max_unacked(8)
+        .build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let other = Client::connect(server.local_addr().unwrap(), p).unwrap();
     // A raw client, so the test can see the server acknowledge its data.
@@ -148,7 +159,12 @@ fn close_conn_delivers_written_data_but_reads_nothing_more() {
 
 #[test]
 fn server_sees_exactly_one_error_per_closed_client() {
-    let p = params(3, 30, 1, 1);
+    let p = TestParams::new()
+        .epoch_millis(30)
+        .epoch_limit(3)
+        .window(1)
+        .max_unacked(1)
+        .build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let clients: Vec<Client> = (0..4)
         .map(|_| Client::connect(server.local_addr().unwrap(), p).unwrap())
@@ -193,28 +209,27 @@ fn server_sees_exactly_one_error_per_closed_client() {
 
 #[test]
 fn close_with_unacknowledged_messages_under_loss() {
-    let p = params(40, 20, 8, 8);
+    let p = TestParams::new()
+        .epoch_millis(20)
+        .epoch_limit(40)
+        .window(8)
+        .max_unacked(8)
+        .build();
     let faults = Faults {
         read_drop_percent: 30,
         write_drop_percent: 30,
         seed: Some(3),
         ..Faults::default()
     };
-    let server = Arc::new(
-        Server::builder()
-            .params(p)
-            .faults(faults)
-            .bind("127.0.0.1:0")
-            .unwrap(),
-    );
-    let client = Client::builder()
-        .params(p)
-        .faults(Faults {
+    let server = faulty_server(p, faults);
+    let client = faulty_client(
+        server.local_addr().unwrap(),
+        p,
+        Faults {
             seed: Some(4),
             ..faults
-        })
-        .connect(server.local_addr().unwrap())
-        .unwrap();
+        },
+    );
     for i in 0..50 {
         client.write(&payload(1, i, 800)).unwrap();
         server.write(client.conn_id(), &payload(2, i, 800)).unwrap();
@@ -248,7 +263,12 @@ fn close_with_unacknowledged_messages_under_loss() {
 #[test]
 fn close_with_a_lost_peer() {
     // A raw client that connects, then never acknowledges anything.
-    let p = params(3, 30, 1, 1);
+    let p = TestParams::new()
+        .epoch_millis(30)
+        .epoch_limit(3)
+        .window(1)
+        .max_unacked(1)
+        .build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let mut raw = RawPeer::new();
     let id = ConnId::from(raw.connect(server.local_addr().unwrap(), 1));
@@ -275,7 +295,12 @@ fn close_with_a_lost_peer() {
 
 #[test]
 fn close_wakes_a_blocked_reader() {
-    let p = params(5, 100, 1, 1);
+    let p = TestParams::new()
+        .epoch_millis(100)
+        .epoch_limit(5)
+        .window(1)
+        .max_unacked(1)
+        .build();
     let server = Arc::new(Server::bind("127.0.0.1:0", p).unwrap());
     let client = Arc::new(Client::connect(server.local_addr().unwrap(), p).unwrap());
     let blocked_server = {
@@ -297,18 +322,19 @@ fn close_wakes_a_blocked_reader() {
 fn dropping_without_close_still_delivers() {
     // A drop drains for at most epoch_limit epochs: through 50% loss that
     // must be far more than the drain takes, even on a loaded machine.
-    let p = params(100, 20, 4, 4);
+    let p = TestParams::new()
+        .epoch_millis(20)
+        .epoch_limit(100)
+        .window(4)
+        .max_unacked(4)
+        .build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let faults = Faults {
         write_drop_percent: 50,
         seed: Some(1),
         ..Faults::default()
     };
-    let client = Client::builder()
-        .params(p)
-        .faults(faults)
-        .connect(server.local_addr().unwrap())
-        .unwrap();
+    let client = faulty_client(server.local_addr().unwrap(), p, faults);
     let id = client.conn_id();
     for i in 0..30 {
         client.write(&payload(0, i, 200)).unwrap();

@@ -3,9 +3,12 @@
 //! clock. Time is an `Instant` the test moves by hand; an epoch is whatever
 //! the test says it is (`handle_epoch`).
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use common::TestParams;
 use liveseq::proto::{
     ClientConfig, ClientCore, ClientOutput, ConnectFailure, CoreError, Limit, Message,
     PolledServer, ServerConfig, ServerOutput, AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS,
@@ -19,14 +22,10 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), port)
 }
 
-fn params(epoch_limit: u32) -> Params {
-    Params {
-        epoch_limit,
-        epoch_millis: 100,
-        window_size: 4,
-        max_unacked_messages: 4,
-        max_backoff_interval: 0,
-    }
+/// What every test here starts from: epochs of 100 ms, window and max
+/// unacked 4; each names its epoch limit.
+fn base() -> TestParams {
+    TestParams::new().epoch_millis(100).window(4).max_unacked(4)
 }
 
 /// `ServerConfig::new(p)` with sequential connection ids (1, 2, 3, ...), so
@@ -103,7 +102,7 @@ fn server_with(config: ServerConfig, now: Instant, from: SocketAddr, isn: u64) -
 fn duplicate_connect_gets_the_same_ack_and_no_new_connection() {
     let now = Instant::now();
     let a = addr(1);
-    let mut s = PolledServer::new(seq_config(params(5)));
+    let mut s = PolledServer::new(seq_config(base().epoch_limit(5).build()));
     s.handle_message(now, a, Message::connect(7));
     assert_eq!(sent(&mut s), [(a, Message::ack(1, 7))]);
     assert_eq!(outputs(&mut s), connected(1, a, now));
@@ -126,7 +125,7 @@ fn a_new_isn_from_a_live_connections_address_challenges_it_and_an_answer_keeps_i
     assert_eq!(CHALLENGE_EPOCHS, 2);
     let mut now = Instant::now();
     let a = addr(1);
-    let mut s = server_with(seq_config(params(5)), now, a, 7);
+    let mut s = server_with(seq_config(base().epoch_limit(5).build()), now, a, 7);
     s.handle_message(now, a, Message::ack(1, 0));
     assert_eq!(sent(&mut s), [(a, Message::ack(1, 0))]);
     s.write(now, id(1), b"x").unwrap();
@@ -177,7 +176,7 @@ fn a_new_isn_from_a_live_connections_address_challenges_it_and_an_answer_keeps_i
 fn an_unanswered_challenge_ends_the_connection_and_the_next_connect_gets_in() {
     let mut now = Instant::now();
     let a = addr(1);
-    let mut s = server_with(seq_config(params(5)), now, a, 7);
+    let mut s = server_with(seq_config(base().epoch_limit(5).build()), now, a, 7);
     s.handle_message(now, a, Message::ack(1, 0));
     assert_eq!(sent(&mut s), [(a, Message::ack(1, 0))]);
     s.handle_message(now, a, Message::connect(8));
@@ -217,7 +216,7 @@ fn an_unanswered_challenge_ends_the_connection_and_the_next_connect_gets_in() {
 fn close_conn_drops_unpolled_messages_and_says_to_discard_the_rest() {
     let now = Instant::now();
     let (a, b) = (addr(1), addr(2));
-    let mut s = server_with(seq_config(params(5)), now, a, 100);
+    let mut s = server_with(seq_config(base().epoch_limit(5).build()), now, a, 100);
     s.handle_message(now, b, Message::connect(200));
     outputs(&mut s);
     s.handle_message(now, a, Message::data(1, 101, b"one"));
@@ -247,7 +246,7 @@ fn close_conn_drops_unpolled_messages_and_says_to_discard_the_rest() {
 fn a_closed_connection_ended_by_a_challenge_reports_no_second_app_event() {
     let mut now = Instant::now();
     let a = addr(1);
-    let mut s = server_with(seq_config(params(5)), now, a, 7);
+    let mut s = server_with(seq_config(base().epoch_limit(5).build()), now, a, 7);
     s.write(now, id(1), b"unacked").unwrap();
     s.close_conn(now, id(1)).unwrap();
     assert_eq!(
@@ -292,7 +291,7 @@ fn late_duplicate_connect_of_an_ended_connection_is_ignored_for_epoch_limit_epoc
     let limit = 3;
     let mut now = Instant::now();
     let (a, b) = (addr(1), addr(2));
-    let mut s = server_with(seq_config(params(limit)), now, a, 7);
+    let mut s = server_with(seq_config(base().epoch_limit(limit).build()), now, a, 7);
     now = lose_by_silence(&mut s, now, 1, a);
     for _ in 0..limit {
         s.handle_message(now, a, Message::connect(7));
@@ -304,7 +303,7 @@ fn late_duplicate_connect_of_an_ended_connection_is_ignored_for_epoch_limit_epoc
     s.handle_message(now, a, Message::connect(7));
     assert_eq!(outputs(&mut s), connected(2, a, now));
     // A different ISN is never taken for a late duplicate.
-    let mut s = server_with(seq_config(params(limit)), now, b, 7);
+    let mut s = server_with(seq_config(base().epoch_limit(limit).build()), now, b, 7);
     now = lose_by_silence(&mut s, now, 1, b);
     s.handle_message(now, b, Message::connect(9));
     assert_eq!(outputs(&mut s), connected(2, b, now));
@@ -320,7 +319,7 @@ fn late_duplicate_connect_never_replaces_a_newer_connection() {
     let mut now = Instant::now();
     let a = addr(1);
     // Ended by silence, then a new incarnation connects.
-    let mut s = server_with(seq_config(params(3)), now, a, 7);
+    let mut s = server_with(seq_config(base().epoch_limit(3).build()), now, a, 7);
     now = lose_by_silence(&mut s, now, 1, a);
     s.handle_message(now, a, Message::connect(8));
     assert_eq!(outputs(&mut s), connected(2, a, now));
@@ -331,7 +330,7 @@ fn late_duplicate_connect_never_replaces_a_newer_connection() {
 
     // Ended by an unanswered challenge: its own late Connect must not
     // come back once the new one is admitted.
-    let mut s = server_with(seq_config(params(3)), now, a, 7);
+    let mut s = server_with(seq_config(base().epoch_limit(3).build()), now, a, 7);
     s.handle_message(now, a, Message::connect(8));
     for _ in 0..CHALLENGE_EPOCHS {
         now += Duration::from_millis(100);
@@ -350,7 +349,7 @@ fn late_duplicate_connect_never_replaces_a_newer_connection() {
 #[test]
 fn the_limit_admits_exactly_n_of_a_storm_and_refuses_once_per_address_per_epoch() {
     let mut now = Instant::now();
-    let mut config = seq_config(params(3));
+    let mut config = seq_config(base().epoch_limit(3).build());
     config.max_connections = 3;
     let mut s = PolledServer::new(config);
     let storm: Vec<SocketAddr> = (1..=10).map(addr).collect();
@@ -413,7 +412,7 @@ fn the_limit_admits_exactly_n_of_a_storm_and_refuses_once_per_address_per_epoch(
 fn data_naming_a_connection_of_another_address_is_rejected_and_counted() {
     let mut now = Instant::now();
     let (a, b, stranger) = (addr(1), addr(2), addr(3));
-    let mut s = server_with(seq_config(params(3)), now, a, 7);
+    let mut s = server_with(seq_config(base().epoch_limit(3).build()), now, a, 7);
     s.handle_message(now, b, Message::connect(70));
     outputs(&mut s);
     sent(&mut s);
@@ -453,7 +452,7 @@ fn data_naming_a_connection_of_another_address_is_rejected_and_counted() {
 fn close_drains_then_reports_drained_exactly_once() {
     let mut now = Instant::now();
     let (a, b) = (addr(1), addr(2));
-    let mut s = server_with(seq_config(params(5)), now, a, 7);
+    let mut s = server_with(seq_config(base().epoch_limit(5).build()), now, a, 7);
     s.handle_message(now, a, Message::ack(1, 0));
     s.write(now, id(1), b"last words").unwrap();
     sent(&mut s);
@@ -495,7 +494,7 @@ fn close_drains_then_reports_drained_exactly_once() {
 fn flow_control_inbox_and_send_buffer() {
     let now = Instant::now();
     let a = addr(1);
-    let mut config = seq_config(params(5));
+    let mut config = seq_config(base().epoch_limit(5).build());
     config.coalesce_acks = false;
     config.inbox = Limit {
         messages: 2,
@@ -583,7 +582,7 @@ fn flow_control_inbox_and_send_buffer() {
     s.try_write(now, id(1), b"w").unwrap();
 
     // The client's send buffer too.
-    let mut config = ClientConfig::new(params(5));
+    let mut config = ClientConfig::new(base().epoch_limit(5).build());
     config.send_buffer = Limit {
         messages: 1,
         bytes: usize::MAX,
@@ -601,7 +600,7 @@ fn flow_control_inbox_and_send_buffer() {
 fn connection_ids_are_random_unique_and_within_go_int32() {
     let now = Instant::now();
     let ids_with = |seed: Option<u64>| -> Vec<u32> {
-        let mut config = seq_config(params(5));
+        let mut config = seq_config(base().epoch_limit(5).build());
         config.id_seed = seed;
         let mut s = PolledServer::new(config);
         (1..=500)
@@ -629,7 +628,10 @@ fn connection_ids_are_random_unique_and_within_go_int32() {
     assert_ne!(ids_with(Some(2)), ids);
     assert_eq!(ids_with(None), (1..=500).collect::<Vec<u32>>());
     // `ServerConfig::new` draws a seed.
-    let (x, y) = (ServerConfig::new(params(5)), ServerConfig::new(params(5)));
+    let (x, y) = (
+        ServerConfig::new(base().epoch_limit(5).build()),
+        ServerConfig::new(base().epoch_limit(5).build()),
+    );
     assert!(x.id_seed.is_some() && x.id_seed != y.id_seed);
 }
 
@@ -642,7 +644,7 @@ fn an_unvalidated_address_gets_at_most_three_times_what_it_sent() {
     let start = Instant::now();
     let mut now = start;
     let a = addr(1);
-    let mut s = PolledServer::new(seq_config(params(5)));
+    let mut s = PolledServer::new(seq_config(base().epoch_limit(5).build()));
     let connect = Message::connect(7);
     let (mut bytes_in, mut bytes_out) = (encoded_len(&connect), 0);
     s.handle_message(now, a, connect.clone());
@@ -701,7 +703,7 @@ fn an_unvalidated_address_gets_at_most_three_times_what_it_sent() {
 #[test]
 fn the_oldest_unvalidated_connection_makes_way_at_max_unvalidated() {
     let now = Instant::now();
-    let mut config = seq_config(params(5));
+    let mut config = seq_config(base().epoch_limit(5).build());
     config.max_unvalidated = 2;
     let mut s = PolledServer::new(config);
     let [a, b, c, d, e] = [1, 2, 3, 4, 5].map(addr);
@@ -747,7 +749,7 @@ fn the_oldest_unvalidated_connection_makes_way_at_max_unvalidated() {
 #[test]
 fn unvalidated_connections_make_way_at_the_connection_limit() {
     let now = Instant::now();
-    let mut config = seq_config(params(5));
+    let mut config = seq_config(base().epoch_limit(5).build());
     config.max_connections = 2;
     let mut s = PolledServer::new(config);
     let good = addr(1);
@@ -785,7 +787,7 @@ fn unvalidated_connections_make_way_at_the_connection_limit() {
 fn a_slow_consumer_ends_lost_after_the_stall_limit() {
     let mut now = Instant::now();
     let a = addr(1);
-    let mut config = seq_config(params(5));
+    let mut config = seq_config(base().epoch_limit(5).build());
     config.send_buffer = Limit {
         messages: 2,
         bytes: usize::MAX,
@@ -841,7 +843,7 @@ fn a_slow_consumer_ends_lost_after_the_stall_limit() {
 fn a_spent_memory_budget_refuses_writes_and_connects() {
     let now = Instant::now();
     let a = addr(1);
-    let mut config = seq_config(params(5));
+    let mut config = seq_config(base().epoch_limit(5).build());
     config.floor = 0;
     // Connections may draw 1,001 bytes of it; the rest (a sixteenth) is
     // the reserve that only admissions use.
@@ -903,7 +905,12 @@ fn connected_client(config: ClientConfig, now: Instant, isn: u64, conn: u32) -> 
 fn connect_timeout_after_epoch_limit_epochs() {
     let limit = 4;
     let mut now = Instant::now();
-    let mut c = ClientCore::new(now, SERVER, 5, ClientConfig::new(params(limit)));
+    let mut c = ClientCore::new(
+        now,
+        SERVER,
+        5,
+        ClientConfig::new(base().epoch_limit(limit).build()),
+    );
     assert_eq!(
         client_outputs(&mut c),
         [ClientOutput::State {
@@ -986,7 +993,7 @@ fn redial(c: &mut ClientCore, now: Instant, range: (u64, u64)) -> (Instant, u64)
 fn reconnect_schedule_counts_attempts_within_the_policy_then_gives_up() {
     let limit = 3;
     let now = Instant::now();
-    let mut config = ClientConfig::new(params(limit));
+    let mut config = ClientConfig::new(base().epoch_limit(limit).build());
     config.reconnect = Some(policy());
     config.seed = 42;
     let mut c = connected_client(config.clone(), now, 5, 1);
@@ -1050,7 +1057,7 @@ fn reconnect_schedule_counts_attempts_within_the_policy_then_gives_up() {
 fn reconnect_resends_unacknowledged_messages_first_and_reports_the_gap() {
     let limit = 3;
     let now = Instant::now();
-    let mut config = ClientConfig::new(params(limit));
+    let mut config = ClientConfig::new(base().epoch_limit(limit).build());
     config.reconnect = Some(policy());
     let mut c = connected_client(config, now, 5, 1);
     c.write(now, b"acked").unwrap();
@@ -1088,7 +1095,7 @@ fn reconnect_resends_unacknowledged_messages_first_and_reports_the_gap() {
 fn close_while_reconnecting_cancels_the_redial_and_drains_at_once() {
     let limit = 3;
     let now = Instant::now();
-    let mut config = ClientConfig::new(params(limit));
+    let mut config = ClientConfig::new(base().epoch_limit(limit).build());
     config.reconnect = Some(policy());
     let mut c = connected_client(config, now, 5, 1);
     c.write(now, b"never acked").unwrap();
@@ -1121,7 +1128,7 @@ fn close_while_reconnecting_cancels_the_redial_and_drains_at_once() {
 fn reconnecting_client_does_not_take_its_old_connection_for_the_new_one() {
     let limit = 3;
     let now = Instant::now();
-    let mut config = ClientConfig::new(params(limit));
+    let mut config = ClientConfig::new(base().epoch_limit(limit).build());
     config.reconnect = Some(policy());
     let mut c = connected_client(config, now, 5, 1);
     let (now, _) = silence(&mut c, now, limit);
@@ -1148,7 +1155,12 @@ fn reconnecting_client_does_not_take_its_old_connection_for_the_new_one() {
 fn data_that_connects_the_client_comes_after_the_connect_and_the_gap_marker() {
     let limit = 3;
     let now = Instant::now();
-    let mut c = ClientCore::new(now, SERVER, 5, ClientConfig::new(params(limit)));
+    let mut c = ClientCore::new(
+        now,
+        SERVER,
+        5,
+        ClientConfig::new(base().epoch_limit(limit).build()),
+    );
     client_outputs(&mut c);
     c.handle_message(now, SERVER, Message::data(1, 6, b"first"));
     assert_eq!(
@@ -1164,7 +1176,7 @@ fn data_that_connects_the_client_comes_after_the_connect_and_the_gap_marker() {
         ]
     );
 
-    let mut config = ClientConfig::new(params(limit));
+    let mut config = ClientConfig::new(base().epoch_limit(limit).build());
     config.reconnect = Some(policy());
     let mut c = connected_client(config, now, 5, 1);
     c.handle_message(now, SERVER, Message::data(1, 6, b"old"));
@@ -1211,7 +1223,7 @@ fn server_reacks_a_silent_new_connection_within_the_amplification_limit_then_rea
     let mut out = encoded_len(&ack);
     let mut held = 0;
     let mut reacked = 0;
-    let mut s = server_with(seq_config(params(limit)), now, a, 7);
+    let mut s = server_with(seq_config(base().epoch_limit(limit).build()), now, a, 7);
     for epoch in 1..limit {
         now += Duration::from_millis(100);
         s.handle_epoch(now);
@@ -1236,7 +1248,7 @@ fn server_reacks_a_silent_new_connection_within_the_amplification_limit_then_rea
     assert_eq!(outputs(&mut s), lost(1, a, now));
 
     // A repeated Connect buys its own answer.
-    let mut s = server_with(seq_config(params(limit)), now, a, 7);
+    let mut s = server_with(seq_config(base().epoch_limit(limit).build()), now, a, 7);
     for _ in 0..5 {
         s.handle_message(now, a, connect.clone());
         assert_eq!(sent(&mut s), [(a, ack.clone())]);
@@ -1257,7 +1269,7 @@ fn server_reacks_a_silent_new_connection_within_the_amplification_limit_then_rea
 fn a_restarted_client_on_the_same_address_loses_nothing_silently() {
     let now = Instant::now();
     let a = addr(1);
-    let mut s = server_with(seq_config(params(5)), now, a, 1000);
+    let mut s = server_with(seq_config(base().epoch_limit(5).build()), now, a, 1000);
     for sn in 1001..=1005 {
         s.handle_message(now, a, Message::data(1, sn, b"old"));
     }
@@ -1266,7 +1278,12 @@ fn a_restarted_client_on_the_same_address_loses_nothing_silently() {
     outputs(&mut s);
     // The client restarts: a fresh core on the same address, a new ISN. Its
     // Connect is lost; the old connection's heartbeat reaches it.
-    let mut c = ClientCore::new(now, SERVER, 10, ClientConfig::new(params(5)));
+    let mut c = ClientCore::new(
+        now,
+        SERVER,
+        10,
+        ClientConfig::new(base().epoch_limit(5).build()),
+    );
     client_sent(&mut c);
     c.handle_message(now, SERVER, Message::ack(1, 0));
     c.write(now, b"new").unwrap();
@@ -1315,7 +1332,7 @@ fn assert_connect_failed(c: &mut ClientCore, at: Instant, why: ConnectFailure) {
 
 /// A client connecting to `SERVER`, then `fallbacks`, past its first Connect.
 fn connecting(limit: u32, fallbacks: &[SocketAddr], fail_on_refused: bool) -> ClientCore {
-    let mut config = ClientConfig::new(params(limit));
+    let mut config = ClientConfig::new(base().epoch_limit(limit).build());
     config.fallbacks = fallbacks.to_vec();
     config.fail_on_refused = fail_on_refused;
     let mut c = ClientCore::new(Instant::now(), SERVER, 5, config);
@@ -1432,7 +1449,7 @@ fn a_server_that_starts_late_is_still_reached_after_refusals() {
 fn refusals_once_connected_or_while_reconnecting_change_nothing() {
     let limit = 3;
     let now = Instant::now();
-    let mut config = ClientConfig::new(params(limit));
+    let mut config = ClientConfig::new(base().epoch_limit(limit).build());
     config.reconnect = Some(policy());
     config.fail_on_refused = true;
     config.seed = 7;

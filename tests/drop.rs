@@ -10,8 +10,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{payload, poll_until, threads, Heartbeats, RawPeer, WAIT};
-use liveseq::{Client, ConnId, Params, Server};
+use common::{payload, poll_until, threads, Heartbeats, RawPeer, TestParams, WAIT};
+use liveseq::{Client, ConnId, Server};
 
 fn rebindable(addr: SocketAddr) -> bool {
     UdpSocket::bind(addr).is_ok()
@@ -26,14 +26,10 @@ fn settle_threads(expected: usize, what: &str) {
 /// The server's receive threads, set so that its thread count is known.
 const RECEIVE_THREADS: usize = 2;
 
-fn params(epoch_limit: u32) -> Params {
-    Params {
-        epoch_millis: 50,
-        epoch_limit,
-        window_size: 8,
-        max_unacked_messages: 8,
-        max_backoff_interval: 0,
-    }
+/// What every test here starts from: epochs of 50 ms, window and max
+/// unacked 8; each names its epoch limit.
+fn base() -> TestParams {
+    TestParams::new().epoch_millis(50).window(8).max_unacked(8)
 }
 
 #[test]
@@ -42,7 +38,7 @@ fn drop_drains_then_releases_threads_and_port() {
 
     // Healthy peers: the drop delivers what was written and returns, its
     // port released, long before the drain's deadline (here two seconds).
-    let p = params(40);
+    let p = base().epoch_limit(40).build();
     let deadline = p.epoch() * p.epoch_limit;
     let server = Server::builder()
         .params(p)
@@ -100,7 +96,7 @@ fn drop_drains_then_releases_threads_and_port() {
     // (epoch_limit epochs, plus the back-off cap of 0, acknowledging
     // nothing while messages are in flight, counted in epochs of the
     // instance's clock since the writes: the first may tick at once).
-    let p = params(10);
+    let p = base().epoch_limit(10).build();
     let earliest = p.epoch() * (p.epoch_limit - 1);
     let bound = p.epoch() * (p.epoch_limit + 1) + Duration::from_secs(2);
 

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{params, WAIT};
+use common::{TestParams, WAIT};
 use liveseq::{Client, ConnId, Error, Server, ServerEvent};
 
 /// Collects events until `done` says stop, failing after [`WAIT`].
@@ -23,7 +23,12 @@ fn events_until(server: &Server, mut done: impl FnMut(&[ServerEvent]) -> bool) -
 
 #[test]
 fn connected_messages_then_lost_in_order() {
-    let p = params(3, 20, 4, 4);
+    let p = TestParams::new()
+        .epoch_millis(20)
+        .epoch_limit(3)
+        .window(4)
+        .max_unacked(4)
+        .build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let clients: Vec<Client> = (0..3)
         .map(|_| Client::connect(server.local_addr().unwrap(), p).unwrap())
@@ -83,7 +88,12 @@ fn connected_messages_then_lost_in_order() {
 /// skipped: `Closed` is its last event.
 #[test]
 fn close_conn_ends_the_events_of_a_connection() {
-    let p = params(5, 20, 8, 8);
+    let p = TestParams::new()
+        .epoch_millis(20)
+        .epoch_limit(5)
+        .window(8)
+        .max_unacked(8)
+        .build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let client = Client::connect(server.local_addr().unwrap(), p).unwrap();
     let id = client.conn_id();

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::thread;
 
-use common::{params, poll_until, threads, Heartbeats, RawPeer, WAIT};
+use common::{poll_until, threads, Heartbeats, RawPeer, TestParams, WAIT};
 use crossbeam_channel::Receiver;
 use liveseq::{Client, ConnId, Error, Server};
 
@@ -47,7 +47,12 @@ fn rebindable(addr: SocketAddr) -> bool {
 #[test]
 fn a_panicking_thread_fails_the_instance_and_leaves_nothing_behind() {
     let baseline = threads();
-    let p = params(1000, 30, 4, 4);
+    let p = TestParams::new()
+        .epoch_millis(30)
+        .epoch_limit(1000)
+        .window(4)
+        .max_unacked(4)
+        .build();
 
     // A server with a reader blocked in `read` (its raw client sends no
     // Data) and a writer waiting for room in a full send buffer in

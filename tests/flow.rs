@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{params, payload, poll_until, Heartbeats, RawPeer, WAIT};
+use common::{payload, poll_until, Heartbeats, RawPeer, TestParams, WAIT};
 use crossbeam_channel::Receiver;
 use liveseq::proto::{Message, MsgType};
 use liveseq::{Client, ConnId, Error, Params, Server, ServerEvent};
@@ -113,7 +113,12 @@ fn fill_client(client: &Client, raw: &mut RawPeer, isn: u64) -> BTreeMap<u64, Ve
 
 #[test]
 fn client_write_blocks_on_a_full_send_buffer_until_acked() {
-    let p = params(200, 30, 8, 8);
+    let p = TestParams::new()
+        .epoch_millis(30)
+        .epoch_limit(200)
+        .window(8)
+        .max_unacked(8)
+        .build();
     let (client, mut raw, isn, _heartbeats) = client_against_a_silent_server(p);
     // Exactly LIMIT writes fit; they go out at once (the window is wider).
     let mut seen = fill_client(&client, &mut raw, isn);
@@ -165,7 +170,12 @@ fn client_write_blocks_on_a_full_send_buffer_until_acked() {
 
 #[test]
 fn client_blocked_writer_wakes_when_the_connection_is_lost() {
-    let p = params(20, 30, 8, 8);
+    let p = TestParams::new()
+        .epoch_millis(30)
+        .epoch_limit(20)
+        .window(8)
+        .max_unacked(8)
+        .build();
     let (client, mut raw, isn, heartbeats) = client_against_a_silent_server(p);
     fill_client(&client, &mut raw, isn);
     let result = {
@@ -185,7 +195,12 @@ fn client_blocked_writer_wakes_when_the_connection_is_lost() {
 
 #[test]
 fn client_blocked_writer_wakes_when_the_client_closes() {
-    let p = params(1000, 30, 8, 8);
+    let p = TestParams::new()
+        .epoch_millis(30)
+        .epoch_limit(1000)
+        .window(8)
+        .max_unacked(8)
+        .build();
     let (client, mut raw, isn, _heartbeats) = client_against_a_silent_server(p);
     fill_client(&client, &mut raw, isn);
     let result = {
@@ -278,7 +293,12 @@ fn next_event_after_connects(server: &Server) -> ServerEvent {
 /// drains to half the limit the connection reports `Writable`.
 #[test]
 fn server_write_timeout_waits_only_for_that_connection() {
-    let p = params(200, 30, 8, 8);
+    let p = TestParams::new()
+        .epoch_millis(30)
+        .epoch_limit(200)
+        .window(8)
+        .max_unacked(8)
+        .build();
     let server = limited_server(p);
     let (mut a, a_id, _a_heartbeats) = raw_client(&server, p, 100);
     let (mut b, b_id, _b_heartbeats) = raw_client(&server, p, 200);
@@ -345,7 +365,12 @@ fn server_write_timeout_waits_only_for_that_connection() {
 /// limit; they then arrive, in order, followed by `Writable`.
 #[test]
 fn server_write_past_the_limit_queues_and_holds_back_the_peers_messages() {
-    let p = params(200, 30, 8, 8);
+    let p = TestParams::new()
+        .epoch_millis(30)
+        .epoch_limit(200)
+        .window(8)
+        .max_unacked(8)
+        .build();
     let server = limited_server(p);
     let (mut a, a_id, _heartbeats) = raw_client(&server, p, 100);
     let conn = ConnId::from(a_id);
@@ -406,7 +431,12 @@ fn server_write_past_the_limit_queues_and_holds_back_the_peers_messages() {
 
 #[test]
 fn server_waiting_writer_wakes_when_its_connection_is_closed() {
-    let p = params(1000, 30, 8, 8);
+    let p = TestParams::new()
+        .epoch_millis(30)
+        .epoch_limit(1000)
+        .window(8)
+        .max_unacked(8)
+        .build();
     let server = limited_server(p);
     let (mut a, a_id, _heartbeats) = raw_client(&server, p, 100);
     let conn = ConnId::from(a_id);
@@ -443,10 +473,13 @@ fn server_waiting_writer_wakes_when_its_connection_is_lost() {
     // without an ack, counted from the fill) well behind the loss
     // (epoch_limit silent epochs, counted from the last heartbeat, just
     // after the fill), so the connection is lost, not ended as slow.
-    let p = Params {
-        max_backoff_interval: 10,
-        ..params(20, 30, 8, 8)
-    };
+    let p = TestParams::new()
+        .epoch_millis(30)
+        .epoch_limit(20)
+        .window(8)
+        .max_unacked(8)
+        .max_backoff(10)
+        .build();
     let server = limited_server(p);
     let (mut a, a_id, heartbeats) = raw_client(&server, p, 100);
     let conn = ConnId::from(a_id);
@@ -492,7 +525,12 @@ fn server_waiting_writer_wakes_when_its_connection_is_lost() {
 /// `SlowConsumer` until the server forgets it.
 #[test]
 fn server_waiting_writer_wakes_when_its_peer_is_a_slow_consumer() {
-    let p = params(5, 30, 8, 8);
+    let p = TestParams::new()
+        .epoch_millis(30)
+        .epoch_limit(5)
+        .window(8)
+        .max_unacked(8)
+        .build();
     let server = limited_server(p);
     let (mut a, a_id, _heartbeats) = raw_client(&server, p, 100);
     let conn = ConnId::from(a_id);
@@ -532,7 +570,12 @@ fn server_waiting_writer_wakes_when_its_peer_is_a_slow_consumer() {
 
 #[test]
 fn server_waiting_writer_wakes_when_the_server_closes() {
-    let p = params(1000, 30, 8, 8);
+    let p = TestParams::new()
+        .epoch_millis(30)
+        .epoch_limit(1000)
+        .window(8)
+        .max_unacked(8)
+        .build();
     let server = limited_server(p);
     let (mut a, a_id, _heartbeats) = raw_client(&server, p, 100);
     let conn = ConnId::from(a_id);
@@ -565,7 +608,12 @@ fn a_reader_a_hundred_times_slower_than_its_writer() {
     const WINDOW: u32 = 8;
     const SEND_BUFFER: usize = 32;
     const N: usize = 1000;
-    let p = params(50, 20, WINDOW, WINDOW);
+    let p = TestParams::new()
+        .epoch_millis(20)
+        .epoch_limit(50)
+        .window(WINDOW)
+        .max_unacked(WINDOW)
+        .build();
     let server = Server::builder()
         .params(p)
         .inbox(INBOX, 1 << 20)
@@ -645,7 +693,12 @@ fn a_client_reader_a_hundred_times_slower_than_its_server() {
     const WINDOW: u32 = 8;
     const SEND_BUFFER: usize = 32;
     const N: usize = 1000;
-    let p = params(50, 20, WINDOW, WINDOW);
+    let p = TestParams::new()
+        .epoch_millis(20)
+        .epoch_limit(50)
+        .window(WINDOW)
+        .max_unacked(WINDOW)
+        .build();
     let server = Server::builder()
         .params(p)
         .send_buffer(SEND_BUFFER, 1 << 20)
@@ -717,7 +770,12 @@ fn next_ack(raw: &mut RawPeer, isn: u64) -> Message<'static> {
 fn go_like_writer_against_a_full_inbox(window: u64, inbox: (usize, usize)) {
     const M: u64 = 24;
     const ISN: u64 = 1000;
-    let p = params(100, 50, 8, 8);
+    let p = TestParams::new()
+        .epoch_millis(50)
+        .epoch_limit(100)
+        .window(8)
+        .max_unacked(8)
+        .build();
     // One receive thread: the model below follows the datagrams in the
     // order they were sent, and so must the server.
     let server = Server::builder()

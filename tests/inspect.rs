@@ -1139,16 +1139,18 @@ fn binary_runs_for_its_duration_and_on_sigint_ends_with_the_summary() {
 
 /// The Go echo server and client through the proxy at 0, 20 and 40% loss
 /// (dropped by the proxy, each way): every echo must come back and the
-/// inspector must find nothing. Skipped unless `LIVESEQ_GO_RUNNERS` names
-/// the folder with `srunner_sols` and `crunner_sols`.
+/// inspector must find nothing. Ignored by default; run with `--ignored` and
+/// `LIVESEQ_GO_RUNNERS` naming the folder with `srunner_sols` and
+/// `crunner_sols` (without it, the run fails).
 #[test]
+#[ignore = "needs the Go runners: set LIVESEQ_GO_RUNNERS (see tests/README.md)"]
 fn go_reference_runners_through_the_proxy() {
     let Some(dir) = std::env::var_os("LIVESEQ_GO_RUNNERS").map(PathBuf::from) else {
-        println!(
-            "skipped: set LIVESEQ_GO_RUNNERS to the folder with srunner_sols and crunner_sols \
-             (bin/linux/amd64 of the public repository zoharrpg/Distributed-Bitcoin-Miner)"
+        panic!(
+            "set LIVESEQ_GO_RUNNERS to the folder with srunner_sols and crunner_sols \
+             (bin/linux/amd64 of the public repository zoharrpg/Distributed-Bitcoin-Miner; \
+             see tests/README.md)"
         );
-        return;
     };
     let lines = 50;
     let runs: Vec<_> = [0.0, 20.0, 40.0]

@@ -1,7 +1,8 @@
 //! Opt-in interoperability with the Go reference runners (`srunner_sols`,
 //! the echo server, and `crunner_sols`, the echo client, from
 //! bin/linux/amd64 of the public repository zoharrpg/Distributed-Bitcoin-Miner).
-//! Skipped unless `LIVESEQ_GO_RUNNERS` names the folder holding both.
+//! Ignored by default; run with `--ignored` and `LIVESEQ_GO_RUNNERS` naming
+//! the folder holding both (unset, an ignored test run fails, it does not pass).
 //!
 //! The mixed pairs run in both directions: a liveseq `Server` in this process
 //! with `crunner_sols` as a subprocess, and `srunner_sols` as a subprocess
@@ -13,7 +14,7 @@
 //!
 //! ```text
 //! LIVESEQ_GO_RUNNERS=/path/to/bin/linux/amd64 \
-//!     cargo test --release --test interop -- --nocapture --test-threads=1
+//!     cargo test --release --test interop -- --ignored --skip measure_connect_rates --nocapture --test-threads=1
 //! ```
 //!
 //! Knobs (environment): `LIVESEQ_INTEROP_RUNS` (runs per row, run in parallel, default 3),
@@ -28,7 +29,7 @@
 //! lists, defaults `0,20,40` and `1,4,16`).
 //!
 //! `measure_connect_rates` only connects: `LIVESEQ_INTEROP_CONNECT_RUNS`
-//! attempts per direction (it is skipped when unset) at
+//! attempts per direction (required: the test fails without it) at
 //! `LIVESEQ_INTEROP_CONNECT_LOSS` percent (default 40) dropped on read and
 //! write at both ends, with epoch limit `LIVESEQ_INTEROP_CONNECT_EPOCH_LIMIT`
 //! (default 5, the Go default). It prints the success rates and asserts nothing.
@@ -45,14 +46,17 @@ use std::time::{Duration, Instant};
 
 use liveseq::{Client, ConnId, Error, Faults, Params, Server};
 
-const SKIP: &str = "skipped: set LIVESEQ_GO_RUNNERS to the folder with srunner_sols and \
-crunner_sols (bin/linux/amd64 of the public repository zoharrpg/Distributed-Bitcoin-Miner)";
+/// Why the Go tests are ignored, and what they need when run with `--ignored`.
+const NEEDS_RUNNERS: &str = "set LIVESEQ_GO_RUNNERS to the folder with srunner_sols and \
+crunner_sols (bin/linux/amd64 of the public repository zoharrpg/Distributed-Bitcoin-Miner; \
+see tests/README.md)";
 
-/// The folder with both runners, or `None` (after printing why) to skip.
-fn runners() -> Option<PathBuf> {
+/// The folder with both runners. Panics when `LIVESEQ_GO_RUNNERS` is unset:
+/// the tests that call it are ignored by default, and one run with
+/// `--ignored` but without the runners must fail, not pass having run nothing.
+fn runners() -> PathBuf {
     let Some(dir) = std::env::var_os("LIVESEQ_GO_RUNNERS") else {
-        println!("{SKIP}");
-        return None;
+        panic!("{NEEDS_RUNNERS}");
     };
     let dir = PathBuf::from(dir);
     for name in ["srunner_sols", "crunner_sols"] {
@@ -62,7 +66,7 @@ fn runners() -> Option<PathBuf> {
             dir.display()
         );
     }
-    Some(dir)
+    dir
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -444,7 +448,7 @@ struct Tally {
 
 /// Runs the matrix for one direction, prints its table, fails on any failure.
 fn matrix(name: &str, run: fn(&Path, &Row, u64) -> Outcome) {
-    let Some(dir) = runners() else { return };
+    let dir = runners();
     let runs = env_u64("LIVESEQ_INTEROP_RUNS", 3);
     let base = Row {
         loss: 0,
@@ -511,11 +515,13 @@ fn matrix(name: &str, run: fn(&Path, &Row, u64) -> Outcome) {
 }
 
 #[test]
+#[ignore = "needs the Go runners: set LIVESEQ_GO_RUNNERS (see tests/README.md)"]
 fn liveseq_server_with_go_client() {
     matrix("liveseq server + crunner_sols", run_go_client);
 }
 
 #[test]
+#[ignore = "needs the Go runners: set LIVESEQ_GO_RUNNERS (see tests/README.md)"]
 fn go_server_with_liveseq_client() {
     matrix("srunner_sols + liveseq client", run_go_server);
 }
@@ -559,11 +565,11 @@ fn liveseq_client_connects(dir: &Path, row: &Row, seed: u64) -> bool {
 }
 
 #[test]
+#[ignore = "a measurement: set LIVESEQ_GO_RUNNERS and LIVESEQ_INTEROP_CONNECT_RUNS (see tests/README.md)"]
 fn measure_connect_rates() {
-    let Some(dir) = runners() else { return };
+    let dir = runners();
     let Ok(runs) = std::env::var("LIVESEQ_INTEROP_CONNECT_RUNS") else {
-        println!("skipped: set LIVESEQ_INTEROP_CONNECT_RUNS to the number of connects to try");
-        return;
+        panic!("set LIVESEQ_INTEROP_CONNECT_RUNS to the number of connects to try");
     };
     let runs: u64 = runs
         .parse()

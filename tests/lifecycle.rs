@@ -3,25 +3,20 @@
 //! reconnection and statistics. Events are the synchronisation: no test
 //! sleeps to wait for something that has an event.
 
+mod common;
+
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::TestParams;
 use crossbeam_channel::Receiver;
 use liveseq::proto::{Message, MsgType};
 use liveseq::{Client, ConnEvent, ConnId, ConnState, Error, Params, ReconnectPolicy, Server};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn params(epoch_millis: u64, epoch_limit: u32) -> Params {
-    Params {
-        epoch_millis,
-        epoch_limit,
-        ..Params::default()
-    }
-}
 
 fn next(events: &Receiver<ConnEvent>) -> ConnEvent {
     events.recv_timeout(WAIT).expect("an event within the wait")
@@ -99,7 +94,7 @@ impl Raw {
 
 #[test]
 fn connect_and_close_events_in_order() {
-    let p = params(30, 5);
+    let p = TestParams::new().epoch_millis(30).epoch_limit(5).build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let server_events = server.subscribe();
     let (tx, client_events) = crossbeam_channel::unbounded();
@@ -150,7 +145,7 @@ fn connect_and_close_events_in_order() {
 
 #[test]
 fn close_conn_events_and_state() {
-    let p = params(30, 5);
+    let p = TestParams::new().epoch_millis(30).epoch_limit(5).build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let events = server.subscribe();
     let client = Client::connect(server.local_addr().unwrap(), p).unwrap();
@@ -172,7 +167,7 @@ fn close_conn_events_and_state() {
 
 #[test]
 fn every_subscriber_gets_every_event_and_a_dropped_one_blocks_nothing() {
-    let p = params(30, 5);
+    let p = TestParams::new().epoch_millis(30).epoch_limit(5).build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let a = server.subscribe();
     let b = server.subscribe();
@@ -206,7 +201,7 @@ fn every_subscriber_gets_every_event_and_a_dropped_one_blocks_nothing() {
 
 #[test]
 fn repeated_connect_with_same_isn_gets_the_same_ack() {
-    let p = params(1000, 5);
+    let p = TestParams::new().epoch_millis(1000).epoch_limit(5).build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let addr = server.local_addr().unwrap();
     let raw = Raw::new();
@@ -228,7 +223,7 @@ fn repeated_connect_with_same_isn_gets_the_same_ack() {
 /// client's next Connect is admitted as a new connection.
 #[test]
 fn connect_with_new_isn_from_same_address_challenges_then_replaces_the_connection() {
-    let p = params(50, 5);
+    let p = TestParams::new().epoch_millis(50).epoch_limit(5).build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let events = server.subscribe();
     let addr = server.local_addr().unwrap();
@@ -309,7 +304,7 @@ fn connect_with_new_isn_from_same_address_challenges_then_replaces_the_connectio
 fn connect_storm_against_a_limit_keeps_exactly_the_limit_evicting_the_unvalidated() {
     const CLIENTS: usize = 200;
     const LIMIT: usize = 50;
-    let p = params(5000, 5);
+    let p = TestParams::new().epoch_millis(5000).epoch_limit(5).build();
     let server = Server::builder()
         .params(p)
         .max_connections(LIMIT)
@@ -395,7 +390,10 @@ fn connect_storm_against_a_limit_keeps_exactly_the_limit_evicting_the_unvalidate
 #[test]
 fn at_the_limit_refusals_are_reported_once_per_address_per_epoch_and_admitted_clients_are_unaffected(
 ) {
-    let p = params(60_000, 5);
+    let p = TestParams::new()
+        .epoch_millis(60_000)
+        .epoch_limit(5)
+        .build();
     let server = Server::builder()
         .params(p)
         .max_connections(1)
@@ -447,7 +445,7 @@ fn at_the_limit_refusals_are_reported_once_per_address_per_epoch_and_admitted_cl
 
 #[test]
 fn refused_client_fails_with_connect_timeout_and_refused_event() {
-    let p = params(20, 3);
+    let p = TestParams::new().epoch_millis(20).epoch_limit(3).build();
     let server = Server::builder()
         .params(p)
         .max_connections(0)
@@ -468,7 +466,10 @@ fn refused_client_fails_with_connect_timeout_and_refused_event() {
 
 #[test]
 fn server_close_timeout_with_a_peer_that_never_acknowledges() {
-    let p = params(200, 1000);
+    let p = TestParams::new()
+        .epoch_millis(200)
+        .epoch_limit(1000)
+        .build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let events = server.subscribe();
     let addr = server.local_addr().unwrap();
@@ -525,7 +526,10 @@ fn server_close_timeout_with_a_peer_that_never_acknowledges() {
 
 #[test]
 fn client_close_timeout_with_a_server_that_never_acknowledges() {
-    let p = params(200, 1000);
+    let p = TestParams::new()
+        .epoch_millis(200)
+        .epoch_limit(1000)
+        .build();
     let raw = Raw::new();
     let server_addr = raw.addr();
     let answer = thread::spawn(move || {
@@ -580,7 +584,7 @@ fn quick_reconnect(max_attempts: Option<u32>) -> ReconnectPolicy {
 
 #[test]
 fn reconnecting_client_resumes_after_a_server_restart_on_the_same_port() {
-    let p = params(30, 4);
+    let p = TestParams::new().epoch_millis(30).epoch_limit(4).build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let addr = server.local_addr().unwrap();
     let client = Client::builder()
@@ -693,7 +697,7 @@ fn unacknowledged_messages_are_resent_in_order_on_the_new_connection() {
 
 #[test]
 fn reconnect_gives_up_after_max_attempts() {
-    let p = params(20, 2);
+    let p = TestParams::new().epoch_millis(20).epoch_limit(2).build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let client = Client::builder()
         .params(p)
@@ -720,7 +724,7 @@ fn reconnect_gives_up_after_max_attempts() {
 
 #[test]
 fn close_during_a_reconnect_delay_cancels_it() {
-    let p = params(20, 2);
+    let p = TestParams::new().epoch_millis(20).epoch_limit(2).build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let slow = ReconnectPolicy {
         delays: vec![(Duration::from_secs(30), Duration::from_secs(30))],
@@ -750,7 +754,7 @@ fn close_during_a_reconnect_delay_cancels_it() {
 
 #[test]
 fn only_one_connection_attempt_is_in_flight() {
-    let p = params(20, 2);
+    let p = TestParams::new().epoch_millis(20).epoch_limit(2).build();
     let raw = Raw::new();
     let addr = raw.addr();
     let connecting = thread::spawn(move || {
@@ -803,7 +807,7 @@ fn only_one_connection_attempt_is_in_flight() {
 #[test]
 fn stats_match_exactly_counted_traffic() {
     const N: usize = 60;
-    let p = params(20, 20);
+    let p = TestParams::new().epoch_millis(20).epoch_limit(20).build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let proxy = UdpSocket::bind("127.0.0.1:0").unwrap();
     let proxy_addr = proxy.local_addr().unwrap();

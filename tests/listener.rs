@@ -9,12 +9,17 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::{params, poll_until, WAIT};
+use common::{poll_until, TestParams, WAIT};
 use liveseq::proto::{Message, MsgType};
 use liveseq::{Client, ConnId, Error, Listener, Params};
 
 fn test_params() -> Params {
-    params(10, 50, 8, 8)
+    TestParams::new()
+        .epoch_millis(50)
+        .epoch_limit(10)
+        .window(8)
+        .max_unacked(8)
+        .build()
 }
 
 /// What one connection's thread saw: its messages, and how it ended.

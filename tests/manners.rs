@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{params, WAIT};
+use common::{TestParams, WAIT};
 use liveseq::{Client, ConnId, Error, Params, ReconnectPolicy, Server, ServerEvent};
 
 /// An address nothing listens on: a port bound a moment ago, now free.
@@ -49,7 +49,12 @@ fn fail_on_refused_fails_at_the_first_refusal() {
 #[test]
 fn by_default_a_refused_connect_retries_until_the_deadline_then_says_refused() {
     let addr = closed_port();
-    let p = params(4, 20, 1, 1);
+    let p = TestParams::new()
+        .epoch_millis(20)
+        .epoch_limit(4)
+        .window(1)
+        .max_unacked(1)
+        .build();
     let started = Instant::now();
     let err = Client::connect(addr, p).unwrap_err();
     assert!(
@@ -96,7 +101,12 @@ fn an_address_list_moves_on_from_a_refused_ipv6_address_to_ipv4() {
 
 #[test]
 fn duration_max_timeouts_return_without_panicking() {
-    let p = params(5, 50, 4, 4);
+    let p = TestParams::new()
+        .epoch_millis(50)
+        .epoch_limit(5)
+        .window(4)
+        .max_unacked(4)
+        .build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let client = Arc::new(Client::connect(server.local_addr().unwrap(), p).unwrap());
     assert_eq!(client.try_read().unwrap(), None);
@@ -204,7 +214,12 @@ fn a_bind_failure_says_what_where_and_why_once() {
 fn a_server_that_vanishes_is_lost_not_a_failure_though_it_refuses() {
     // Once the server's port is closed, every heartbeat of the client is
     // refused: the connection still ends by the epoch limit, as before.
-    let p = params(5, 20, 1, 1);
+    let p = TestParams::new()
+        .epoch_millis(20)
+        .epoch_limit(5)
+        .window(1)
+        .max_unacked(1)
+        .build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let client = Client::connect(server.local_addr().unwrap(), p).unwrap();
     let id = client.conn_id();
@@ -220,7 +235,12 @@ fn a_server_that_vanishes_is_lost_not_a_failure_though_it_refuses() {
 
 #[test]
 fn refusals_while_reconnecting_leave_the_policy_in_charge() {
-    let p = params(3, 20, 1, 1);
+    let p = TestParams::new()
+        .epoch_millis(20)
+        .epoch_limit(3)
+        .window(1)
+        .max_unacked(1)
+        .build();
     let server = Server::bind("127.0.0.1:0", p).unwrap();
     let addr = server.local_addr().unwrap();
     let ms = Duration::from_millis;

@@ -26,7 +26,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{params, payload, WAIT};
+use common::{payload, TestParams, WAIT};
 use liveseq::proto::{Message, MsgType};
 use liveseq::{Client, Error, Params};
 
@@ -371,7 +371,12 @@ fn random_isn() -> u32 {
 }
 
 fn fast() -> Params {
-    params(6, 25, 4, 4)
+    TestParams::new()
+        .epoch_millis(25)
+        .epoch_limit(6)
+        .window(4)
+        .max_unacked(4)
+        .build()
 }
 
 const MSGS: usize = 20;
@@ -440,7 +445,12 @@ fn seeds_dropping_the_first(n: usize, percent: u64) -> Vec<u64> {
 /// 40% loss each way, three seeds that lose the Connect's Ack, clients in
 /// parallel. The epoch limit is generous so that only connecting is at stake.
 fn forty_percent_each_way(isn: impl Fn() -> u32) {
-    let p = params(16, 25, 8, 8);
+    let p = TestParams::new()
+        .epoch_millis(25)
+        .epoch_limit(16)
+        .window(8)
+        .max_unacked(8)
+        .build();
     let runs: Vec<_> = seeds_dropping_the_first(3, 40)
         .into_iter()
         .map(|seed| {

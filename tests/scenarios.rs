@@ -462,9 +462,15 @@ fn max_unacked_with_the_window_anchored_at_the_oldest() {
         write_range(0..n / 2);
         // Wait until the second quarter is acknowledged: then only the first is
         // unacknowledged. (Polling: no event marks an acknowledgement.)
-        while clients.iter().any(|c| c.stats().unacked != n / 4) {
-            thread::sleep(Duration::from_millis(5));
-        }
+        poll_until(WAIT, || clients.iter().all(|c| c.stats().unacked == n / 4)).unwrap_or_else(
+            || {
+                let unacked: Vec<usize> = clients.iter().map(|c| c.stats().unacked).collect();
+                panic!(
+                    "the second quarter never acknowledged: unacked {unacked:?}, expected {} each",
+                    n / 4
+                )
+            },
+        );
         // Block the server's Acks and write the last half: with M = 10 and 5
         // unacknowledged, exactly 5 more may go.
         net.down_down.store(true, Ordering::SeqCst);

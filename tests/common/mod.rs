@@ -8,18 +8,58 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use liveseq::proto::{Message, MsgType};
-use liveseq::{Error, Params, Server};
+use liveseq::{Client, Error, Faults, Params, Server};
 
 /// Long enough that a test only waits this long when something is broken.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-pub fn params(epoch_limit: u32, epoch_millis: u64, window: u32, max_unacked: u32) -> Params {
-    Params {
-        epoch_limit,
-        epoch_millis,
-        window_size: window,
-        max_unacked_messages: max_unacked,
-        max_backoff_interval: 0,
+/// A test's [`Params`], each number named where it is used:
+///
+/// ```ignore
+/// let p = TestParams::new().epoch_millis(50).epoch_limit(10).window(8).max_unacked(8).build();
+/// ```
+///
+/// Starts from [`Params::default`] (epochs of 2 s, lost after 5, window 1,
+/// max unacked 1, no back-off); a test names every number its outcome
+/// depends on, in the order epoch, limit, window, max unacked, back-off.
+#[derive(Clone, Copy, Debug)]
+#[must_use]
+pub struct TestParams(Params);
+
+impl TestParams {
+    pub fn new() -> TestParams {
+        TestParams(Params::default())
+    }
+
+    pub fn epoch_millis(mut self, millis: u64) -> TestParams {
+        self.0.epoch_millis = millis;
+        self
+    }
+
+    /// Silent epochs before a peer is taken for lost.
+    pub fn epoch_limit(mut self, epochs: u32) -> TestParams {
+        self.0.epoch_limit = epochs;
+        self
+    }
+
+    pub fn window(mut self, window: u32) -> TestParams {
+        self.0.window_size = window;
+        self
+    }
+
+    pub fn max_unacked(mut self, messages: u32) -> TestParams {
+        self.0.max_unacked_messages = messages;
+        self
+    }
+
+    /// The cap, in epochs, of the retransmission back-off.
+    pub fn max_backoff(mut self, epochs: u32) -> TestParams {
+        self.0.max_backoff_interval = epochs;
+        self
+    }
+
+    pub fn build(self) -> Params {
+        self.0
     }
 }
 
@@ -35,15 +75,52 @@ pub fn payload(c: usize, i: usize, max: usize) -> Vec<u8> {
 /// An echo loop on `server` in a thread: every message goes back to its
 /// sender. Ends when the server is closed.
 pub fn spawn_echo(server: Arc<Server>) -> JoinHandle<()> {
-    thread::spawn(move || loop {
-        match server.read() {
-            Ok((id, msg)) => {
-                let _ = server.write(id, &msg);
+    spawn_paced_echo(server, |_| Duration::ZERO)
+}
+
+/// [`spawn_echo`], holding echo `n` (from 1) back for `pace(n)` first: a
+/// slow server.
+pub fn spawn_paced_echo(
+    server: Arc<Server>,
+    mut pace: impl FnMut(u64) -> Duration + Send + 'static,
+) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut n = 0u64;
+        loop {
+            match server.read() {
+                Ok((id, msg)) => {
+                    n += 1;
+                    let hold = pace(n);
+                    if !hold.is_zero() {
+                        thread::sleep(hold); // the scenario: a slow server
+                    }
+                    let _ = server.write(id, &msg);
+                }
+                Err(Error::ConnectionLost(_) | Error::ConnectionClosed(_)) => {}
+                Err(_) => return,
             }
-            Err(Error::ConnectionLost(_) | Error::ConnectionClosed(_)) => {}
-            Err(_) => return,
         }
     })
+}
+
+/// A server on 127.0.0.1 (port 0) whose socket has `faults`.
+pub fn faulty_server(p: Params, faults: Faults) -> Arc<Server> {
+    Arc::new(
+        Server::builder()
+            .params(p)
+            .faults(faults)
+            .bind("127.0.0.1:0")
+            .unwrap(),
+    )
+}
+
+/// A client of `addr` whose socket has `faults`.
+pub fn faulty_client(addr: SocketAddr, p: Params, faults: Faults) -> Client {
+    Client::builder()
+        .params(p)
+        .faults(faults)
+        .connect(addr)
+        .unwrap()
 }
 
 /// Client `c` writes `msgs` messages (see [`payload`]) from this thread while
