@@ -1485,7 +1485,7 @@ fn each_connection_sends_from_the_address_its_connect_was_sent_to() {
     let mut now = Instant::now();
     let (a, b) = (addr(1), addr(2));
     let (la, lb): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "::1".parse().unwrap());
-    let mut s = PolledServer::new(seq_config(params(5)));
+    let mut s = PolledServer::new(seq_config(base().epoch_limit(5).build()));
     let mut connect = Vec::new();
     Message::connect(7).encode(&mut connect);
     s.handle_to(now, a, Some(la), &connect);

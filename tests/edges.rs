@@ -170,9 +170,15 @@ fn messages_yield_in_order_then_the_end_once() {
         conn.write(&[i; 5]).unwrap();
     }
     let from_client: Vec<Vec<u8>> = conn.messages().take(10).map(Result::unwrap).collect();
-    assert_eq!(from_client, (0..10u8).map(|i| vec![i; 3]).collect::<Vec<_>>());
+    assert_eq!(
+        from_client,
+        (0..10u8).map(|i| vec![i; 3]).collect::<Vec<_>>()
+    );
     let from_server: Vec<Vec<u8>> = client.messages().take(10).map(Result::unwrap).collect();
-    assert_eq!(from_server, (0..10u8).map(|i| vec![i; 5]).collect::<Vec<_>>());
+    assert_eq!(
+        from_server,
+        (0..10u8).map(|i| vec![i; 5]).collect::<Vec<_>>()
+    );
     // The client goes away: the connection's messages end with its loss,
     // yielded once.
     client.close().unwrap();

@@ -401,16 +401,6 @@ impl<R: Role> Shared<R> {
         let _ = self.io.drained.send(());
     }
 
-    /// Runs one datagram through the receive path as if it came from `from`
-    /// (the fuzz target for the server's receive path uses this).
-    #[cfg(fuzzing)]
-    pub(crate) fn inject(&self, from: SocketAddr, datagram: &[u8]) {
-        let _ = self.run(|core, now, out| {
-            let mut batch = Default::default();
-            core.handle_batch(now, std::iter::once((datagram, from)), &mut batch, out);
-        });
-    }
-
     /// Test hook: makes the receive thread panic (see `Server::fail_for_tests`).
     #[cfg(feature = "test-hooks")]
     pub(crate) fn request_panic(&self) {

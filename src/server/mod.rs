@@ -563,14 +563,6 @@ impl Server {
         self.endpoint.shared.core.stats(Instant::now(), id)
     }
 
-    /// Feeds one datagram to the receive path as if it came from `from`.
-    /// Only in fuzzing builds (`--cfg fuzzing`, set by cargo-fuzz).
-    #[cfg(fuzzing)]
-    #[doc(hidden)]
-    pub fn fuzz_inject(&self, from: SocketAddr, datagram: &[u8]) {
-        self.endpoint.shared.inject(from, datagram);
-    }
-
     /// Server-wide totals.
     pub fn totals(&self) -> ServerStats {
         self.endpoint.shared.core.totals()
