@@ -1,4 +1,4 @@
-//! What a [`ServerCore`](super::ServerCore)(super::ServerCore) is set up with: per-connection
+//! What a [`ServerCore`](super::ServerCore) is set up with: per-connection
 //! limits, the memory budget and its floor, and the constants of the
 //! server's policies.
 
