@@ -1487,7 +1487,10 @@ fn each_connection_sends_from_the_address_its_connect_was_sent_to() {
     now += Duration::from_millis(100);
     s.handle_epoch(now);
     let sent: Vec<_> = std::iter::from_fn(|| s.poll_transmit_from()).collect();
-    assert!(sent.contains(&(Some(la), a, Message::data(1, 8, b"hi"))), "{sent:?}");
+    assert!(
+        sent.contains(&(Some(la), a, Message::data(1, 8, b"hi"))),
+        "{sent:?}"
+    );
     // Every datagram of each connection leaves from its own address.
     for (local, to, _) in &sent {
         assert_eq!(*local, Some(if *to == a { la } else { lb }), "{sent:?}");
