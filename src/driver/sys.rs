@@ -29,10 +29,7 @@ pub(crate) fn recv_destinations(socket: &UdpSocket) -> io::Result<bool> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
-        let (level, name) = match socket.local_addr()? {
-            SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO),
-            SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
-        };
+        let (level, name) = pktinfo_option(socket.local_addr()?);
         let on: libc::c_int = 1;
         // SAFETY: a valid descriptor owned by `socket`, and a pointer to a
         // live c_int with its true size, which the kernel only reads.
@@ -57,6 +54,16 @@ pub(crate) fn recv_destinations(socket: &UdpSocket) -> io::Result<bool> {
     }
 }
 
+/// The socket option that has the kernel report destinations, for a
+/// socket bound to `local`'s family: `(level, name)`.
+#[cfg(target_os = "linux")]
+fn pktinfo_option(local: SocketAddr) -> (libc::c_int, libc::c_int) {
+    match local {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
+    }
+}
+
 /// Whether `socket` reports each datagram's destination address (see
 /// [`recv_destinations`]); always false off Linux.
 #[allow(unsafe_code)]
@@ -67,10 +74,7 @@ pub(crate) fn receives_destinations(socket: &UdpSocket) -> bool {
         let Ok(local) = socket.local_addr() else {
             return false;
         };
-        let (level, name) = match local {
-            SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO),
-            SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
-        };
+        let (level, name) = pktinfo_option(local);
         let mut on: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: a valid descriptor owned by `socket`; the kernel writes at
