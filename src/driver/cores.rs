@@ -7,7 +7,7 @@
 //! ([`ClientCell`]), and its polled outputs are handed to the sink before
 //! that mutex is released.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -37,11 +37,11 @@ impl Core for ServerCore {
     fn handle_batch<'d>(
         &self,
         now: Instant,
-        datagrams: impl Iterator<Item = (&'d [u8], SocketAddr)>,
+        datagrams: impl Iterator<Item = (&'d [u8], SocketAddr, Option<IpAddr>)>,
         batch: &mut Batch,
         out: &mut impl Sink<ServerOutput>,
     ) {
-        ServerCore::handle_batch(self, now, datagrams, batch, out);
+        ServerCore::handle_batch_to(self, now, datagrams, batch, out);
     }
     fn handle_epoch(&self, now: Instant, out: &mut impl Sink<ServerOutput>) {
         ServerCore::handle_epoch(self, now, out);
@@ -108,13 +108,15 @@ impl Core for ClientCell {
     fn handle_batch<'d>(
         &self,
         now: Instant,
-        datagrams: impl Iterator<Item = (&'d [u8], SocketAddr)>,
+        datagrams: impl Iterator<Item = (&'d [u8], SocketAddr, Option<IpAddr>)>,
         _: &mut (),
         out: &mut impl Sink<ClientOutput>,
     ) {
         // One lock for the whole batch: a client is one connection.
         self.with(out, |core| {
-            for (datagram, from) in datagrams {
+            // A client's socket is connected: where a datagram was sent is
+            // never in question (nor reported).
+            for (datagram, from, _) in datagrams {
                 // A dual-stack socket names IPv4 senders in their IPv4-mapped form.
                 core.handle(now, canonical(from), datagram);
             }

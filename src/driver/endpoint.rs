@@ -48,7 +48,7 @@
 //! fails the instance (every blocked caller wakes, and every later call
 //! returns [`Error::Failed`]) and closes it.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -84,12 +84,13 @@ pub(crate) trait Core: Send + Sync + 'static {
         bytes: usize,
         out: &mut impl Sink<Self::Output>,
     );
-    /// A batch of datagrams, and the end of the batch (owed acknowledgements
-    /// go out).
+    /// A batch of datagrams, each with its sender and the address it was
+    /// sent to (`None` where the socket does not say), and the end of the
+    /// batch (owed acknowledgements go out).
     fn handle_batch<'d>(
         &self,
         now: Instant,
-        datagrams: impl Iterator<Item = (&'d [u8], SocketAddr)>,
+        datagrams: impl Iterator<Item = (&'d [u8], SocketAddr, Option<IpAddr>)>,
         batch: &mut Self::Batch,
         out: &mut impl Sink<Self::Output>,
     );
@@ -148,7 +149,13 @@ impl<R: Role> Sink<<R::Core as Core>::Output> for Outlet<'_, R> {
         // Sent now, under the lock of the connection it belongs to: one
         // connection's datagrams leave in the order its state machine made
         // them (see the module docs for what sending later cost).
-        self.io.queue(msg, to, self.batch);
+        self.io.queue(msg, to, None, self.batch);
+        self.io.flush(self.batch);
+    }
+
+    fn transmit_from(&mut self, local: Option<IpAddr>, to: SocketAddr, msg: &Message<'_>) {
+        // As `transmit`, leaving from `local` (see `Io::send_raw`).
+        self.io.queue(msg, to, local, self.batch);
         self.io.flush(self.batch);
     }
 

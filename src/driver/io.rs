@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -42,6 +42,8 @@ pub(super) struct Delayed {
     pub(super) due: Instant,
     pub(super) bytes: Vec<u8>,
     pub(super) to: SocketAddr,
+    /// The local address it leaves from (see [`Io::send_raw`]).
+    pub(super) from: Option<IpAddr>,
 }
 
 impl PartialEq for Delayed {
@@ -61,14 +63,19 @@ impl Ord for Delayed {
     }
 }
 
+/// A datagram the reorder fault holds back: its bytes, destination and
+/// the local address it leaves from.
+type HeldBack = (Vec<u8>, SocketAddr, Option<IpAddr>);
+
 /// A reused buffer datagrams are encoded into before they are sent (never
 /// blocking: see [`Io::send_raw`]), and the keys of the writers to wake
 /// once every lock is released.
 #[derive(Default)]
 pub(crate) struct SendBatch {
     bytes: Vec<u8>,
-    /// Destination and end offset in `bytes` of each datagram.
-    items: Vec<(SocketAddr, usize)>,
+    /// Destination, local address to leave from (see [`Io::send_raw`]) and
+    /// end offset in `bytes` of each datagram.
+    items: Vec<(SocketAddr, Option<IpAddr>, usize)>,
     pub(super) wakes: Vec<u32>,
 }
 
@@ -95,7 +102,7 @@ pub(crate) struct Io {
     pub(super) faults: Option<Injector>,
     delayed: Sender<Delayed>,
     /// Datagrams the reorder fault holds until the next send (or epoch).
-    held_back: Mutex<Vec<(Vec<u8>, SocketAddr)>>,
+    held_back: Mutex<Vec<HeldBack>>,
     pub counters: IoCounters,
     /// Signalled when a close has drained the core.
     pub(super) drained: Sender<()>,
@@ -104,6 +111,8 @@ pub(crate) struct Io {
     pub(super) follows_peer: AtomicBool,
     /// The address the socket is connected to, once it follows the peer.
     peer: Mutex<Option<SocketAddr>>,
+    /// The socket reports each datagram's destination address.
+    destinations: bool,
 }
 
 impl Io {
@@ -118,6 +127,7 @@ impl Io {
     ) -> io::Result<Io> {
         Ok(Io {
             local_addr: socket.local_addr()?,
+            destinations: super::sys::receives_destinations(&socket),
             socket: RwLock::new(Some(socket)),
             params,
             faults: Injector::new(faults),
@@ -130,11 +140,19 @@ impl Io {
         })
     }
 
-    /// Encodes `msg` for `to` into `batch`, through the instance's faults.
-    pub(super) fn queue(&self, msg: &Message<'_>, to: SocketAddr, batch: &mut SendBatch) {
+    /// Encodes `msg` for `to`, to leave from `from` (see
+    /// [`send_raw`](Self::send_raw)), into `batch`, through the instance's
+    /// faults.
+    pub(super) fn queue(
+        &self,
+        msg: &Message<'_>,
+        to: SocketAddr,
+        from: Option<IpAddr>,
+        batch: &mut SendBatch,
+    ) {
         let Some(faults) = &self.faults else {
             msg.encode(&mut batch.bytes);
-            batch.items.push((to, batch.bytes.len()));
+            batch.items.push((to, from, batch.bytes.len()));
             return;
         };
         let (replacement, delay, duplicate, reorder) = match faults.plan(msg, self.params.epoch()) {
@@ -159,15 +177,16 @@ impl Io {
                     due,
                     bytes: bytes.clone(),
                     to,
+                    from,
                 });
             } else if reorder {
-                self.held_back.lock().push((bytes.clone(), to));
+                self.held_back.lock().push((bytes.clone(), to, from));
             } else {
                 batch.bytes.extend_from_slice(&bytes);
-                batch.items.push((to, batch.bytes.len()));
-                for (held, to) in std::mem::take(&mut *self.held_back.lock()) {
+                batch.items.push((to, from, batch.bytes.len()));
+                for (held, to, from) in std::mem::take(&mut *self.held_back.lock()) {
                     batch.bytes.extend_from_slice(&held);
-                    batch.items.push((to, batch.bytes.len()));
+                    batch.items.push((to, from, batch.bytes.len()));
                 }
             }
         }
@@ -176,8 +195,8 @@ impl Io {
     /// Sends and empties `batch`.
     pub(super) fn flush(&self, batch: &mut SendBatch) {
         let mut start = 0;
-        for &(to, end) in &batch.items {
-            self.send_raw(&batch.bytes[start..end], to);
+        for &(to, from, end) in &batch.items {
+            self.send_raw(&batch.bytes[start..end], to, from);
             start = end;
         }
         batch.bytes.clear();
@@ -187,8 +206,8 @@ impl Io {
     /// Sends the datagrams the reorder fault held back.
     pub(super) fn release_held_back(&self) {
         let held = std::mem::take(&mut *self.held_back.lock());
-        for (bytes, to) in held {
-            self.send_raw(&bytes, to);
+        for (bytes, to, from) in held {
+            self.send_raw(&bytes, to, from);
         }
     }
 
@@ -197,11 +216,28 @@ impl Io {
     /// and the protocol sends it again. Send errors are counted and logged,
     /// never returned: for a datagram protocol they are indistinguishable
     /// from loss.
-    pub(super) fn send_raw(&self, bytes: &[u8], to: SocketAddr) {
+    ///
+    /// With `from`, the datagram leaves from that local address (an address
+    /// a datagram was received at, on a socket bound to a wildcard address
+    /// that [receives destinations](super::sys::recv_destinations)) rather
+    /// than the one the kernel picks by route: a client's socket is
+    /// connected to the address it sent to, and drops replies from any
+    /// other. A socket that follows its peer is connected and sends
+    /// without it (a client core never names a local address).
+    pub(super) fn send_raw(&self, bytes: &[u8], to: SocketAddr, from: Option<IpAddr>) {
         let guard = self.socket.read();
         let Some(socket) = guard.as_ref() else { return };
         let sent = if self.follows_peer.load(Ordering::Relaxed) {
             self.send_connected(socket, bytes, to)
+        } else if let Some(from) = from {
+            super::sys::send_from(
+                socket,
+                self.local_addr.is_ipv6(),
+                bytes,
+                to,
+                from,
+                SEND_FLAGS,
+            )
         } else {
             SockRef::from(socket).send_to_with_flags(bytes, &to.into(), SEND_FLAGS)
         };
@@ -218,6 +254,12 @@ impl Io {
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Whether each datagram received comes with the address it was sent
+    /// to (see [`super::sys::recv_destinations`]).
+    pub(super) fn receives_destinations(&self) -> bool {
+        self.destinations
     }
 
     /// Makes the socket follow the peer: before a datagram goes out it is
@@ -263,6 +305,23 @@ impl Io {
 /// address already in use`.
 pub(crate) fn bind_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     bind_with(addr, false)
+}
+
+/// A server's socket: [`bind_socket`], and where `addr` is a wildcard
+/// address (`0.0.0.0`, `::`), on Linux the kernel reports each datagram's
+/// destination address, so that each connection is answered from the
+/// address its client sent to (see [`Io::send_raw`]). A server bound to
+/// one address needs none of it and pays nothing for it. An IPv6 wildcard
+/// socket is dual-stack or not as the system's default has it (Linux:
+/// `net.ipv6.bindv6only`, normally 0, so `[::]` also takes IPv4).
+pub(crate) fn bind_server_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = bind_socket(addr)?;
+    if addr.ip().is_unspecified() {
+        super::sys::recv_destinations(&socket).map_err(|err| {
+            crate::error::context(err, format_args!("cannot receive destinations on {addr}"))
+        })?;
+    }
+    Ok(socket)
 }
 
 /// [`bind_socket`], for an IPv6 `addr` also reaching IPv4 if `dual_stack`.

@@ -160,7 +160,9 @@ pub(super) fn receive_loop<R: Role>(
 ) {
     let io = &shared.io;
     // One byte more than the largest datagram, so nothing is silently cut.
-    let mut datagrams = RecvBatch::new(batch_size, MAX_DATAGRAM + 1);
+    // Destinations only where the socket reports them (a server on a
+    // wildcard address): a control buffer per datagram, and its parsing.
+    let mut datagrams = RecvBatch::new(batch_size, MAX_DATAGRAM + 1, io.receives_destinations());
     let mut errors = 0u32;
     let mut batch = Default::default();
     loop {
@@ -271,7 +273,7 @@ pub(super) fn epoch_loop<R: Role>(
         }
         while held.peek().is_some_and(|Reverse(d)| d.due <= now) {
             if let Some(Reverse(d)) = held.pop() {
-                io.send_raw(&d.bytes, d.to);
+                io.send_raw(&d.bytes, d.to, d.from);
             }
         }
     }

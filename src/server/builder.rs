@@ -217,7 +217,7 @@ impl ServerBuilder {
         let options = self.options.check()?;
         let mut last_err = None;
         for addr in addr.to_socket_addrs()? {
-            match io::bind_socket(addr) {
+            match io::bind_server_socket(addr) {
                 Ok(socket) => {
                     let mut config = ServerConfig::new(options.params);
                     config.max_connections = self.max_connections.unwrap_or(usize::MAX);

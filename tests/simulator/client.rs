@@ -6,7 +6,9 @@ use liveseq::proto::{ClientConfig, ClientCore, ClientOutput, Message, MsgType, P
 use liveseq::{ConnId, ConnState};
 use rand::Rng;
 
-use super::network::{client_addr, Node, SERVER_ADDR};
+use std::net::SocketAddr;
+
+use super::network::{client_addr, server_addr, Node};
 use super::shadow::{End, Sent, Shadow};
 use super::{Input, Sim};
 
@@ -57,7 +59,8 @@ impl Sim {
         config.coalesce_acks = self.sc.coalesce;
         config.reconnect = self.policy.clone();
         config.seed = self.rng.gen();
-        let core = ClientCore::new(self.now(), SERVER_ADDR, isn, config);
+        let server = server_addr(self.server_ip_of(c));
+        let core = ClientCore::new(self.now(), server, isn, config);
         let conn = self.new_cconn(c, generation, isn, Vec::new());
         Client {
             core,
@@ -118,10 +121,11 @@ impl Sim {
         }
     }
 
-    pub(super) fn client_receive(&mut self, c: usize, msg: Message<'_>) {
+    /// A datagram from the server's address `from`.
+    pub(super) fn client_receive(&mut self, c: usize, from: SocketAddr, msg: Message<'_>) {
         let now = self.now();
         let before = self.clients[c].core.stats(now).rejected;
-        self.clients[c].core.handle_message(now, SERVER_ADDR, msg);
+        self.clients[c].core.handle_message(now, from, msg);
         let after = self.clients[c].core.stats(now).rejected;
         let conn = self.clients[c].conn;
         if after == before && self.cconns[conn].end.is_none() {
@@ -165,8 +169,9 @@ impl Sim {
         }
         step.lost = self.cconns[before].end == Some(End::Lost);
         let mut out = Vec::new();
+        let server = server_addr(self.server_ip_of(c));
         while let Some((to, msg)) = self.clients[c].core.poll_transmit() {
-            if to != SERVER_ADDR {
+            if to != server {
                 self.fail(&format!("client {c}"), format!("sent to {to}"));
             }
             out.push(msg.into_owned());
@@ -226,7 +231,8 @@ impl Sim {
             self.fail(&name, v);
         }
         for msg in &out {
-            self.transmit(Node::Client(c), Node::Server, msg);
+            let server_ip = self.server_ip_of(c);
+            self.transmit(Node::Client(c), Node::Server, server_ip, msg);
         }
         if reads.0 > 0 {
             let now = self.now();

@@ -5,7 +5,14 @@
 //! datagrams through a simulated network driven by a seeded generator. Each
 //! client has a fake address (`10.0.0.2:10000 + index`; a restarted client
 //! keeps it), storm senders have their own; none is ever used on a network,
-//! they are keys. Time is virtual: an `Instant` base plus ticks, an epoch
+//! they are keys. The server is on a wildcard address of a host with two
+//! (`10.0.0.1` and `10.0.1.1`, port 9000): each client, and each storm
+//! sender, sends to one of them, chosen per sender from the seed (by a
+//! generator of its own, so the rest of a scenario replays as it did
+//! before there were two); the server is told where each datagram was sent
+//! (`PolledServer::handle_to`), and every datagram it sends a client must
+//! leave from the address that client sends to (`poll_transmit_from`), or
+//! the client's connected socket would drop it. Time is virtual: an `Instant` base plus ticks, an epoch
 //! being `TICKS_PER_EPOCH` ticks, so delays and reordering happen inside
 //! epochs too. Nothing here reads a clock or touches a socket, so a scenario
 //! replays exactly from its description.
@@ -35,7 +42,7 @@ pub use network::undetectable_damage;
 pub use scenario::{Outcome, Scenario};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use liveseq::proto::{Message, PolledServer, ServerConfig};
@@ -44,7 +51,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use client::Client;
-use network::{Datagram, Node};
+use network::{Datagram, Node, SERVER_IPS};
 use shadow::{End, Shadow};
 
 pub const TICKS_PER_EPOCH: u64 = 4;
@@ -94,6 +101,10 @@ pub struct Sim {
     /// The kind of the server input being handled.
     server_input: Input,
     clients: Vec<Client>,
+    /// The server address each client sends to, by client index.
+    server_ips: Vec<IpAddr>,
+    /// The server address each storm sender sends to.
+    storm_server_ips: Vec<IpAddr>,
     /// Every client connection ever (across reconnects and restarts).
     cconns: Vec<Shadow>,
     cconn_by_key: HashMap<(SocketAddr, u64), usize>,
@@ -130,6 +141,12 @@ impl Sim {
         if sc.max_connections > 0 {
             config.max_connections = sc.max_connections;
         }
+        // Which of the server's addresses each sender uses: from the seed,
+        // by a generator of its own (the main one's draws stay as they were).
+        let mut locals = SmallRng::seed_from_u64(sc.seed ^ 0x10ca_1add_7e55);
+        let mut pick = |_| SERVER_IPS[locals.gen_range(0..SERVER_IPS.len())];
+        let server_ips = (0..sc.clients).map(&mut pick).collect();
+        let storm_server_ips = (0..sc.storm).map(&mut pick).collect();
         let mut sim = Sim {
             sc: sc.clone(),
             p,
@@ -155,6 +172,8 @@ impl Sim {
             admissions: 0,
             server_input: Input::Other,
             clients: Vec::new(),
+            server_ips,
+            storm_server_ips,
             cconns: Vec::new(),
             cconn_by_key: HashMap::new(),
             pre_epoch: None,
@@ -192,6 +211,7 @@ impl Sim {
                     order,
                     from: Node::Storm(j),
                     to: Node::Server,
+                    server_ip: sim.storm_server_ips[j],
                     bytes,
                 });
             }

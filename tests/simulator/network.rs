@@ -11,8 +11,21 @@ use rand::Rng;
 
 use super::{Input, Sim, TICKS_PER_EPOCH};
 
-pub(super) const SERVER_ADDR: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 9000);
+/// The server's port, at each of its addresses.
+const SERVER_PORT: u16 = 9000;
+
+/// The server's two local addresses: it is bound to a wildcard address
+/// on a host that has both, and each client sends to one of them
+/// (`Sim::server_ip_of`), chosen per client by the scenario's seed.
+pub(super) const SERVER_IPS: [IpAddr; 2] = [
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+    IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)),
+];
+
+/// The server at its local address `ip`.
+pub(super) fn server_addr(ip: IpAddr) -> SocketAddr {
+    SocketAddr::new(ip, SERVER_PORT)
+}
 
 pub(super) fn client_addr(c: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 10000 + c as u16)
@@ -42,6 +55,9 @@ pub(super) struct Datagram {
     pub(super) order: u64,
     pub(super) from: Node,
     pub(super) to: Node,
+    /// The server's end of it: the address it was sent to (to the server)
+    /// or from (from the server).
+    pub(super) server_ip: IpAddr,
     pub(super) bytes: Vec<u8>,
 }
 
@@ -62,8 +78,14 @@ impl Sim {
             .is_some_and(|seen| seen.iter().any(|p| p == payload))
     }
 
-    /// Puts a datagram on the simulated wire, through the faults.
-    pub(super) fn transmit(&mut self, from: Node, to: Node, msg: &Message<'_>) {
+    /// The server address client `c` sends to (a restarted client keeps it).
+    pub(super) fn server_ip_of(&self, c: usize) -> IpAddr {
+        self.server_ips[c]
+    }
+
+    /// Puts a datagram on the simulated wire, through the faults;
+    /// `server_ip` is the server's end of it (see [`Datagram::server_ip`]).
+    pub(super) fn transmit(&mut self, from: Node, to: Node, server_ip: IpAddr, msg: &Message<'_>) {
         if self.partitioned(from, to) || self.chance(self.sc.drop) {
             return;
         }
@@ -109,6 +131,7 @@ impl Sim {
                 order,
                 from,
                 to,
+                server_ip,
                 bytes: bytes.clone(),
             });
         }
@@ -138,15 +161,15 @@ impl Sim {
             };
             match (d.from, d.to) {
                 (Node::Server, Node::Client(c)) => {
-                    self.client_receive(c, msg);
+                    self.client_receive(c, server_addr(d.server_ip), msg);
                     clients_touched.insert(c);
                 }
                 (Node::Client(c), Node::Server) => {
-                    self.server_receive(client_addr(c), msg);
+                    self.server_receive(client_addr(c), d.server_ip, msg);
                     server_touched = true;
                 }
                 (Node::Storm(j), Node::Server) => {
-                    self.server_receive(storm_addr(j), msg);
+                    self.server_receive(storm_addr(j), d.server_ip, msg);
                     server_touched = true;
                 }
                 _ => unreachable!(),

@@ -3,13 +3,13 @@
 //! against the shadows.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use liveseq::proto::{Message, MsgType, Phase, ServerOutput, AMPLIFICATION_FACTOR};
 use liveseq::{ConnId, ConnState, ServerEvent};
 use rand::Rng;
 
-use super::network::{node_of, Node};
+use super::network::{node_of, Node, SERVER_IPS};
 use super::shadow::{Decision, End, Sent, Shadow};
 use super::{Input, Sim};
 
@@ -24,7 +24,8 @@ pub(super) struct ServerStep {
 }
 
 impl Sim {
-    pub(super) fn server_receive(&mut self, from: SocketAddr, msg: Message<'_>) {
+    /// A datagram from `from`, sent to the server's address `local`.
+    pub(super) fn server_receive(&mut self, from: SocketAddr, local: IpAddr, msg: Message<'_>) {
         let now = self.now();
         let mut encoded = Vec::new();
         msg.encode(&mut encoded);
@@ -46,7 +47,7 @@ impl Sim {
                 Decision::Admit(evicted) => evicted.clone(),
                 _ => Vec::new(),
             };
-            self.server.handle_message(now, from, msg.clone());
+            self.server.handle_to(now, from, Some(local), &encoded);
             let step = self.server_pump(Input::Other, &[]);
             self.evicting.clear();
             self.check_decision(from, msg.seq_num, decision, &step);
@@ -73,7 +74,7 @@ impl Sim {
                 self.outcome.challenges_answered += 1;
             }
         }
-        self.server.handle_message(now, from, msg);
+        self.server.handle_to(now, from, Some(local), &encoded);
         if let Some(id) = routed {
             let after = rejected(self, id);
             let s = self
@@ -98,15 +99,32 @@ impl Sim {
         while let Some(output) = self.server.poll_output() {
             self.server_output(output, &mut step, &mut reads);
         }
-        while let Some((to, msg)) = self.server.poll_transmit() {
+        // The address each datagram leaves from, beside `step.transmits`.
+        let mut sources = Vec::new();
+        while let Some((local, to, msg)) = self.server.poll_transmit_from() {
             step.transmits.push((to, msg.into_owned()));
+            sources.push(local);
         }
         let epoch = self.epochs_done;
         let w = u64::from(self.p.window_size);
         let m = self.p.max_unacked_messages as usize;
         let mut violations = Vec::new();
-        for (to, msg) in &step.transmits {
+        for ((to, msg), &local) in step.transmits.iter().zip(&sources) {
             let id = msg.conn_id;
+            // A client's socket is connected to the address it sends to:
+            // anything from another address is dropped.
+            let expected = match node_of(*to) {
+                Node::Client(c) => self.server_ip_of(c),
+                Node::Storm(j) => self.storm_server_ips[j],
+                Node::Server => self.fail("server", format!("sent {msg:?} to itself")),
+            };
+            if local != Some(expected) {
+                let local = local.map_or("the socket's own address".into(), |ip| ip.to_string());
+                violations.push((
+                    id,
+                    format!("sent {msg:?} to {to} from {local}, not from {expected}, where its peer sends"),
+                ));
+            }
             let Some(s) = self.sconns.get_mut(&id) else {
                 self.fail("server", format!("sent {msg:?} for an unknown connection"));
             };
@@ -223,10 +241,11 @@ impl Sim {
                 "closing, every connection ended, but no Drained".into(),
             );
         }
-        for (to, msg) in &step.transmits {
+        for ((to, msg), local) in step.transmits.iter().zip(sources) {
             // What goes to a storm address goes nowhere.
             if let Node::Client(c) = node_of(*to) {
-                self.transmit(Node::Server, Node::Client(c), msg);
+                let from = local.unwrap_or(SERVER_IPS[0]);
+                self.transmit(Node::Server, Node::Client(c), from, msg);
             }
         }
         let now = self.now();
