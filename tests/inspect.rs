@@ -24,7 +24,7 @@ mod check;
 #[path = "../src/bin/lsp-inspect/faults.rs"]
 mod faults;
 #[allow(dead_code)]
-#[path = "../src/bin/lsp-inspect/proxy.rs"]
+#[path = "../src/bin/lsp-inspect/proxy/mod.rs"]
 mod proxy;
 #[allow(dead_code)]
 #[path = "../src/bin/lsp-inspect/record.rs"]
