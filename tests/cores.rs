@@ -496,11 +496,11 @@ fn flow_control_inbox_and_send_buffer() {
     let a = addr(1);
     let mut config = seq_config(base().epoch_limit(5).build());
     config.coalesce_acks = false;
-    config.inbox = Limit {
+    config.inbox_limit = Limit {
         messages: 2,
         bytes: usize::MAX,
     };
-    config.send_buffer = Limit {
+    config.send_buffer_limit = Limit {
         messages: 2,
         bytes: usize::MAX,
     };
@@ -520,16 +520,19 @@ fn flow_control_inbox_and_send_buffer() {
             payload: p.to_vec(),
         })
     };
-    let holding = |holding| ServerOutput::Holding { id: id(1), holding };
+    let withholding = |withholding| ServerOutput::Withholding {
+        id: id(1),
+        withholding,
+    };
     assert_eq!(
         outputs(&mut s),
-        [message(b"m"), message(b"m"), holding(true)]
+        [message(b"m"), message(b"m"), withholding(true)]
     );
-    assert_eq!(s.conn(id(1)).unwrap().counters().held_back, 1);
+    assert_eq!(s.conn(id(1)).unwrap().counters().withheld, 1);
     // A read takes and acknowledges it at once: no epoch, no resend.
     s.read_done(now, id(1), 1, 1);
     assert_eq!(sent(&mut s), [(a, Message::ack(1, 103))]);
-    assert_eq!(outputs(&mut s), [holding(false), message(b"m")]);
+    assert_eq!(outputs(&mut s), [withholding(false), message(b"m")]);
     // The sender's resend is a duplicate now: acknowledged, not delivered.
     s.handle_message(now, a, Message::data(1, 103, b"m"));
     assert_eq!(sent(&mut s), [(a, Message::ack(1, 103))]);
@@ -583,7 +586,7 @@ fn flow_control_inbox_and_send_buffer() {
 
     // The client's send buffer too.
     let mut config = ClientConfig::new(base().epoch_limit(5).build());
-    config.send_buffer = Limit {
+    config.send_buffer_limit = Limit {
         messages: 1,
         bytes: usize::MAX,
     };
@@ -788,7 +791,7 @@ fn a_slow_consumer_ends_lost_after_the_stall_limit() {
     let mut now = Instant::now();
     let a = addr(1);
     let mut config = seq_config(base().epoch_limit(5).build());
-    config.send_buffer = Limit {
+    config.send_buffer_limit = Limit {
         messages: 2,
         bytes: usize::MAX,
     };

@@ -738,7 +738,7 @@ fn a_client_reader_a_hundred_times_slower_than_its_server() {
     assert!(server.is_writable(id));
     let received = client.stats();
     assert_eq!(received.paused_drops, 0, "{received:?}");
-    assert!(received.held_back >= u64::from(WINDOW), "{received:?}");
+    assert!(received.withheld >= u64::from(WINDOW), "{received:?}");
     assert_eq!(received.rejected, 0, "flow control is not the peer's fault");
     // Without loss, a retransmission means Data was held unacknowledged
     // (for the three epochs nothing was read).
@@ -849,7 +849,7 @@ fn go_like_writer_against_a_full_inbox(window: u64, inbox: (usize, usize)) {
             let counted = (
                 s.messages_received,
                 s.heartbeats_received,
-                s.held_back,
+                s.withheld,
                 s.paused_drops,
                 s.duplicates_received,
             );
@@ -907,7 +907,7 @@ fn go_like_writer_against_a_full_inbox(window: u64, inbox: (usize, usize)) {
     assert_eq!(
         (
             s.messages_received,
-            s.held_back,
+            s.withheld,
             s.paused_drops,
             s.duplicates_received
         ),

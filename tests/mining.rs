@@ -517,7 +517,7 @@ fn course_ctest_and_mtest_pass_with_our_client_and_miner() {
 fn run_course_test(name: &str) {
     let Some(folder) = std::env::var_os("LIVESEQ_BITCOIN_TESTS") else {
         panic!(
-            "set LIVESEQ_BITCOIN_TESTS to the folder holding the course's \
+            "set LIVESEQ_BITCOIN_TESTS to the folder withholding the course's \
              ctest and mtest to run {name} against our mining programs (see tests/README.md)"
         );
     };

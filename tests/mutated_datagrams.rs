@@ -126,7 +126,7 @@ proptest! {
             }
             while conn.poll_transmit().is_some() {}
             while conn.poll_delivered().is_some() {}
-            prop_assert!(conn.buffered() < window as usize);
+            prop_assert!(conn.reorder_buffered().0 < window as usize);
             prop_assert!(conn.unacked() <= window as usize);
         }
     }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use liveseq::proto::{Batch, Message, ServerConfig, ServerCore, ServerOutput, Sink};
+use liveseq::proto::{Message, OwedAcks, ServerConfig, ServerCore, ServerOutput, Sink};
 use liveseq::{Client, ConnId, Params, Server, ServerEvent};
 use parking_lot::Mutex;
 
@@ -85,7 +85,7 @@ fn core_fed_from_many_threads() {
     let mut ids = Vec::new();
     for i in 0..CONNS {
         let mut out = Shared::new(&log);
-        let mut batch = Batch::default();
+        let mut batch = OwedAcks::default();
         core.handle_message(now, addr(i), Message::connect(0), &mut batch, &mut out);
         core.end_batch(now, &mut batch, &mut out);
         let (to, ack) = out.acks.pop().expect("an Ack");
@@ -103,7 +103,7 @@ fn core_fed_from_many_threads() {
             let (core, log, ids, start) = (&core, &log, &ids, &start);
             s.spawn(move || {
                 let mut out = Shared::new(log);
-                let mut batch = Batch::default();
+                let mut batch = OwedAcks::default();
                 start.wait();
                 let mine: Vec<u64> = (1..=MESSAGES)
                     .filter(|s| *s as usize % THREADS == t)

@@ -242,8 +242,8 @@ impl ClientBuilder {
             ClientConfig {
                 params: options.params,
                 coalesce_acks: options.coalesce_acks,
-                send_buffer: options.send_buffer,
-                inbox: options.inbox,
+                send_buffer_limit: options.send_buffer,
+                inbox_limit: options.inbox,
                 reconnect: self.reconnect,
                 seed: rand::random(),
                 fallbacks: fallbacks.to_vec(),

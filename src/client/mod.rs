@@ -255,7 +255,7 @@ impl Client {
                 // Room in the inbox again (flow control).
                 let len = payload.len();
                 shared.read_done((), len);
-                if shared.role.holding.load(Ordering::Relaxed) {
+                if shared.role.withholding.load(Ordering::Relaxed) {
                     // A failure shows at the next call.
                     let _ = shared.run(|_, _, _| ());
                 }

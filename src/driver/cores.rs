@@ -13,14 +13,14 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use super::endpoint::Core;
-use crate::proto::{Batch, ClientCore, ClientOutput, ServerCore, ServerOutput, Sink};
+use crate::proto::{ClientCore, ClientOutput, OwedAcks, ServerCore, ServerOutput, Sink};
 use crate::ConnId;
 
 impl Core for ServerCore {
     type Output = ServerOutput;
     /// The connection a message was read from, or `None` for another event.
-    type Inbox = Option<ConnId>;
-    type Batch = Batch;
+    type InboxKey = Option<ConnId>;
+    type OwedAcks = OwedAcks;
     fn read_done(
         &self,
         now: Instant,
@@ -38,10 +38,10 @@ impl Core for ServerCore {
         &self,
         now: Instant,
         datagrams: impl Iterator<Item = (&'d [u8], SocketAddr, Option<IpAddr>)>,
-        batch: &mut Batch,
+        owed: &mut OwedAcks,
         out: &mut impl Sink<ServerOutput>,
     ) {
-        ServerCore::handle_batch_to(self, now, datagrams, batch, out);
+        ServerCore::handle_batch_to(self, now, datagrams, owed, out);
     }
     fn handle_epoch(&self, now: Instant, out: &mut impl Sink<ServerOutput>) {
         ServerCore::handle_epoch(self, now, out);
@@ -93,8 +93,8 @@ impl ClientCell {
 
 impl Core for ClientCell {
     type Output = ClientOutput;
-    type Inbox = ();
-    type Batch = ();
+    type InboxKey = ();
+    type OwedAcks = ();
     fn read_done(
         &self,
         now: Instant,

@@ -9,7 +9,7 @@
 //! * **receive threads** (one for a client, several for a server, sharing
 //!   the socket) take datagrams in batches and feed them to the core;
 //! * the **epoch thread** ticks the core every epoch, runs its timers, and
-//!   releases datagrams held back by the delay fault;
+//!   sends the datagrams the delay fault postponed;
 //! * the **close manager** waits for a close request, asks the core to
 //!   drain, waits until it has (or a deadline passes), then stops the other
 //!   threads, joins them and releases the socket.
@@ -73,13 +73,13 @@ pub(crate) trait Core: Send + Sync + 'static {
     /// What the core hands to the application side.
     type Output;
     /// Which inbox a read took a message from (a connection, or nothing).
-    type Inbox: PartialEq + Send + 'static;
+    type InboxKey: PartialEq + Send + 'static;
     /// What a receive thread keeps across one batch of datagrams.
-    type Batch: Default;
+    type OwedAcks: Default;
     fn read_done(
         &self,
         now: Instant,
-        inbox: Self::Inbox,
+        inbox: Self::InboxKey,
         messages: usize,
         bytes: usize,
         out: &mut impl Sink<Self::Output>,
@@ -91,7 +91,7 @@ pub(crate) trait Core: Send + Sync + 'static {
         &self,
         now: Instant,
         datagrams: impl Iterator<Item = (&'d [u8], SocketAddr, Option<IpAddr>)>,
-        batch: &mut Self::Batch,
+        owed: &mut Self::OwedAcks,
         out: &mut impl Sink<Self::Output>,
     );
     fn handle_epoch(&self, now: Instant, out: &mut impl Sink<Self::Output>);
@@ -137,10 +137,10 @@ pub(crate) struct Outlet<'a, R: Role> {
     io: &'a Io,
     role: &'a R,
     batch: &'a mut SendBatch,
-    /// Outputs held back until the core releases the lock they were made
+    /// Outputs kept until the core releases the lock they were made
     /// under ([`Sink::release`]): handed on as one burst, a reader blocked
     /// on the inbox wakes once for them rather than once each.
-    held: Vec<<R::Core as Core>::Output>,
+    pending: Vec<<R::Core as Core>::Output>,
     drained: bool,
 }
 
@@ -160,11 +160,11 @@ impl<R: Role> Sink<<R::Core as Core>::Output> for Outlet<'_, R> {
     }
 
     fn output(&mut self, output: <R::Core as Core>::Output) {
-        self.held.push(output);
+        self.pending.push(output);
     }
 
     fn release(&mut self) {
-        for output in self.held.drain(..) {
+        for output in self.pending.drain(..) {
             match self.role.publish(output) {
                 Published::Nothing => {}
                 Published::Drained => self.drained = true,
@@ -240,7 +240,7 @@ pub(crate) struct Shared<R: Role> {
     /// read never waits for a lock of the core's. A stale count only pauses
     /// receiving a little early; the peer's next retransmission is itself
     /// an input that delivers the count and resumes it.
-    reads: ReadLog<<R::Core as Core>::Inbox>,
+    reads: ReadLog<<R::Core as Core>::InboxKey>,
     rooms: Rooms,
     pub io: Io,
     pub role: R,
@@ -290,11 +290,11 @@ impl<R: Role> Shared<R> {
                 io: &self.io,
                 role: &self.role,
                 batch: &mut batch,
-                held: Vec::new(),
+                pending: Vec::new(),
                 drained: false,
             };
             // Reads from one inbox in a row are told in one call.
-            let mut pending: Option<(<R::Core as Core>::Inbox, usize, usize)> = None;
+            let mut pending: Option<(<R::Core as Core>::InboxKey, usize, usize)> = None;
             while let Ok((inbox, len)) = self.reads.1.try_recv() {
                 match &mut pending {
                     Some((of, messages, bytes)) if *of == inbox => {
@@ -335,7 +335,7 @@ impl<R: Role> Shared<R> {
     }
 
     /// Notes that the application took a message of `len` bytes from `inbox`.
-    pub(crate) fn read_done(&self, inbox: <R::Core as Core>::Inbox, len: usize) {
+    pub(crate) fn read_done(&self, inbox: <R::Core as Core>::InboxKey, len: usize) {
         let _ = self.reads.0.send((inbox, len));
     }
 

@@ -37,7 +37,7 @@ pub(crate) struct IoCounters {
     pub send_errors: AtomicU64,
 }
 
-/// A datagram held back by the delay fault.
+/// A datagram the delay fault postponed.
 pub(super) struct Delayed {
     pub(super) due: Instant,
     pub(super) bytes: Vec<u8>,
@@ -65,7 +65,7 @@ impl Ord for Delayed {
 
 /// A datagram the reorder fault holds back: its bytes, destination and
 /// the local address it leaves from.
-type HeldBack = (Vec<u8>, SocketAddr, Option<IpAddr>);
+type Reordered = (Vec<u8>, SocketAddr, Option<IpAddr>);
 
 /// A reused buffer datagrams are encoded into before they are sent (never
 /// blocking: see [`Io::send_raw`]), and the keys of the writers to wake
@@ -102,7 +102,7 @@ pub(crate) struct Io {
     pub(super) faults: Option<Injector>,
     delayed: Sender<Delayed>,
     /// Datagrams the reorder fault holds until the next send (or epoch).
-    held_back: Mutex<Vec<HeldBack>>,
+    reordered: Mutex<Vec<Reordered>>,
     pub counters: IoCounters,
     /// Signalled when a close has drained the core.
     pub(super) drained: Sender<()>,
@@ -132,7 +132,7 @@ impl Io {
             params,
             faults: Injector::new(faults),
             delayed,
-            held_back: Mutex::new(Vec::new()),
+            reordered: Mutex::new(Vec::new()),
             counters: IoCounters::default(),
             drained,
             follows_peer: AtomicBool::new(false),
@@ -180,12 +180,12 @@ impl Io {
                     from,
                 });
             } else if reorder {
-                self.held_back.lock().push((bytes.clone(), to, from));
+                self.reordered.lock().push((bytes.clone(), to, from));
             } else {
                 batch.bytes.extend_from_slice(&bytes);
                 batch.items.push((to, from, batch.bytes.len()));
-                for (held, to, from) in std::mem::take(&mut *self.held_back.lock()) {
-                    batch.bytes.extend_from_slice(&held);
+                for (later, to, from) in std::mem::take(&mut *self.reordered.lock()) {
+                    batch.bytes.extend_from_slice(&later);
                     batch.items.push((to, from, batch.bytes.len()));
                 }
             }
@@ -203,10 +203,10 @@ impl Io {
         batch.items.clear();
     }
 
-    /// Sends the datagrams the reorder fault held back.
-    pub(super) fn release_held_back(&self) {
-        let held = std::mem::take(&mut *self.held_back.lock());
-        for (bytes, to, from) in held {
+    /// Sends the datagrams the reorder fault put behind the next one.
+    pub(super) fn release_reordered(&self) {
+        let reordered = std::mem::take(&mut *self.reordered.lock());
+        for (bytes, to, from) in reordered {
             self.send_raw(&bytes, to, from);
         }
     }

@@ -39,10 +39,10 @@ pub(crate) struct ClientRole {
     pub(crate) events: Subscribers,
     /// Told once whether the first connect succeeded.
     connected: Mutex<Option<Sender<Result<ConnId, Error>>>>,
-    /// The connection holds Data for lack of room ([`ClientOutput::Holding`]):
+    /// The connection holds Data for lack of room ([`ClientOutput::Withholding`]):
     /// a read then tells the core at once, since the server waits for the
     /// acknowledgements that follow.
-    pub(crate) holding: AtomicBool,
+    pub(crate) withholding: AtomicBool,
 }
 
 impl ClientRole {
@@ -58,7 +58,7 @@ impl ClientRole {
             inbox: Inbox::new(),
             events,
             connected: Mutex::new(Some(connected)),
-            holding: AtomicBool::new(false),
+            withholding: AtomicBool::new(false),
         }
     }
 }
@@ -87,7 +87,9 @@ impl Role for ClientRole {
             ClientOutput::Reconnected { old, new } => {
                 let _ = self.inbox.tx.send(Item::Reconnected { old, new });
             }
-            ClientOutput::Holding(holding) => self.holding.store(holding, Ordering::Relaxed),
+            ClientOutput::Withholding(withholding) => {
+                self.withholding.store(withholding, Ordering::Relaxed)
+            }
             ClientOutput::Drained => return Published::Drained,
         }
         Published::Nothing
@@ -115,14 +117,14 @@ pub(crate) struct ServerRole {
     /// Connections the core said to discard ([`ServerOutput::Discard`],
     /// after `close_conn`) whose `Closed` event has not been read yet:
     /// their messages already in the inbox are skipped. Counted apart, as
-    /// `holding` is, so that a read costs one atomic load when there are none.
+    /// `withholding` is, so that a read costs one atomic load when there are none.
     discarding: Mutex<HashSet<ConnId>>,
     discarding_count: AtomicUsize,
-    /// Connections holding Data for lack of room ([`ServerOutput::Holding`]):
+    /// Connections withholding Data for lack of room ([`ServerOutput::Withholding`]):
     /// a read from one of them tells the core at once, since its peer
     /// waits for the acknowledgements that follow. Counted apart so that
     /// the common case (none) costs a read one atomic load.
-    holding: Mutex<HashSet<ConnId>>,
+    withholding: Mutex<HashSet<ConnId>>,
     holding_count: AtomicUsize,
     /// For a [`Listener`](crate::Listener): each connection's events go to
     /// its own handle.
@@ -137,7 +139,7 @@ impl ServerRole {
             events: Subscribers::default(),
             discarding: Mutex::new(HashSet::new()),
             discarding_count: AtomicUsize::new(0),
-            holding: Mutex::new(HashSet::new()),
+            withholding: Mutex::new(HashSet::new()),
             holding_count: AtomicUsize::new(0),
             router,
         }
@@ -159,8 +161,8 @@ impl ServerRole {
     }
 
     /// Whether connection `id` holds Data for lack of room in its inbox.
-    pub(crate) fn is_holding(&self, id: ConnId) -> bool {
-        self.holding_count.load(Ordering::Relaxed) > 0 && self.holding.lock().contains(&id)
+    pub(crate) fn is_withholding(&self, id: ConnId) -> bool {
+        self.holding_count.load(Ordering::Relaxed) > 0 && self.withholding.lock().contains(&id)
     }
 }
 
@@ -189,9 +191,9 @@ impl Role for ServerRole {
                     let _ = self.inbox.tx.send(event);
                 }
             },
-            ServerOutput::Holding { id, holding } => {
-                let mut set = self.holding.lock();
-                if holding {
+            ServerOutput::Withholding { id, withholding } => {
+                let mut set = self.withholding.lock();
+                if withholding {
                     set.insert(id);
                 } else {
                     set.remove(&id);

@@ -164,7 +164,7 @@ pub(super) fn receive_loop<R: Role>(
     // wildcard address): a control buffer per datagram, and its parsing.
     let mut datagrams = RecvBatch::new(batch_size, MAX_DATAGRAM + 1, io.receives_destinations());
     let mut errors = 0u32;
-    let mut batch = Default::default();
+    let mut owed = Default::default();
     loop {
         let received = datagrams.recv(&socket);
         if stop.load(Ordering::SeqCst) {
@@ -222,7 +222,7 @@ pub(super) fn receive_loop<R: Role>(
             let kept = (0..count)
                 .map(|i| datagrams.get(i))
                 .filter(|_| !io.faults.as_ref().is_some_and(|f| f.drop_read()));
-            core.handle_batch(now, kept, &mut batch, out);
+            core.handle_batch(now, kept, &mut owed, out);
         });
         if handled.is_err() {
             // Failed: the close manager stops everything.
@@ -239,10 +239,10 @@ pub(super) fn epoch_loop<R: Role>(
     let io = &shared.io;
     // `tick` has capacity one: a slow epoch merges ticks rather than bursting.
     let ticker = tick(io.params.epoch());
-    let mut held: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
+    let mut delayed: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
     loop {
         let core_due = shared.core.poll_timeout();
-        let due = match (held.peek().map(|Reverse(d)| d.due), core_due) {
+        let due = match (delayed.peek().map(|Reverse(d)| d.due), core_due) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -253,13 +253,13 @@ pub(super) fn epoch_loop<R: Role>(
         select! {
             recv(ticker) -> _ => {
                 if io.faults.is_some() {
-                    io.release_held_back();
+                    io.release_reordered();
                 }
                 if shared.run(|core, now, out| core.handle_epoch(now, out)).is_err() {
                     return;
                 }
             }
-            recv(delay_rx) -> d => if let Ok(d) = d { held.push(Reverse(d)) },
+            recv(delay_rx) -> d => if let Ok(d) = d { delayed.push(Reverse(d)) },
             recv(next_due) -> _ => {}
             recv(stop) -> _ => return,
         }
@@ -271,8 +271,8 @@ pub(super) fn epoch_loop<R: Role>(
         {
             return;
         }
-        while held.peek().is_some_and(|Reverse(d)| d.due <= now) {
-            if let Some(Reverse(d)) = held.pop() {
+        while delayed.peek().is_some_and(|Reverse(d)| d.due <= now) {
+            if let Some(Reverse(d)) = delayed.pop() {
                 io.send_raw(&d.bytes, d.to, d.from);
             }
         }

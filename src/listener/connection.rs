@@ -14,7 +14,7 @@ use crate::{ConnId, ConnStats, Error, Messages, Server};
 
 use super::Item;
 
-/// One client's connection, accepted by a [`Listener`]: read and write just
+/// One client's connection, accepted by a [`Listener`](crate::Listener): read and write just
 /// this peer, from any thread (`Send + Sync`; share it in an `Arc`).
 ///
 /// Every message of the peer comes to this handle, those that arrived

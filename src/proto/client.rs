@@ -54,9 +54,9 @@ pub struct ClientConfig {
     /// Acknowledge bursts of in-order Data once per batch.
     pub coalesce_acks: bool,
     /// Limit on written, unacknowledged messages.
-    pub send_buffer: Limit,
+    pub send_buffer_limit: Limit,
     /// Limit on delivered, unread messages.
-    pub inbox: Limit,
+    pub inbox_limit: Limit,
     /// Dial again after a loss, as this says.
     pub reconnect: Option<ReconnectPolicy>,
     /// Seeds the random source of reconnect delays and ISNs.
@@ -78,8 +78,8 @@ impl ClientConfig {
         ClientConfig {
             params,
             coalesce_acks: true,
-            send_buffer: DEFAULT_SEND_BUFFER,
-            inbox: DEFAULT_INBOX,
+            send_buffer_limit: DEFAULT_SEND_BUFFER,
+            inbox_limit: DEFAULT_INBOX,
             reconnect: None,
             seed: 0,
             fallbacks: Vec::new(),
@@ -117,11 +117,11 @@ pub enum ClientOutput {
         /// The new one.
         new: ConnId,
     },
-    /// The connection started (`true`) or stopped holding Data it could
+    /// The connection started (`true`) or stopped withholding Data it could
     /// not take for lack of room in the inbox: while it holds, a read
     /// should reach the core at once (see [`ClientCore::read_done`]), since
     /// the server waits for the acknowledgements it then sends.
-    Holding(bool),
+    Withholding(bool),
     /// A close asked for with [`ClientCore::close`] has finished.
     Drained,
 }
@@ -162,8 +162,8 @@ pub struct ClientCore {
     last_tried: SocketAddr,
     /// Send a Connect to the current address at once (the previous refused).
     connect_now: bool,
-    /// The connection holds Data it could not take ([`ClientOutput::Holding`]).
-    holding: bool,
+    /// The connection holds Data it could not take ([`ClientOutput::Withholding`]).
+    withholding: bool,
     conn: Conn,
     timing: Timing,
     /// The one source of truth for the client's lifecycle state.
@@ -197,7 +197,7 @@ impl ClientCore {
             .chain(config.fallbacks.iter().copied())
             .collect();
         let mut core = ClientCore {
-            holding: false,
+            withholding: false,
             refused: vec![false; addrs.len()],
             last_tried: server,
             addrs,
@@ -253,9 +253,9 @@ impl ClientCore {
 
     /// Whether a write would have to wait for room in the send buffer.
     pub fn is_full(&self) -> bool {
-        self.config.send_buffer.reached(
+        self.config.send_buffer_limit.reached(
             self.conn.unacked() + self.conn.queued(),
-            self.conn.buffered_bytes(),
+            self.conn.send_buffered().1,
         )
     }
 
@@ -519,11 +519,11 @@ impl ClientCore {
             let (buffered, buffered_bytes) = self.conn.reorder_buffered();
             let room = self
                 .config
-                .inbox
+                .inbox_limit
                 .room(self.unread.0 + buffered, self.unread.1 + buffered_bytes);
             let hold = Room {
                 messages: (self.config.params.window_size as usize)
-                    .saturating_sub(self.conn.held().0),
+                    .saturating_sub(self.conn.withheld().0),
                 ..Room::UNLIMITED
             };
             self.conn.set_receive_room(room, hold);
@@ -531,10 +531,11 @@ impl ClientCore {
                 break;
             }
         }
-        let holding = self.conn.held().0 > 0;
-        if holding != self.holding {
-            self.holding = holding;
-            self.outputs.push_back(ClientOutput::Holding(holding));
+        let withholding = self.conn.withheld().0 > 0;
+        if withholding != self.withholding {
+            self.withholding = withholding;
+            self.outputs
+                .push_back(ClientOutput::Withholding(withholding));
         }
         while let Some(event) = self.conn.poll_event() {
             let id = self.conn.conn_id();

@@ -107,7 +107,7 @@ pub use id::ConnId;
 pub use message::{max_payload, DecodeError, Message, MsgType, DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM};
 pub use polled::PolledServer;
 pub use server::{
-    Batch, ConnRef, Limit, ServerConfig, ServerCore, ServerOutput, ADMISSION_DIVISOR,
+    ConnRef, Limit, OwedAcks, ServerConfig, ServerCore, ServerOutput, ADMISSION_DIVISOR,
     AMPLIFICATION_FACTOR, CHALLENGE_EPOCHS, DEFAULT_BUDGET, DEFAULT_INBOX, DEFAULT_MAX_UNVALIDATED,
     DEFAULT_SEND_BUFFER, EVENT_COST, MAX_CONN_ID, RESERVE_DIVISOR,
 };

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::Deref;
 use std::time::Instant;
 
-use super::server::{Batch, ServerConfig, ServerCore, ServerOutput};
+use super::server::{OwedAcks, ServerConfig, ServerCore, ServerOutput};
 use super::sink::Collect;
 use super::{ConnId, Message};
 use super::{CoreError as Error, ServerEvent};
@@ -38,7 +38,7 @@ use super::{CoreError as Error, ServerEvent};
 #[derive(Debug)]
 pub struct PolledServer {
     core: ServerCore,
-    batch: Batch,
+    owed: OwedAcks,
     out: Collect<ServerOutput>,
 }
 
@@ -54,7 +54,7 @@ impl PolledServer {
     pub fn new(config: ServerConfig) -> PolledServer {
         PolledServer {
             core: ServerCore::new(config),
-            batch: Batch::default(),
+            owed: OwedAcks::default(),
             out: Collect::default(),
         }
     }
@@ -67,7 +67,7 @@ impl PolledServer {
     /// See [`ServerCore::handle`].
     pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         self.core
-            .handle(now, from, datagram, &mut self.batch, &mut self.out);
+            .handle(now, from, datagram, &mut self.owed, &mut self.out);
     }
 
     /// See [`ServerCore::handle_to`]: what the connection this datagram
@@ -80,18 +80,18 @@ impl PolledServer {
         datagram: &[u8],
     ) {
         self.core
-            .handle_to(now, from, local, datagram, &mut self.batch, &mut self.out);
+            .handle_to(now, from, local, datagram, &mut self.owed, &mut self.out);
     }
 
     /// See [`ServerCore::handle_message`].
     pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message<'_>) {
         self.core
-            .handle_message(now, from, msg, &mut self.batch, &mut self.out);
+            .handle_message(now, from, msg, &mut self.owed, &mut self.out);
     }
 
     /// See [`ServerCore::end_batch`].
     pub fn end_batch(&mut self, now: Instant) {
-        self.core.end_batch(now, &mut self.batch, &mut self.out);
+        self.core.end_batch(now, &mut self.owed, &mut self.out);
     }
 
     /// See [`ServerCore::handle_epoch`].

@@ -61,7 +61,7 @@ pub struct ConnStats {
     pub paused_drops: u64,
     /// In-window Data kept unacknowledged while the inbox was full and
     /// acknowledged as soon as the application read.
-    pub held_back: u64,
+    pub withheld: u64,
     /// Messages sent and not yet acknowledged.
     pub unacked: usize,
     /// Messages written but not yet sent (waiting for the window).
@@ -225,7 +225,7 @@ impl Timing {
             malformed_received: self.malformed,
             rejected: self.rejected,
             paused_drops: c.paused_drops,
-            held_back: c.held_back,
+            withheld: c.withheld,
             unacked: conn.unacked(),
             queued: conn.queued(),
             rtt: self.rtt,

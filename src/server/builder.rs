@@ -222,8 +222,8 @@ impl ServerBuilder {
                     let mut config = ServerConfig::new(options.params);
                     config.max_connections = self.max_connections.unwrap_or(usize::MAX);
                     config.coalesce_acks = options.coalesce_acks;
-                    config.send_buffer = options.send_buffer;
-                    config.inbox = options.inbox;
+                    config.send_buffer_limit = options.send_buffer;
+                    config.inbox_limit = options.inbox;
                     config.budget = self.memory_budget.unwrap_or(DEFAULT_BUDGET);
                     config.floor = ServerConfig::floor_for(options.params, options.max_payload);
                     // Each handle's events wait in its own queue: at most two.

@@ -419,7 +419,7 @@ impl Server {
         let role = &shared.role;
         // Room in the connection's inbox again (flow control).
         shared.read_done(Some(id), len);
-        if role.is_holding(id) {
+        if role.is_withholding(id) {
             // Its peer waits for what this read lets us acknowledge. (A
             // failure shows at the next call.)
             let _ = shared.run(|_, _, _| ());

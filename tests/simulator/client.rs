@@ -214,13 +214,18 @@ impl Sim {
         if conn.unacked() > m {
             violations.push(format!("{} unacknowledged, max {m}", conn.unacked()));
         }
-        if conn.buffered() > (w as usize).saturating_sub(1) {
-            violations.push(format!("{} buffered, window {w}", conn.buffered()));
+        if conn.reorder_buffered().0 > (w as usize).saturating_sub(1) {
+            violations.push(format!(
+                "{} buffered, window {w}",
+                conn.reorder_buffered().0
+            ));
         }
         if conn.phase() == Phase::Closing && conn.is_idle() {
             violations.push("closing, everything acknowledged, but not drained".into());
         }
-        if t.end.is_some_and(|e| e != End::Vanished) && (!conn.is_idle() || conn.buffered() != 0) {
+        if t.end.is_some_and(|e| e != End::Vanished)
+            && (!conn.is_idle() || conn.reorder_buffered().0 != 0)
+        {
             violations.push("state left behind after the connection ended".into());
         }
         if conn.isn() == t.isn {

@@ -151,7 +151,7 @@ impl Sim {
         self.stall_expiring.clear();
         for id in ids {
             // An epoch whose datagrams were held back does not count.
-            let excused = self.server.held_back_this_epoch(ConnId::from(id));
+            let excused = self.server.unsent_this_epoch(ConnId::from(id));
             let conn = self.server.conn(ConnId::from(id)).expect("live");
             let in_flight: BTreeSet<u64> = conn.in_flight().collect();
             let t = self.sconns.get_mut(&id).expect("live");

@@ -193,8 +193,11 @@ impl Sim {
                 violations.push((id, format!("{} unacknowledged, max {m}", conn.unacked())));
             }
             // At most W - 1 can wait: the next expected one is delivered, not buffered.
-            if conn.buffered() > (w as usize).saturating_sub(1) {
-                violations.push((id, format!("{} buffered, window {w}", conn.buffered())));
+            if conn.reorder_buffered().0 > (w as usize).saturating_sub(1) {
+                violations.push((
+                    id,
+                    format!("{} buffered, window {w}", conn.reorder_buffered().0),
+                ));
             }
             if conn.phase() == Phase::Closing && conn.is_idle() {
                 violations.push((

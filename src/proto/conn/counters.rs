@@ -35,7 +35,7 @@ pub struct Counters {
     /// In-window Data kept unacknowledged because the inbox was full, and
     /// acknowledged as soon as the application read (no wait for the
     /// sender's next retransmission).
-    pub held_back: u64,
+    pub withheld: u64,
     /// Draining connections given up because the peer acknowledged
     /// nothing for the stall limit (see
     /// [`Conn::stall_limit`](super::Conn::stall_limit)).

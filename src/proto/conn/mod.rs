@@ -363,8 +363,8 @@ impl Conn {
                 self.recv.delivered.clear();
                 // Never acknowledged: the peer sends them again, and a
                 // closing connection then consumes them.
-                self.recv.held.clear();
-                self.recv.held_bytes = 0;
+                self.recv.withheld.clear();
+                self.recv.withheld_bytes = 0;
                 // The receive window stays: the peer may be closing too, and
                 // only a window that keeps moving lets its last messages in.
                 self.check_drained();

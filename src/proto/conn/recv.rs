@@ -22,13 +22,13 @@ pub(super) struct RecvBuffer {
     /// How much more Data may be taken and acknowledged, and how much more
     /// may be held unacknowledged (flow control: see [`Conn::set_receive_room`]).
     pub(super) room: Room,
-    pub(super) hold_room: Room,
+    pub(super) withhold_room: Room,
     /// In-window Data received while there was no room, not acknowledged:
     /// taken (and acknowledged) as soon as there is room again. Never also
     /// in `window`, and always empty unless the connection is open.
-    pub(super) held: BTreeMap<u64, Vec<u8>>,
+    pub(super) withheld: BTreeMap<u64, Vec<u8>>,
     /// Payload bytes in `held`.
-    pub(super) held_bytes: usize,
+    pub(super) withheld_bytes: usize,
 }
 
 impl RecvBuffer {
@@ -40,9 +40,9 @@ impl RecvBuffer {
             window_bytes: 0,
             delivered: VecDeque::new(),
             room: Room::UNLIMITED,
-            hold_room: Room::NONE,
-            held: BTreeMap::new(),
-            held_bytes: 0,
+            withhold_room: Room::NONE,
+            withheld: BTreeMap::new(),
+            withheld_bytes: 0,
         }
     }
 }
@@ -53,11 +53,6 @@ impl Conn {
         self.recv.expected
     }
 
-    /// Out-of-order messages buffered for delivery.
-    pub fn buffered(&self) -> usize {
-        self.recv.window.len()
-    }
-
     /// Out-of-order messages buffered for delivery and their payload bytes
     /// (acknowledged, so they count against the inbox).
     pub fn reorder_buffered(&self) -> (usize, usize) {
@@ -66,8 +61,8 @@ impl Conn {
 
     /// Messages received while there was no room, held unacknowledged, and
     /// their payload bytes.
-    pub fn held(&self) -> (usize, usize) {
-        (self.recv.held.len(), self.recv.held_bytes)
+    pub fn withheld(&self) -> (usize, usize) {
+        (self.recv.withheld.len(), self.recv.withheld_bytes)
     }
 
     /// Whether [`poll_delivered`](Conn::poll_delivered) has a payload.
@@ -100,7 +95,7 @@ impl Conn {
             self.counters.duplicates_received += 1;
             return Ok(());
         }
-        if self.recv.held.contains_key(&sn) {
+        if self.recv.withheld.contains_key(&sn) {
             // Still held: it is acknowledged once it is taken.
             self.counters.duplicates_received += 1;
             return Ok(());
@@ -108,13 +103,13 @@ impl Conn {
         let len = msg.payload.len();
         // A closing connection consumes without delivering: it needs no room.
         if self.phase == Phase::Open && !self.recv.room.fits(len) {
-            if self.recv.hold_room.fits(len) {
+            if self.recv.withhold_room.fits(len) {
                 // Kept, unacknowledged, so that the application's
                 // next read can take it at once.
-                self.recv.hold_room.take(len);
-                self.recv.held_bytes += len;
-                self.recv.held.insert(sn, msg.payload.into_owned());
-                self.counters.held_back += 1;
+                self.recv.withhold_room.take(len);
+                self.recv.withheld_bytes += len;
+                self.recv.withheld.insert(sn, msg.payload.into_owned());
+                self.counters.withheld += 1;
                 return Ok(());
             }
             // No room: take nothing new, as if it was lost; the
@@ -160,18 +155,18 @@ impl Conn {
     /// ```
     pub fn set_receive_room(&mut self, room: Room, hold: Room) {
         self.recv.room = room;
-        self.recv.hold_room = hold;
-        if self.recv.held.is_empty() || self.phase != Phase::Open {
+        self.recv.withhold_room = hold;
+        if self.recv.withheld.is_empty() || self.phase != Phase::Open {
             return;
         }
         let mut taken = false;
-        while let Some(entry) = self.recv.held.first_entry() {
+        while let Some(entry) = self.recv.withheld.first_entry() {
             let len = entry.get().len();
             if !self.recv.room.fits(len) {
                 break;
             }
             let (sn, payload) = entry.remove_entry();
-            self.recv.held_bytes -= len;
+            self.recv.withheld_bytes -= len;
             self.take(sn, payload);
             taken = true;
         }
@@ -203,8 +198,8 @@ impl Conn {
     pub(super) fn clear_received(&mut self) {
         self.recv.window.clear();
         self.recv.window_bytes = 0;
-        self.recv.held.clear();
-        self.recv.held_bytes = 0;
+        self.recv.withheld.clear();
+        self.recv.withheld_bytes = 0;
     }
 
     /// Takes the message numbered `expected`.

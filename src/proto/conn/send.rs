@@ -71,11 +71,6 @@ impl Conn {
         self.send.out.len() - self.send.sent
     }
 
-    /// Payload bytes written and not yet acknowledged (sent or queued).
-    pub fn buffered_bytes(&self) -> usize {
-        self.send.out_bytes
-    }
-
     /// Oldest unacknowledged sequence number (or the next to send).
     pub fn oldest_unacked(&self) -> u64 {
         self.send.base

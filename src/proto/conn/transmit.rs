@@ -13,19 +13,13 @@ pub(super) enum Transmit {
 }
 
 impl Conn {
-    /// Whether [`poll_transmit`](Conn::poll_transmit) has something to send.
-    pub fn has_transmit(&mut self) -> bool {
-        while let Some(&t) = self.transmits.front() {
-            if let Transmit::Data(sn) = t {
-                if !self.is_unacked(sn) {
-                    // Acknowledged since it was queued: nothing to send.
-                    self.transmits.pop_front();
-                    continue;
-                }
-            }
-            return true;
-        }
-        false
+    /// Whether [`poll_transmit`](Conn::poll_transmit) has something to send
+    /// (Data acknowledged since it was queued is not sent).
+    pub fn has_transmit(&self) -> bool {
+        self.transmits.iter().any(|&t| match t {
+            Transmit::Data(sn) => self.is_unacked(sn),
+            _ => true,
+        })
     }
 
     /// The next datagram to send, if any. Data borrows its queued payload.

@@ -45,11 +45,11 @@ impl ServerCore {
             return Ok(());
         }
         slot.conn.close();
-        // Messages held back while it was not writable are not read now.
-        let held_bytes: usize = slot.held.iter().map(Vec::len).sum();
-        slot.unread.0 = slot.unread.0.saturating_sub(slot.held.len());
-        slot.unread.1 = slot.unread.1.saturating_sub(held_bytes);
-        slot.held.clear();
+        // Its backlog (delivered while it was not writable) is not read now.
+        let backlog_bytes: usize = slot.backlog.iter().map(Vec::len).sum();
+        slot.unread.0 = slot.unread.0.saturating_sub(slot.backlog.len());
+        slot.unread.1 = slot.unread.1.saturating_sub(backlog_bytes);
+        slot.backlog.clear();
         out.output(ServerOutput::Discard { id });
         state_change(now, Some(id), slot.addr, ConnState::Closing, out);
         out.output(ServerOutput::App(ServerEvent::Closed { id }));
@@ -129,11 +129,11 @@ impl ServerCore {
             slot.unwritable = false;
             self.pool.unwritable.fetch_sub(1, Relaxed);
         }
-        if slot.holding {
-            slot.holding = false;
-            out.output(ServerOutput::Holding {
+        if slot.withholding {
+            slot.withholding = false;
+            out.output(ServerOutput::Withholding {
                 id: ConnId(slot.id),
-                holding: false,
+                withholding: false,
             });
         }
     }
@@ -155,7 +155,7 @@ impl ServerCore {
         slot.conn.abort();
         bump(&self.totals.lost);
         if reading {
-            hand_out(id, &mut slot.held, out);
+            hand_out(id, &mut slot.backlog, out);
             out.output(ServerOutput::App(ServerEvent::Lost { id: ConnId(id) }));
         }
         state_change(now, Some(ConnId(id)), slot.addr, ConnState::Lost, out);
@@ -206,7 +206,7 @@ impl ServerCore {
         // Its end is announced first, then it leaves the table: whoever
         // sees `Drained` has seen every connection's end.
         if !slot.conn.closed_by_app() {
-            hand_out(id, &mut slot.held, out);
+            hand_out(id, &mut slot.backlog, out);
             if state == ConnState::Lost {
                 out.output(ServerOutput::App(ServerEvent::Lost { id: ConnId(id) }));
             }

@@ -131,9 +131,9 @@ pub struct ServerConfig {
     pub coalesce_acks: bool,
     /// Per-connection limit on written, unacknowledged messages. Past it the
     /// connection is not writable (see [`ServerCore::is_writable`](super::ServerCore::is_writable)).
-    pub send_buffer: Limit,
+    pub send_buffer_limit: Limit,
     /// Per-connection limit on delivered, unread messages.
-    pub inbox: Limit,
+    pub inbox_limit: Limit,
     /// Server-wide memory budget in bytes, beyond each connection's floor.
     pub budget: usize,
     /// Memory each connection may use outside the shared budget: a window's
@@ -163,8 +163,8 @@ impl ServerConfig {
             params,
             max_connections: usize::MAX,
             coalesce_acks: true,
-            send_buffer: DEFAULT_SEND_BUFFER,
-            inbox: DEFAULT_INBOX,
+            send_buffer_limit: DEFAULT_SEND_BUFFER,
+            inbox_limit: DEFAULT_INBOX,
             budget: DEFAULT_BUDGET,
             floor: ServerConfig::floor_for(params, max_payload(DEFAULT_MAX_DATAGRAM)),
             max_unvalidated: DEFAULT_MAX_UNVALIDATED,

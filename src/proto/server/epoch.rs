@@ -23,8 +23,8 @@ impl ServerCore {
             locked(&cell, out, |slot, out| {
                 self.tick(now, id, slot, out);
                 if !slot.gone {
-                    let holding = slot.conn.held().0 > 0 && !slot.inbox_full(&self.config);
-                    let wants_more = std::mem::take(&mut slot.wants_more) || holding;
+                    let withholding = slot.conn.withheld().0 > 0 && !slot.inbox_full(&self.config);
+                    let wants_more = std::mem::take(&mut slot.wants_more) || withholding;
                     draws.push((slot.drawn(&self.config), wants_more));
                 }
             });
@@ -50,7 +50,7 @@ impl ServerCore {
             }
             slot.challenge = Some(left - 1);
         }
-        if std::mem::take(&mut slot.held_back) {
+        if std::mem::take(&mut slot.unsent) {
             // Its peer could not have acknowledged what never left.
             slot.conn.excuse_stall();
         }

@@ -109,7 +109,7 @@ impl ServerCore {
     }
 
     /// The application read `messages` messages of `bytes` bytes in all from
-    /// connection `id`: room in its inbox again. Data the connection held
+    /// connection `id`: room in its inbox again. Data the connection withheld
     /// for lack of room is taken and acknowledged now.
     pub fn read_done(
         &self,
@@ -146,8 +146,8 @@ impl ServerCore {
             while let Some(payload) = slot.conn.poll_delivered() {
                 slot.unread.0 += 1;
                 slot.unread.1 += payload.len();
-                if slot.unwritable || !slot.held.is_empty() {
-                    slot.held.push_back(payload);
+                if slot.unwritable || !slot.backlog.is_empty() {
+                    slot.backlog.push_back(payload);
                 } else {
                     out.output(ServerOutput::App(ServerEvent::Message {
                         id: ConnId(id),
@@ -157,7 +157,7 @@ impl ServerCore {
             }
             // Writability, with hysteresis: off at the limit, on at half.
             let (messages, bytes) = slot.conn.send_buffered();
-            let limit = self.config.send_buffer;
+            let limit = self.config.send_buffer_limit;
             if !slot.unwritable && limit.reached(messages, bytes) {
                 slot.unwritable = true;
                 self.pool.unwritable.fetch_add(1, Relaxed);
@@ -165,7 +165,7 @@ impl ServerCore {
             {
                 slot.unwritable = false;
                 self.pool.unwritable.fetch_sub(1, Relaxed);
-                hand_out(id, &mut slot.held, out);
+                hand_out(id, &mut slot.backlog, out);
                 if slot.conn.phase() == Phase::Open {
                     if self.config.charge_events {
                         self.pool.events_out(1);
@@ -185,12 +185,12 @@ impl ServerCore {
             );
             slot.charged = charged;
             slot.set_room(&self.config, &self.pool);
-            let holding = slot.conn.held().0 > 0;
-            if holding != slot.holding {
-                slot.holding = holding;
-                out.output(ServerOutput::Holding {
+            let withholding = slot.conn.withheld().0 > 0;
+            if withholding != slot.withholding {
+                slot.withholding = withholding;
+                out.output(ServerOutput::Withholding {
                     id: ConnId(id),
-                    holding,
+                    withholding,
                 });
             }
             if !slot.conn.has_delivered() {

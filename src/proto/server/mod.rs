@@ -16,13 +16,13 @@
 //!
 //! ```
 //! use std::time::Instant;
-//! use liveseq::proto::{Batch, Collect, Message, ServerConfig, ServerCore, ServerOutput};
+//! use liveseq::proto::{OwedAcks, Collect, Message, ServerConfig, ServerCore, ServerOutput};
 //! use liveseq::{ConnState, Params, ServerEvent};
 //!
 //! let now = Instant::now();
 //! let client: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
 //! let core = ServerCore::new(ServerConfig::new(Params::default()));
-//! let (mut batch, mut out) = (Batch::default(), Collect::default());
+//! let (mut batch, mut out) = (OwedAcks::default(), Collect::default());
 //! core.handle(now, client, &encode(&Message::connect(7)), &mut batch, &mut out);
 //! core.end_batch(now, &mut batch, &mut out);
 //! let (to, ack) = out.poll_transmit().unwrap();
@@ -65,7 +65,7 @@ pub use self::config::{
     DEFAULT_INBOX, DEFAULT_MAX_UNVALIDATED, DEFAULT_SEND_BUFFER, EVENT_COST, MAX_CONN_ID,
     RESERVE_DIVISOR,
 };
-pub use self::output::{Batch, ConnRef, ServerOutput};
+pub use self::output::{ConnRef, OwedAcks, ServerOutput};
 
 use self::counters::{Pool, Totals};
 use self::slot::Slot;
@@ -134,13 +134,13 @@ use super::{ConnState, ServerEvent};
 ///   incoming messages wait in its inbox instead of reaching the
 ///   application (which keeps acknowledging until the inbox is full), so the
 ///   peer that causes the backlog is the one slowed down. When it is
-///   writable again, a [`ServerEvent::Writable`] follows its held messages.
+///   writable again, a [`ServerEvent::Writable`] follows its backlog.
 ///   One that acknowledges nothing for its stall limit
 ///   ([`Conn::stall_limit`](crate::proto::Conn::stall_limit): `epoch_limit` epochs plus the back-off cap)
 ///   while not writable is ended `Lost` as a slow consumer.
 /// * Memory: every connection is charged what it holds (payloads plus
 ///   [`MESSAGE_OVERHEAD`](crate::proto::MESSAGE_OVERHEAD) per message: send
-///   buffer, inbox, reorder buffer, held Data), and queued application
+///   buffer, inbox, reorder buffer, withheld Data), and queued application
 ///   events cost [`EVENT_COST`] each. Beyond its floor a connection draws
 ///   from the shared budget, less a reserve of a sixteenth
 ///   ([`RESERVE_DIVISOR`]) that only admissions use, so a Connect finds room
@@ -246,11 +246,11 @@ impl ServerCore {
         self.with_slot(id, |s| s.validated).unwrap_or(false)
     }
 
-    /// Whether datagrams of connection `id` were held back since the last
+    /// Whether datagrams of connection `id` went unsent since the last
     /// epoch (the 3x limit, a challenge): its next epoch does not count
     /// toward its stall limit (see [`Conn::excuse_stall`](crate::proto::Conn::excuse_stall)).
-    pub fn held_back_this_epoch(&self, id: ConnId) -> bool {
-        self.with_slot(id, |s| s.held_back).unwrap_or(false)
+    pub fn unsent_this_epoch(&self, id: ConnId) -> bool {
+        self.with_slot(id, |s| s.unsent).unwrap_or(false)
     }
 
     /// Connection `id`'s state machine, locked, for tests and tools.
@@ -360,7 +360,7 @@ impl ServerCore {
 }
 
 /// A connection's slot, locked, as a batch holds it across datagrams.
-type Held = ArcMutexGuard<RawMutex, Slot>;
+type LockedSlot = ArcMutexGuard<RawMutex, Slot>;
 
 /// Runs `f` on `cell`'s slot under its lock, and tells `out` to pass on
 /// what it holds before the lock is released (see [`Sink::release`]).
@@ -377,8 +377,8 @@ fn locked<S: Sink<ServerOutput>, T>(
 
 /// Releases the connection a batch holds, after `out` passed on what it
 /// holds for it.
-fn release(held: &mut Option<(SocketAddr, Held)>, out: &mut impl Sink<ServerOutput>) {
-    if let Some((_, slot)) = held.take() {
+fn release(locked_slot: &mut Option<(SocketAddr, LockedSlot)>, out: &mut impl Sink<ServerOutput>) {
+    if let Some((_, slot)) = locked_slot.take() {
         out.release();
         // Only now: another thread's outputs for it must come after.
         drop(slot);
@@ -400,9 +400,10 @@ fn state_change(
     });
 }
 
-/// Hands messages held back from connection `id` to the application.
-fn hand_out(id: u32, held: &mut VecDeque<Vec<u8>>, out: &mut impl Sink<ServerOutput>) {
-    for payload in held.drain(..) {
+/// Hands connection `id`'s backlog (messages delivered while it was not
+/// writable) to the application.
+fn hand_out(id: u32, backlog: &mut VecDeque<Vec<u8>>, out: &mut impl Sink<ServerOutput>) {
+    for payload in backlog.drain(..) {
         out.output(ServerOutput::App(ServerEvent::Message {
             id: ConnId(id),
             payload,

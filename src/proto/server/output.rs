@@ -1,5 +1,5 @@
 //! What the server core hands out besides datagrams, and the handles it
-//! lends: the per-thread [`Batch`] and a locked [`ConnRef`].
+//! lends: the per-thread [`OwedAcks`] and a locked [`ConnRef`].
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -33,15 +33,15 @@ pub enum ServerOutput {
     },
     /// The next thing for the application's read loop.
     App(ServerEvent),
-    /// Connection `id` started (`true`) or stopped holding Data it could not
+    /// Connection `id` started (`true`) or stopped withholding Data it could not
     /// take for lack of room: while it holds, a read that makes room should
     /// reach the core at once (see [`ServerCore::read_done`](super::ServerCore::read_done)), since the
     /// peer waits for the acknowledgements it then sends.
-    Holding {
+    Withholding {
         /// The connection.
         id: ConnId,
         /// Whether it holds Data now.
-        holding: bool,
+        withholding: bool,
     },
     /// Connection `id`'s send buffer was at its limit and has room again:
     /// a writer waiting for room ([`ServerCore::is_full`](super::ServerCore::is_full)) should look
@@ -65,12 +65,14 @@ pub enum ServerOutput {
     Drained,
 }
 
-/// Connections that received Data in one batch of datagrams and may owe an
-/// acknowledgement at its end ([`ServerCore::end_batch`](super::ServerCore::end_batch)). One per thread
-/// that feeds the core; reuse it.
+/// The connections that received Data in one batch of datagrams and may
+/// owe an acknowledgement at its end
+/// ([`ServerCore::end_batch`](super::ServerCore::end_batch)), so that a
+/// burst is acknowledged once (a CAck) rather than message by message. One
+/// per thread that feeds the core; reuse it.
 #[derive(Debug, Default)]
-pub struct Batch {
-    pub(super) owed: Vec<Cell>,
+pub struct OwedAcks {
+    pub(super) conns: Vec<Cell>,
 }
 
 /// A handle on one connection's state machine, locked: for tests and tools

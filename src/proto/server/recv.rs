@@ -9,9 +9,9 @@ use std::time::Instant;
 use parking_lot::lock_api::ArcMutexGuard;
 
 use super::counters::bump;
-use super::output::{Batch, ServerOutput};
+use super::output::{OwedAcks, ServerOutput};
 use super::table::Cell;
-use super::{locked, release, Held, ServerCore};
+use super::{locked, release, LockedSlot, ServerCore};
 use crate::proto::conn::{Rejected, MAX_ISN};
 use crate::proto::message::{log_malformed, DecodeError, Message, MsgType};
 use crate::proto::sink::Sink;
@@ -27,10 +27,10 @@ impl ServerCore {
         now: Instant,
         from: SocketAddr,
         datagram: &[u8],
-        batch: &mut Batch,
+        owed: &mut OwedAcks,
         out: &mut impl Sink<ServerOutput>,
     ) {
-        self.handle_all(now, [(datagram, from, None)], batch, out);
+        self.handle_all(now, [(datagram, from, None)], owed, out);
     }
 
     /// [`handle`](Self::handle) for a datagram sent to `local` (see
@@ -41,10 +41,10 @@ impl ServerCore {
         from: SocketAddr,
         local: Option<IpAddr>,
         datagram: &[u8],
-        batch: &mut Batch,
+        owed: &mut OwedAcks,
         out: &mut impl Sink<ServerOutput>,
     ) {
-        self.handle_all(now, [(datagram, from, local)], batch, out);
+        self.handle_all(now, [(datagram, from, local)], owed, out);
     }
 
     /// A batch of datagrams, then its end ([`end_batch`](Self::end_batch)).
@@ -55,12 +55,12 @@ impl ServerCore {
         &self,
         now: Instant,
         datagrams: impl IntoIterator<Item = (&'d [u8], SocketAddr)>,
-        batch: &mut Batch,
+        owed: &mut OwedAcks,
         out: &mut impl Sink<ServerOutput>,
     ) {
         let datagrams = datagrams.into_iter().map(|(d, from)| (d, from, None));
-        self.handle_all(now, datagrams, batch, out);
-        self.end_batch(now, batch, out);
+        self.handle_all(now, datagrams, owed, out);
+        self.end_batch(now, owed, out);
     }
 
     /// [`handle_batch`](Self::handle_batch), each datagram with the address
@@ -73,11 +73,11 @@ impl ServerCore {
         &self,
         now: Instant,
         datagrams: impl IntoIterator<Item = (&'d [u8], SocketAddr, Option<IpAddr>)>,
-        batch: &mut Batch,
+        owed: &mut OwedAcks,
         out: &mut impl Sink<ServerOutput>,
     ) {
-        self.handle_all(now, datagrams, batch, out);
-        self.end_batch(now, batch, out);
+        self.handle_all(now, datagrams, owed, out);
+        self.end_batch(now, owed, out);
     }
 
     /// [`handle_batch`](Self::handle_batch) without its end.
@@ -85,28 +85,28 @@ impl ServerCore {
         &self,
         now: Instant,
         datagrams: impl IntoIterator<Item = (&'d [u8], SocketAddr, Option<IpAddr>)>,
-        batch: &mut Batch,
+        owed: &mut OwedAcks,
         out: &mut impl Sink<ServerOutput>,
     ) {
-        let mut held: Option<(SocketAddr, Held)> = None;
+        let mut locked_slot: Option<(SocketAddr, LockedSlot)> = None;
         for (datagram, from, local) in datagrams {
             let msg = match Message::decode(datagram) {
                 Ok(msg) => msg,
                 Err(err) => {
-                    release(&mut held, out);
+                    release(&mut locked_slot, out);
                     self.malformed(from, datagram, err);
                     continue;
                 }
             };
             if msg.kind == MsgType::Connect {
-                release(&mut held, out);
+                release(&mut locked_slot, out);
                 self.handle_connect(now, from, local, msg.seq_num, datagram.len(), out);
                 continue;
             }
-            if held.as_ref().map(|(at, _)| *at) != Some(from) {
-                release(&mut held, out);
+            if locked_slot.as_ref().map(|(at, _)| *at) != Some(from) {
+                release(&mut locked_slot, out);
                 match self.route(from) {
-                    Some(cell) => held = Some((from, cell.lock_arc())),
+                    Some(cell) => locked_slot = Some((from, cell.lock_arc())),
                     None => {
                         log::debug!("dropped {msg:?} from {from}: no connection from this address");
                         bump(&self.totals.rejected);
@@ -114,11 +114,11 @@ impl ServerCore {
                     }
                 }
             }
-            if let Some((_, slot)) = &mut held {
-                self.on_message(now, from, slot, msg, datagram.len(), batch, out);
+            if let Some((_, slot)) = &mut locked_slot {
+                self.on_message(now, from, slot, msg, datagram.len(), owed, out);
             }
         }
-        release(&mut held, out);
+        release(&mut locked_slot, out);
     }
 
     /// A decoded message arrived from `from` (as if in a datagram of its
@@ -128,7 +128,7 @@ impl ServerCore {
         now: Instant,
         from: SocketAddr,
         msg: Message<'_>,
-        batch: &mut Batch,
+        owed: &mut OwedAcks,
         out: &mut impl Sink<ServerOutput>,
     ) {
         let len = msg.encoded_len();
@@ -142,7 +142,7 @@ impl ServerCore {
             return;
         };
         let mut slot = cell.lock_arc();
-        self.on_message(now, from, &mut slot, msg, len, batch, out);
+        self.on_message(now, from, &mut slot, msg, len, owed, out);
         out.release();
     }
 
@@ -188,10 +188,10 @@ impl ServerCore {
         &self,
         now: Instant,
         from: SocketAddr,
-        slot: &mut Held,
+        slot: &mut LockedSlot,
         msg: Message<'_>,
         len: usize,
-        batch: &mut Batch,
+        owed: &mut OwedAcks,
         out: &mut impl Sink<ServerOutput>,
     ) {
         if slot.gone {
@@ -218,8 +218,8 @@ impl ServerCore {
         if msg.kind == MsgType::Data {
             if self.config.coalesce_acks {
                 let cell = ArcMutexGuard::mutex(slot);
-                if !batch.owed.iter().any(|c| Arc::ptr_eq(c, cell)) {
-                    batch.owed.push(cell.clone());
+                if !owed.conns.iter().any(|c| Arc::ptr_eq(c, cell)) {
+                    owed.conns.push(cell.clone());
                 }
             }
             // Other connections may have used the shared budget since.
@@ -245,8 +245,8 @@ impl ServerCore {
     }
 
     /// The end of a batch of datagrams: owed acknowledgements go out.
-    pub fn end_batch(&self, now: Instant, batch: &mut Batch, out: &mut impl Sink<ServerOutput>) {
-        for cell in batch.owed.drain(..) {
+    pub fn end_batch(&self, now: Instant, owed: &mut OwedAcks, out: &mut impl Sink<ServerOutput>) {
+        for cell in owed.conns.drain(..) {
             locked(&cell, out, |slot, out| {
                 if !slot.gone {
                     slot.conn.flush_acks();

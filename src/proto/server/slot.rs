@@ -24,11 +24,11 @@ pub(crate) struct Slot {
     /// It has left the table: a thread that looked it up before that finds
     /// it here once it has the lock, and handles nothing more for it.
     pub gone: bool,
-    /// Delivered and not yet read (flow control), the messages in `held` included.
+    /// Delivered and not yet read (flow control), the messages in `backlog` included.
     pub unread: (usize, usize),
     /// Delivered while the connection was not writable: handed to the
     /// application once it is (Netty's auto-read, off).
-    pub held: VecDeque<Vec<u8>>,
+    pub backlog: VecDeque<Vec<u8>>,
     /// Its send buffer passed its limit and has not yet drained to half.
     pub unwritable: bool,
     /// Its send buffer is at its limit (a `try_write` fails): when that
@@ -44,13 +44,13 @@ pub(crate) struct Slot {
     pub challenge: Option<u32>,
     /// Memory charged to the connection now.
     pub charged: usize,
-    /// The connection holds Data it could not take (`Holding` output).
-    pub holding: bool,
+    /// The connection holds Data it could not take (`Withholding` output).
+    pub withholding: bool,
     /// Admission order, for evicting the oldest unvalidated connection.
     pub admitted: u64,
-    /// Datagrams of this connection were held back since the last epoch (the
+    /// Datagrams of this connection went unsent since the last epoch (the
     /// 3x limit, a challenge): that epoch does not count toward its stall.
-    pub held_back: bool,
+    pub unsent: bool,
     /// It wanted more memory than it could have since the last epoch (Data
     /// paused, or a write refused, for lack of budget): it contends for the
     /// budget in the next fair share.
@@ -66,9 +66,9 @@ pub(crate) struct Slot {
 impl Slot {
     /// Whether the send buffer is at `config`'s limit.
     pub fn is_full(&self, config: &ServerConfig) -> bool {
-        config.send_buffer.reached(
+        config.send_buffer_limit.reached(
             self.conn.unacked() + self.conn.queued(),
-            self.conn.buffered_bytes(),
+            self.conn.send_buffered().1,
         )
     }
 
@@ -102,23 +102,24 @@ impl Slot {
     /// Whether its inbox is at its limit (the application is behind, not
     /// the budget).
     pub fn inbox_full(&self, config: &ServerConfig) -> bool {
-        config.inbox.reached(self.unread.0, self.unread.1)
+        config.inbox_limit.reached(self.unread.0, self.unread.1)
     }
 
     /// Tells the connection how much it may take now: its inbox (the
     /// reorder buffer counts against it) and memory; past that, a window's
-    /// worth is held unacknowledged so that the next read takes it at once.
+    /// worth is withheld (kept unacknowledged) so that the next read takes it
+    /// at once.
     pub fn set_room(&mut self, config: &ServerConfig, pool: &Pool) {
         let memory = self.memory_room(config, pool);
         let (buffered, buffered_bytes) = self.conn.reorder_buffered();
         let room = Room {
             memory,
             ..config
-                .inbox
+                .inbox_limit
                 .room(self.unread.0 + buffered, self.unread.1 + buffered_bytes)
         };
         let hold = Room {
-            messages: (config.params.window_size as usize).saturating_sub(self.conn.held().0),
+            messages: (config.params.window_size as usize).saturating_sub(self.conn.withheld().0),
             bytes: usize::MAX,
             memory,
         };
@@ -135,7 +136,7 @@ impl Slot {
         cost(self.conn.send_buffered())
             .saturating_add(cost(self.unread))
             .saturating_add(cost(self.conn.reorder_buffered()))
-            .saturating_add(cost(self.conn.held()))
+            .saturating_add(cost(self.conn.withheld()))
     }
 
     /// The user-facing state, derived from the phase.

@@ -21,7 +21,7 @@ impl ServerCore {
             // Challenged: nothing for this connection goes to its
             // address, which may now belong to a restarted client.
             while slot.conn.poll_transmit().is_some() {}
-            slot.held_back = true;
+            slot.unsent = true;
             return;
         }
         let to = slot.addr;
@@ -41,7 +41,7 @@ impl ServerCore {
                 // The protocol sends it again; by then the peer may have
                 // proven its address, or sent more.
                 self.totals.amplification_held_bytes.fetch_add(len, Relaxed);
-                slot.held_back = true;
+                slot.unsent = true;
             }
         }
     }
