@@ -146,17 +146,14 @@ pub(crate) struct Outlet<'a, R: Role> {
 
 impl<R: Role> Sink<<R::Core as Core>::Output> for Outlet<'_, R> {
     fn transmit(&mut self, to: SocketAddr, msg: &Message<'_>) {
-        // Sent now, under the lock of the connection it belongs to: one
-        // connection's datagrams leave in the order its state machine made
-        // them (see the module docs for what sending later cost).
+        // Queued; sent at `release`, still under the lock of the connection
+        // it belongs to (see there).
         self.io.queue(msg, to, None, self.batch);
-        self.io.flush(self.batch);
     }
 
     fn transmit_from(&mut self, local: Option<IpAddr>, to: SocketAddr, msg: &Message<'_>) {
         // As `transmit`, leaving from `local` (see `Io::send_raw`).
         self.io.queue(msg, to, local, self.batch);
-        self.io.flush(self.batch);
     }
 
     fn output(&mut self, output: <R::Core as Core>::Output) {
@@ -164,6 +161,12 @@ impl<R: Role> Sink<<R::Core as Core>::Output> for Outlet<'_, R> {
     }
 
     fn release(&mut self) {
+        // What the connection's input produced goes out now, before its lock
+        // is released: one connection's datagrams leave in the order its
+        // state machine made them, whichever threads work on it (see the
+        // module docs for what sending after unlocking cost), and a burst
+        // is one pass over the batch rather than one per datagram.
+        self.io.flush(self.batch);
         for output in self.pending.drain(..) {
             match self.role.publish(output) {
                 Published::Nothing => {}
