@@ -54,6 +54,8 @@ pub struct ConnEvent {
 /// disconnected, so that a subscriber iterating over its events stops
 /// rather than waiting for an event that can no longer come.
 pub(crate) struct Subscribers {
+    /// Lock `subscribers`.
+    ///
     /// `None` once the instance ended.
     list: Mutex<Option<Vec<Sender<ConnEvent>>>>,
 }

@@ -56,6 +56,8 @@ pub use self::builder::ClientBuilder;
 pub struct Client {
     endpoint: Endpoint<ClientRole>,
     max_payload: usize,
+    /// Lock `lost seen`.
+    ///
     /// Set once `read` has reported the loss, so later reads repeat it.
     lost_seen: Mutex<Option<ConnId>>,
 }

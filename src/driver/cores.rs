@@ -58,6 +58,9 @@ impl Core for ServerCore {
     }
 }
 
+/// Lock `client core`: the client's whole state machine, held for one
+/// input.
+///
 /// A [`ClientCore`] behind its mutex.
 pub(crate) struct ClientCell(Mutex<ClientCore>);
 

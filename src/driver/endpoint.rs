@@ -192,6 +192,8 @@ pub(crate) struct Rooms {
 /// leaving, so that a wake with no one waiting costs one atomic load.
 #[derive(Default)]
 struct Stripe {
+    /// Lock `room stripe`: held by a writer while it checks for room, and
+    /// by a waker while it notifies, so that no wake-up is lost.
     lock: Mutex<()>,
     room: Condvar,
     waiters: AtomicUsize,
@@ -247,6 +249,8 @@ pub(crate) struct Shared<R: Role> {
     rooms: Rooms,
     pub io: Io,
     pub role: R,
+    /// Lock `failure`.
+    ///
     /// Set when a thread panicked or the socket failed for good.
     failure: Mutex<Option<String>>,
     failed: AtomicBool,
@@ -443,6 +447,7 @@ type ReadLog<K> = (Sender<(K, usize)>, Receiver<(K, usize)>);
 pub(crate) struct Endpoint<R: Role> {
     pub shared: Arc<Shared<R>>,
     close_tx: Sender<CloseRequest>,
+    /// Lock `manager`: the close manager's handle, taken to join it.
     manager: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
 }

@@ -104,6 +104,7 @@ pub(crate) enum Plan<'m> {
 #[cfg(feature = "test-hooks")]
 pub(crate) struct Injector {
     faults: Faults,
+    /// Lock `fault dice`.
     rng: Mutex<SmallRng>,
 }
 

@@ -13,6 +13,8 @@ pub(crate) struct Inbox<T> {
     pub tx: Sender<T>,
     rx: Receiver<T>,
     shut: AtomicBool,
+    /// Lock `inbox shutdown`.
+    ///
     /// Dropped by `shut`, which disconnects `shutdown_rx` and wakes readers.
     shutdown_tx: Mutex<Option<Sender<()>>>,
     shutdown_rx: Receiver<()>,

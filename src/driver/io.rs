@@ -95,12 +95,17 @@ thread_local! {
 
 /// The socket and everything needed to send on it.
 pub(crate) struct Io {
+    /// Lock `socket`: read-locked for each send, written once to release
+    /// the port.
+    ///
     /// `None` once the instance is closed, which releases the port.
     pub(super) socket: RwLock<Option<UdpSocket>>,
     local_addr: SocketAddr,
     pub params: Params,
     pub(super) faults: Option<Injector>,
     delayed: Sender<Delayed>,
+    /// Lock `reorder fault` (a test hook).
+    ///
     /// Datagrams the reorder fault holds until the next send (or epoch).
     reordered: Mutex<Vec<Reordered>>,
     pub counters: IoCounters,
@@ -109,6 +114,8 @@ pub(crate) struct Io {
     /// Set by [`follow_peer`](Io::follow_peer): the socket is connected to
     /// where the core sends.
     pub(super) follows_peer: AtomicBool,
+    /// Lock `peer`.
+    ///
     /// The address the socket is connected to, once it follows the peer.
     peer: Mutex<Option<SocketAddr>>,
     /// The socket reports each datagram's destination address.

@@ -32,11 +32,15 @@ pub(crate) enum Item {
 
 /// The client's application side: where the core's outputs go.
 pub(crate) struct ClientRole {
+    /// Lock `server address`.
+    ///
     /// The address in use, for events (the core's changes only while the
     /// first connect moves on from a refusal).
     server: Mutex<SocketAddr>,
     pub(crate) inbox: Inbox<Item>,
     pub(crate) events: Subscribers,
+    /// Lock `pending connect`.
+    ///
     /// Told once whether the first connect succeeded.
     connected: Mutex<Option<Sender<Result<ConnId, Error>>>>,
     /// The connection holds Data for lack of room ([`ClientOutput::Withholding`]):
@@ -114,12 +118,16 @@ impl Role for ClientRole {
 pub(crate) struct ServerRole {
     pub(crate) inbox: Inbox<ServerEvent>,
     pub(crate) events: Subscribers,
+    /// Lock `discarding`.
+    ///
     /// Connections the core said to discard ([`ServerOutput::Discard`],
     /// after `close_conn`) whose `Closed` event has not been read yet:
     /// their messages already in the inbox are skipped. Counted apart, as
     /// `withholding` is, so that a read costs one atomic load when there are none.
     discarding: Mutex<HashSet<ConnId>>,
     discarding_count: AtomicUsize,
+    /// Lock `withholding`.
+    ///
     /// Connections withholding Data for lack of room ([`ServerOutput::Withholding`]):
     /// a read from one of them tells the core at once, since its peer
     /// waits for the acknowledgements that follow. Counted apart so that

@@ -29,6 +29,8 @@ pub struct Connection {
     pub(super) id: ConnId,
     pub(super) peer: SocketAddr,
     pub(super) inbox: Arc<Inbox<Item>>,
+    /// Lock `connection end`.
+    ///
     /// How it ended, once `read` saw it: later reads say the same.
     pub(super) ended: Mutex<Option<Error>>,
     pub(super) closed: AtomicBool,

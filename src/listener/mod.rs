@@ -43,6 +43,8 @@ pub(crate) struct Accepted {
 /// working on different connections share it without waiting.
 pub(crate) struct Router {
     accepts: Inbox<Accepted>,
+    /// Lock `router`: read-locked to route an output, written to add or
+    /// remove a connection.
     conns: RwLock<HashMap<ConnId, Arc<Inbox<Item>>>>,
 }
 

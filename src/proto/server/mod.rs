@@ -163,6 +163,8 @@ use super::{ConnState, ServerEvent};
 #[derive(Debug)]
 pub struct ServerCore {
     config: ServerConfig,
+    /// Lock `table` (see the driver's list of locks): taken after a
+    /// connection's, held for a lookup or an update only.
     table: RwLock<Table>,
     pool: Pool,
     totals: Totals,

@@ -16,6 +16,8 @@ use super::slot::Slot;
 use super::MAX_CONN_ID;
 use crate::proto::ConnId;
 
+/// Lock `connection`: one per connection, held for one input to it.
+///
 /// One connection's state behind its own lock.
 pub(super) type Cell = Arc<Mutex<Slot>>;
 
