@@ -66,7 +66,7 @@ fn chaos_exchange(clients: usize, messages: usize, seed: u64) -> Vec<Run> {
                 let sent: Vec<Vec<u8>> = (0..messages)
                     .map(|i| {
                         let len = rng.gen_range(1..=max);
-                        let mut m: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                        let mut m: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
                         m[..len.min(4)].copy_from_slice(&(i as u32).to_le_bytes()[..len.min(4)]);
                         m
                     })

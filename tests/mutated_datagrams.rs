@@ -27,7 +27,7 @@ fn valid(rng: &mut SmallRng, conn_id: u32) -> Vec<u8> {
         2 => Message::cack(conn_id, seq),
         _ => {
             let len = rng.gen_range(0..60);
-            let p: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            let p: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
             let mut out = Vec::new();
             Message::data(conn_id, seq, &p).encode(&mut out);
             return out;
@@ -91,8 +91,8 @@ fn mutated(rng: &mut SmallRng, conn_id: u32) -> Vec<u8> {
                 let at = rng.gen_range(0..=d.len());
                 d.splice(at..at, br#","Size":2147483648"#.iter().copied());
             }
-            5 => d.extend((0..rng.gen_range(0..20)).map(|_| rng.gen::<u8>())),
-            _ => d = (0..rng.gen_range(0..80)).map(|_| rng.gen()).collect(),
+            5 => d.extend((0..rng.gen_range(0..20)).map(|_| rng.r#gen::<u8>())),
+            _ => d = (0..rng.gen_range(0..80)).map(|_| rng.r#gen()).collect(),
         }
     }
     d

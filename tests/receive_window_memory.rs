@@ -21,17 +21,21 @@ fn count(bytes: usize) {
 // SAFETY: every call is forwarded to the system allocator unchanged.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
-        System.alloc(layout)
+        unsafe {
+            count(layout.size());
+            System.alloc(layout)
+        }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
+        unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(new_size.saturating_sub(layout.size()));
-        System.realloc(ptr, layout, new_size)
+        unsafe {
+            count(new_size.saturating_sub(layout.size()));
+            System.realloc(ptr, layout, new_size)
+        }
     }
 }
 

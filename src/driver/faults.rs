@@ -162,7 +162,7 @@ impl Injector {
             }
             if chance(&mut rng, f.lengthen_percent) {
                 let extra = rng.gen_range(1..=8);
-                payload.extend((0..extra).map(|_| rng.gen::<u8>()));
+                payload.extend((0..extra).map(|_| rng.r#gen::<u8>()));
                 changed = true;
             }
             if !payload.is_empty() && chance(&mut rng, f.corrupt_percent) {

@@ -635,13 +635,13 @@ impl ClientCore {
         // A delay from the user's policy: one that would overflow the clock
         // is clamped to a year (it means "practically never").
         let delay = policy
-            .delay(self.attempt, self.rng.gen())
+            .delay(self.attempt, self.rng.r#gen())
             .min(Duration::from_secs(365 * 24 * 3600));
         self.redial_at = Some(now.checked_add(delay).unwrap_or(now));
         // Heartbeats for the lost connection may still reach this socket:
         // they must not be taken as the new connection's answer.
         let stale = self.lost_id.unwrap_or(self.last_id);
-        let isn = u64::from(self.rng.gen::<u32>().max(1));
+        let isn = u64::from(self.rng.r#gen::<u32>().max(1));
         self.conn = Conn::client_after(self.config.params, isn, stale);
         self.conn.set_coalesce_acks(self.config.coalesce_acks);
         for payload in orphans {

@@ -54,11 +54,11 @@ impl Sim {
     /// A fresh client process at client `c`'s address, with its first
     /// connection's shadow.
     pub(super) fn new_client_core(&mut self, c: usize, generation: u32) -> Client {
-        let isn = u64::from(self.rng.gen::<u32>());
+        let isn = u64::from(self.rng.r#gen::<u32>());
         let mut config = ClientConfig::new(self.p);
         config.coalesce_acks = self.sc.coalesce;
         config.reconnect = self.policy.clone();
-        config.seed = self.rng.gen();
+        config.seed = self.rng.r#gen();
         let server = server_addr(self.server_ip_of(c));
         let core = ClientCore::new(self.now(), server, isn, config);
         let conn = self.new_cconn(c, generation, isn, Vec::new());

@@ -51,7 +51,7 @@ impl Sim {
         t.sends.retain(|sn, _| in_flight.contains(sn));
         t.sends
             .iter()
-            .filter(|(_, &(last, backoff, _))| epoch - last > u64::from(backoff))
+            .filter(|&(_, &(last, backoff, _))| epoch - last > u64::from(backoff))
             .map(|(&sn, _)| sn)
             .collect()
     }

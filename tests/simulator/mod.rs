@@ -196,10 +196,10 @@ impl Sim {
         // The storm: raw Connects from many addresses in the first epochs,
         // some repeated, some with a second ISN (a restart of the sender).
         for j in 0..sc.storm {
-            let mut isn = u64::from(sim.rng.gen::<u32>());
+            let mut isn = u64::from(sim.rng.r#gen::<u32>());
             for _ in 0..sim.rng.gen_range(1..=3) {
                 if sim.chance(20) {
-                    isn = u64::from(sim.rng.gen::<u32>());
+                    isn = u64::from(sim.rng.r#gen::<u32>());
                 }
                 let mut bytes = Vec::new();
                 Message::connect(isn).encode(&mut bytes);
@@ -377,7 +377,7 @@ impl Sim {
     fn next_payload(&mut self) -> Vec<u8> {
         self.payload_counter += 1;
         let len = self.rng.gen_range(0..=self.sc.max_size);
-        let mut p: Vec<u8> = (0..len).map(|_| self.rng.gen()).collect();
+        let mut p: Vec<u8> = (0..len).map(|_| self.rng.r#gen()).collect();
         // Make every payload unique, so a duplicate delivery cannot hide.
         p.extend_from_slice(&self.payload_counter.to_le_bytes());
         p

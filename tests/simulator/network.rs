@@ -97,7 +97,7 @@ impl Sim {
             }
             if self.chance(self.sc.lengthen) {
                 let extra = self.rng.gen_range(1..5);
-                payload.extend((0..extra).map(|_| self.rng.gen::<u8>()));
+                payload.extend((0..extra).map(|_| self.rng.r#gen::<u8>()));
             }
             if !payload.is_empty() && self.chance(self.sc.corrupt) {
                 let i = self.rng.gen_range(0..payload.len());
