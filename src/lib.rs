@@ -125,9 +125,10 @@
 //!   wire format, rules and the project's own decisions, precisely enough to
 //!   write a second implementation.
 
-// Unsafe code is confined to `driver::sys` (batched receive, disconnecting a
-// UDP socket), where it is audited; the lsp-inspect binary has one more, its
-// SIGINT handler.
+// Unsafe code is confined to `driver::sys` (batched receive with each
+// datagram's destination, sending from a chosen source, socket options),
+// where it is audited; the lsp-inspect binary has two more, its SIGINT
+// handler and one `poll` call.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -550,7 +550,7 @@ fn each_rule_broken_by_a_raw_peer_is_caught_and_named() {
     }
 }
 
-/// Choices SPEC leaves open, and legal repeats: nothing fires.
+/// Choices the protocol (docs/PROTOCOL.md) leaves open, and legal repeats: nothing fires.
 #[test]
 fn conforming_corner_cases_break_no_rule() {
     type Scenario = fn(&mut Rig);

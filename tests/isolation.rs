@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::{poll_until, Acks, TestParams, WAIT};
 use liveseq::crossbeam_channel::bounded;
-use liveseq::proto::{Message, MsgType, AMPLIFICATION_FACTOR, CONNECT_REACKS};
+use liveseq::proto::{Message, MsgType, AMPLIFICATION_FACTOR, CONNECT_REACKS, MAX_UNANSWERED};
 use liveseq::{Client, Error, Params, Server, ServerEvent};
 
 /// Epochs of 50 ms, lost after 10 silent ones: short enough for a quick
@@ -363,13 +363,16 @@ fn close_returns_despite_a_peer_that_heartbeats_and_never_acknowledges() {
     server.write(id, b"never acknowledged").unwrap();
     let start = Instant::now();
     assert!(matches!(server.close(), Err(Error::LostDuringClose(ids)) if ids == [id]));
-    // Its stall limit (epoch_limit epochs) and a little more, never the
+    // 30 unanswered tries of its oldest message (MAX_UNANSWERED, each one
+    // epoch apart without back-off) and a little more, never the
     // attacker's whole life.
+    let stall_limit = MAX_UNANSWERED * (params.max_backoff_interval + 1);
     assert!(
-        start.elapsed() < params.epoch() * 30,
+        start.elapsed() < params.epoch() * (stall_limit + 5),
         "{:?}",
         start.elapsed()
     );
+    assert!(start.elapsed() > params.epoch() * (stall_limit / 2));
     stop.store(true, Ordering::SeqCst);
     attacker.join().unwrap();
 }

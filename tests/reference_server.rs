@@ -1,5 +1,5 @@
 //! A liveseq `Client` against a raw-socket imitation of the Go reference
-//! server, whose connection set-up is stricter than ours (SPEC, "Connection
+//! server, whose connection set-up is stricter than ours (docs/PROTOCOL.md, "Connection
 //! set-up"):
 //!
 //! - it sends the Ack of a Connect once, when it creates the connection, and

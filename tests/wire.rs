@@ -2,13 +2,13 @@
 //! the Go reference writes them.
 //!
 //! The checksum is recomputed here by a second, independent implementation
-//! written from the rules in SPEC.md (32-bit arithmetic with explicit
+//! written from the rules in docs/PROTOCOL.md, section 3 (32-bit arithmetic with explicit
 //! masking, rather than the library's 16-bit wrapping), and both are checked
 //! against the reference table and a vector worked by hand.
 
 use liveseq::proto::{checksum, DecodeError, Message, MsgType};
 
-/// SPEC.md's checksum rules, step by step.
+/// The checksum rules of docs/PROTOCOL.md (section 3), step by step.
 fn spec_checksum(conn_id: u64, seq_num: u64, size: u64, payload: &[u8]) -> u16 {
     let mut acc: u64 = 0;
     for value in [conn_id, seq_num, size] {
@@ -180,7 +180,7 @@ fn checksum_cannot_see_every_change() {
         assert_eq!(
             spec_checksum(7, 1234, 8, damaged),
             sent.checksum,
-            "{what}: the same sum by the SPEC rules"
+            "{what}: the same sum by the protocol's rules"
         );
     }
     // A single flipped bit, by contrast, is always caught.

@@ -274,7 +274,10 @@ impl Io {
     /// told when the peer's host answers "port unreachable" (the receive
     /// thread gets `ConnectionRefused` and hands it to the core), which is
     /// how a client learns at once that nothing listens at an address.
-    /// Call before the first send.
+    /// A client calls it as soon as its threads start, before its Connect:
+    /// the epoch thread's first tick comes an epoch later, and a datagram
+    /// sent before the call would only go out unconnected (harmless: the
+    /// socket follows the peer from the next send on).
     pub(crate) fn follow_peer(&self) {
         self.follows_peer.store(true, Ordering::Relaxed);
     }

@@ -144,11 +144,6 @@ pub fn write_and_check_echoes(client: &Arc<liveseq::Client>, c: usize, msgs: usi
     reader.join().unwrap();
 }
 
-/// A raw UDP socket speaking LSP by hand, to watch and steer the wire.
-///
-/// It only listens to its peer (set by the first `send`, or learnt from
-/// the first Connect it receives): its port may have belonged to another
-/// test's client a moment ago, whose server still heartbeats it.
 /// What a raw sender knows of its acknowledgements: a CAck acknowledges
 /// everything up to its number, an Ack only its own. (A server with several
 /// receive threads may take a burst out of order and acknowledge a later
@@ -191,6 +186,11 @@ impl Acks {
     }
 }
 
+/// A raw UDP socket speaking LSP by hand, to watch and steer the wire.
+///
+/// It only listens to its peer (set by the first `send`, or learnt from
+/// the first Connect it receives): its port may have belonged to another
+/// test's client a moment ago, whose server still heartbeats it.
 pub struct RawPeer {
     pub socket: UdpSocket,
     pub peer: Option<SocketAddr>,

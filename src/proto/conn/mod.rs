@@ -99,7 +99,9 @@ pub enum Event {
     /// A client's Connect was acknowledged; [`Conn::conn_id`] is now set.
     Connected,
     /// Nothing was heard from the peer for `epoch_limit` epochs (for a client
-    /// still connecting: the connect failed). Unsent and unacknowledged
+    /// still connecting: the connect failed), or a draining connection gave
+    /// up on a peer that left its oldest message unanswered (see
+    /// [`Conn::is_stalled`]). Unsent and unacknowledged
     /// messages were set aside: see [`Conn::take_orphans`].
     Lost,
     /// The connection is closing and every message written was acknowledged.
@@ -118,7 +120,7 @@ pub enum Phase {
     Closing,
     /// Closed after draining.
     Drained,
-    /// Lost to the epoch limit.
+    /// Lost: to the epoch limit, or given up while draining.
     Lost,
 }
 
@@ -204,8 +206,9 @@ pub struct Conn {
     /// Re-sends of the Connect's Ack left (server; see [`CONNECT_REACKS`]).
     reacks_left: u32,
     /// Whether the peer has sent anything but a Connect. A server sends no
-    /// heartbeats before that, so a spoofed Connect earns its claimed source
-    /// one Ack and nothing more (no amplification).
+    /// heartbeats before that, only the Connect's Ack and at most
+    /// [`CONNECT_REACKS`] re-sends of it, which the server's 3x limit then
+    /// caps (one Ack for a bare 32-byte Connect).
     heard: bool,
 
     // Outputs, until the driver polls them.
