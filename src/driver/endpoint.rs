@@ -40,7 +40,7 @@
 //! delays that connection's other threads, never another connection's.
 //!
 //! Writers waiting for room wait on one of a few striped condition
-//! variables ([`Rooms`]), chosen by connection id: a server wakes only the
+//! variables ([`Rooms`](super::rooms::Rooms)), chosen by connection id: a server wakes only the
 //! stripe of a connection whose buffer made room (or that ended), a client
 //! its one stripe after every input.
 //!
@@ -50,16 +50,17 @@
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use super::faults::Faults;
 use super::io::{stop_receivers, Io, SendBatch, SEND_BATCH};
+use super::rooms::Rooms;
 use super::threads::{
     close_manager, epoch_loop, panic_message, receive_loop, spawn, CloseRequest, Threads, RECV_POLL,
 };
@@ -178,63 +179,6 @@ impl<R: Role> Sink<<R::Core as Core>::Output> for Outlet<'_, R> {
                 }
             }
         }
-    }
-}
-
-/// Condition variables writers wait on for room, striped by connection id
-/// so that a change on one connection wakes few others' writers.
-pub(crate) struct Rooms {
-    stripes: Box<[Stripe]>,
-}
-
-/// One stripe: the lock a writer checks its condition under, the condition
-/// variable it waits on, and how many writers are between registering and
-/// leaving, so that a wake with no one waiting costs one atomic load.
-#[derive(Default)]
-struct Stripe {
-    /// Lock `room stripe`: held by a writer while it checks for room, and
-    /// by a waker while it notifies, so that no wake-up is lost.
-    lock: Mutex<()>,
-    room: Condvar,
-    waiters: AtomicUsize,
-}
-
-impl Rooms {
-    const STRIPES: usize = 64;
-
-    fn new() -> Rooms {
-        Rooms {
-            stripes: (0..Self::STRIPES).map(|_| Stripe::default()).collect(),
-        }
-    }
-
-    fn stripe(&self, key: u32) -> &Stripe {
-        &self.stripes[key as usize % Self::STRIPES]
-    }
-
-    /// Wakes the writers waiting on `key`'s stripe, if any. A writer
-    /// registers before it checks its condition, and the change it waits
-    /// for was made before this call: either this sees it registered, or
-    /// its check sees the change. Taking the lock before notifying means no
-    /// writer is between its check and its wait.
-    fn wake(&self, key: u32) {
-        self.stripe(key).wake();
-    }
-
-    fn wake_all(&self) {
-        for stripe in self.stripes.iter() {
-            stripe.wake();
-        }
-    }
-}
-
-impl Stripe {
-    fn wake(&self) {
-        if self.waiters.load(Ordering::SeqCst) == 0 {
-            return;
-        }
-        drop(self.lock.lock());
-        self.room.notify_all();
     }
 }
 

@@ -13,6 +13,7 @@
 //!   `proto` (the client's behind its mutex);
 //! * [`roles`]: the [`Role`](endpoint::Role) impls of the two handles
 //!   (where each core's outputs go);
+//! * [`rooms`]: the condition variables writers wait on for room;
 //! * [`io`]: the socket, binding, never-blocking sends, the fault plumbing;
 //! * [`threads`]: the receive loops, the epoch loop and the close manager;
 //! * [`inbox`]: the queue a handle reads from;
@@ -55,6 +56,7 @@ pub(crate) mod faults;
 pub(crate) mod inbox;
 pub(crate) mod io;
 pub(crate) mod roles;
+pub(crate) mod rooms;
 pub(crate) mod sys;
 pub(crate) mod threads;
 pub(crate) mod time;
