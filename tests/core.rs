@@ -11,6 +11,12 @@ mod common;
 use std::borrow::Cow;
 
 use common::TestParams;
+
+/// What every test here shares: 1 s epochs (time is virtual) and no
+/// back-off unless a test names one.
+fn base() -> TestParams {
+    TestParams::new().epoch_millis(1000).max_backoff(0)
+}
 use liveseq::proto::{Conn, Event, Phase, Rejected, CONNECT_REACKS, MAX_ISN, MAX_SEQ_NUM};
 use liveseq::proto::{Message, MsgType};
 use liveseq::Params;
@@ -60,11 +66,9 @@ fn server(p: Params) -> Conn {
 /// Epochs (1-based) at which a never-acknowledged message is sent again.
 fn resend_epochs(max_backoff: u32, epochs: u32) -> Vec<u32> {
     let mut c = client(
-        TestParams::new()
-            .epoch_millis(1000)
+        base()
             .epoch_limit(1000)
-            .window(1)
-            .max_unacked(1)
+            .window_of(1)
             .max_backoff(max_backoff)
             .build(),
     );
@@ -111,11 +115,9 @@ fn backoff_is_capped() {
 #[test]
 fn each_message_keeps_its_own_backoff() {
     let mut c = client(
-        TestParams::new()
-            .epoch_millis(1000)
+        base()
             .epoch_limit(1000)
-            .window(2)
-            .max_unacked(2)
+            .window_of(2)
             .max_backoff(1000)
             .build(),
     );
@@ -151,11 +153,9 @@ fn each_message_keeps_its_own_backoff() {
 #[test]
 fn heartbeat_only_in_epochs_without_data() {
     let mut c = client(
-        TestParams::new()
-            .epoch_millis(1000)
+        base()
             .epoch_limit(1000)
-            .window(1)
-            .max_unacked(1)
+            .window_of(1)
             .max_backoff(1000)
             .build(),
     );
@@ -177,15 +177,7 @@ fn heartbeat_only_in_epochs_without_data() {
 #[test]
 fn loss_is_declared_exactly_at_the_epoch_limit() {
     for limit in [1, 2, 5, 9] {
-        let mut c = client(
-            TestParams::new()
-                .epoch_millis(1000)
-                .epoch_limit(limit)
-                .window(1)
-                .max_unacked(1)
-                .max_backoff(0)
-                .build(),
-        );
+        let mut c = client(base().epoch_limit(limit).window_of(1).build());
         for epoch in 1..limit {
             c.on_epoch();
             assert_eq!(
@@ -206,15 +198,7 @@ fn loss_is_declared_exactly_at_the_epoch_limit() {
 
 #[test]
 fn anything_heard_resets_the_silence() {
-    let mut c = client(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(3)
-            .window(1)
-            .max_unacked(1)
-            .max_backoff(0)
-            .build(),
-    );
+    let mut c = client(base().epoch_limit(3).window_of(1).build());
     for heard in [
         Message::ack(1, 0),
         Message::data(1, 101, b"d"),
@@ -234,16 +218,7 @@ fn anything_heard_resets_the_silence() {
 /// gets silent epochs; the connect still fails after `epoch_limit` epochs.
 #[test]
 fn connect_is_resent_in_epoch_one_then_every_other_epoch_then_fails() {
-    let mut c = Conn::client(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(8)
-            .window(1)
-            .max_unacked(1)
-            .max_backoff(8)
-            .build(),
-        7,
-    );
+    let mut c = Conn::client(base().epoch_limit(8).window_of(1).max_backoff(8).build(), 7);
     assert_eq!(drain(&mut c), [Message::connect(7)]);
     let mut sent_in = Vec::new();
     for epoch in 1..8 {
@@ -265,13 +240,7 @@ fn connect_is_resent_in_epoch_one_then_every_other_epoch_then_fails() {
 /// names the connection; other acks, CAcks and damaged Data do not.
 #[test]
 fn connecting_client_adopts_the_id_from_an_ack_a_heartbeat_or_data() {
-    let p = TestParams::new()
-        .epoch_millis(1000)
-        .epoch_limit(5)
-        .window(4)
-        .max_unacked(4)
-        .max_backoff(0)
-        .build();
+    let p = base().epoch_limit(5).window_of(4).build();
     let mut c = Conn::client(p, 7);
     drain(&mut c);
     assert_eq!(c.handle(Message::ack(3, 8)), Err(Rejected::Unexpected));
@@ -318,17 +287,7 @@ fn connecting_client_adopts_the_id_from_an_ack_a_heartbeat_or_data() {
 /// A reconnecting client ignores its previous connection's heartbeats.
 #[test]
 fn reconnecting_client_ignores_its_stale_connection_id() {
-    let mut c = Conn::client_after(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(5)
-            .window(1)
-            .max_unacked(1)
-            .max_backoff(0)
-            .build(),
-        7,
-        4,
-    );
+    let mut c = Conn::client_after(base().epoch_limit(5).window_of(1).build(), 7, 4);
     drain(&mut c);
     assert_eq!(c.handle(Message::ack(4, 0)), Err(Rejected::Unexpected));
     assert_eq!(
@@ -340,17 +299,7 @@ fn reconnecting_client_ignores_its_stale_connection_id() {
     assert_eq!(c.conn_id(), 5);
 
     // A restarted server may give the same id again: its Ack with our isn counts.
-    let mut c = Conn::client_after(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(5)
-            .window(1)
-            .max_unacked(1)
-            .max_backoff(0)
-            .build(),
-        7,
-        4,
-    );
+    let mut c = Conn::client_after(base().epoch_limit(5).window_of(1).build(), 7, 4);
     drain(&mut c);
     c.handle(Message::ack(4, 7)).unwrap();
     assert_eq!((c.phase(), c.conn_id()), (Phase::Open, 4));
@@ -362,17 +311,7 @@ fn reconnecting_client_ignores_its_stale_connection_id() {
 #[test]
 fn server_reacks_a_silent_new_connection_a_bounded_number_of_times() {
     let limit = 10;
-    let mut s = Conn::server(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(limit)
-            .window(1)
-            .max_unacked(1)
-            .max_backoff(0)
-            .build(),
-        4,
-        0,
-    );
+    let mut s = Conn::server(base().epoch_limit(limit).window_of(1).build(), 4, 0);
     let mut sent = drain(&mut s);
     for _ in 1..limit {
         s.on_epoch();
@@ -383,17 +322,7 @@ fn server_reacks_a_silent_new_connection_a_bounded_number_of_times() {
     assert_eq!(events(&mut s), [Event::Lost]);
 
     // Once the client speaks, heartbeats take over as usual.
-    let mut s = Conn::server(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(limit)
-            .window(1)
-            .max_unacked(1)
-            .max_backoff(0)
-            .build(),
-        4,
-        9,
-    );
+    let mut s = Conn::server(base().epoch_limit(limit).window_of(1).build(), 4, 9);
     drain(&mut s);
     s.handle(Message::ack(4, 0)).unwrap();
     assert_eq!(drain(&mut s), [Message::ack(4, 0)]);
@@ -406,13 +335,7 @@ fn server_reacks_a_silent_new_connection_a_bounded_number_of_times() {
 #[test]
 fn isn_and_sequence_numbers_at_their_extremes() {
     for isn in [MAX_ISN, MAX_SEQ_NUM, u64::MAX - 1, u64::MAX] {
-        let p = TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(3)
-            .window(4)
-            .max_unacked(4)
-            .max_backoff(2)
-            .build();
+        let p = base().epoch_limit(3).window_of(4).max_backoff(2).build();
         let mut s = Conn::server(p, 1, isn);
         assert_eq!(drain(&mut s), [Message::ack(1, isn)]);
         s.handle(Message::ack(1, 0)).unwrap();
@@ -440,16 +363,7 @@ fn isn_and_sequence_numbers_at_their_extremes() {
 
 #[test]
 fn isn_zero_connects_like_the_go_client() {
-    let mut c = Conn::client(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(5)
-            .window(1)
-            .max_unacked(1)
-            .max_backoff(0)
-            .build(),
-        0,
-    );
+    let mut c = Conn::client(base().epoch_limit(5).window_of(1).build(), 0);
     drain(&mut c);
     c.handle(Message::ack(9, 0)).unwrap();
     assert_eq!(events(&mut c), [Event::Connected]);
@@ -459,13 +373,7 @@ fn isn_zero_connects_like_the_go_client() {
 
 #[test]
 fn sequence_numbers_start_at_isn_plus_one_on_both_sides() {
-    let p = TestParams::new()
-        .epoch_millis(1000)
-        .epoch_limit(5)
-        .window(4)
-        .max_unacked(4)
-        .max_backoff(0)
-        .build();
+    let p = base().epoch_limit(5).window_of(4).build();
     let mut c = client(p);
     let mut s = server(p);
     c.write(b"up".to_vec());
@@ -476,17 +384,7 @@ fn sequence_numbers_start_at_isn_plus_one_on_both_sides() {
 
 #[test]
 fn repeated_connect_gets_the_same_ack() {
-    let mut s = Conn::server(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(5)
-            .window(1)
-            .max_unacked(1)
-            .max_backoff(0)
-            .build(),
-        4,
-        55,
-    );
+    let mut s = Conn::server(base().epoch_limit(5).window_of(1).build(), 4, 55);
     assert_eq!(drain(&mut s), [Message::ack(4, 55)]);
     s.handle(Message::connect(55)).unwrap();
     assert_eq!(drain(&mut s), [Message::ack(4, 55)]);
@@ -498,15 +396,7 @@ fn repeated_connect_gets_the_same_ack() {
 #[test]
 fn window_and_max_unacked_limits() {
     for (w, m) in [(1, 1), (5, 5), (10, 3), (50, 5), (8, 8)] {
-        let mut c = client(
-            TestParams::new()
-                .epoch_millis(1000)
-                .epoch_limit(100)
-                .window(w)
-                .max_unacked(m)
-                .max_backoff(0)
-                .build(),
-        );
+        let mut c = client(base().epoch_limit(100).window(w).max_unacked(m).build());
         for i in 0..60u8 {
             c.write(vec![i]);
         }
@@ -520,15 +410,7 @@ fn window_and_max_unacked_limits() {
 
 #[test]
 fn window_is_anchored_at_the_oldest_unacknowledged() {
-    let mut c = client(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(100)
-            .window(4)
-            .max_unacked(4)
-            .max_backoff(0)
-            .build(),
-    );
+    let mut c = client(base().epoch_limit(100).window_of(4).build());
     for i in 0..10u8 {
         c.write(vec![i]);
     }
@@ -547,15 +429,7 @@ fn window_is_anchored_at_the_oldest_unacknowledged() {
 
 #[test]
 fn max_unacked_limits_below_the_window() {
-    let mut c = client(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(100)
-            .window(10)
-            .max_unacked(2)
-            .max_backoff(0)
-            .build(),
-    );
+    let mut c = client(base().epoch_limit(100).window(10).max_unacked(2).build());
     for i in 0..6u8 {
         c.write(vec![i]);
     }
@@ -572,15 +446,7 @@ fn max_unacked_limits_below_the_window() {
 
 #[test]
 fn out_of_order_data_is_buffered_and_delivered_in_order() {
-    let mut s = server(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(5)
-            .window(8)
-            .max_unacked(8)
-            .max_backoff(0)
-            .build(),
-    );
+    let mut s = server(base().epoch_limit(5).window_of(8).build());
     for sn in [104, 102, 103] {
         s.handle(Message::data(1, sn, &[sn as u8])).unwrap();
         assert_eq!(
@@ -601,15 +467,7 @@ fn out_of_order_data_is_buffered_and_delivered_in_order() {
 
 #[test]
 fn duplicates_are_acknowledged_again_and_delivered_once() {
-    let mut s = server(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(5)
-            .window(4)
-            .max_unacked(4)
-            .max_backoff(0)
-            .build(),
-    );
+    let mut s = server(base().epoch_limit(5).window_of(4).build());
     s.handle(Message::data(1, 101, b"a")).unwrap();
     s.handle(Message::data(1, 103, b"c")).unwrap();
     drain(&mut s);
@@ -626,15 +484,7 @@ fn duplicates_are_acknowledged_again_and_delivered_once() {
 
 #[test]
 fn data_beyond_the_window_is_dropped_unacknowledged_and_unbuffered() {
-    let mut s = server(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(5)
-            .window(3)
-            .max_unacked(3)
-            .max_backoff(0)
-            .build(),
-    );
+    let mut s = server(base().epoch_limit(5).window_of(3).build());
     assert_eq!(
         s.handle(Message::data(1, 104, b"far")),
         Err(Rejected::OutsideWindow)
@@ -651,15 +501,7 @@ fn data_beyond_the_window_is_dropped_unacknowledged_and_unbuffered() {
 
 #[test]
 fn cack_acknowledges_everything_up_to_its_sequence_number() {
-    let mut c = client(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(100)
-            .window(8)
-            .max_unacked(8)
-            .max_backoff(0)
-            .build(),
-    );
+    let mut c = client(base().epoch_limit(100).window_of(8).build());
     for i in 0..8u8 {
         c.write(vec![i]);
     }
@@ -677,15 +519,7 @@ fn cack_acknowledges_everything_up_to_its_sequence_number() {
 
 #[test]
 fn acks_for_unsent_sequence_numbers_are_ignored() {
-    let mut c = client(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(100)
-            .window(2)
-            .max_unacked(2)
-            .max_backoff(0)
-            .build(),
-    );
+    let mut c = client(base().epoch_limit(100).window_of(2).build());
     for i in 0..4u8 {
         c.write(vec![i]);
     }
@@ -702,15 +536,7 @@ fn acks_for_unsent_sequence_numbers_are_ignored() {
 
 #[test]
 fn integrity_rules_for_received_data() {
-    let mut s = server(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(5)
-            .window(4)
-            .max_unacked(4)
-            .max_backoff(0)
-            .build(),
-    );
+    let mut s = server(base().epoch_limit(5).window_of(4).build());
     let good = Message::data(1, 101, b"payload");
 
     let mut short = good.clone();
@@ -735,15 +561,7 @@ fn integrity_rules_for_received_data() {
 
 #[test]
 fn close_drains_then_reports_drained_once() {
-    let mut c = client(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(100)
-            .window(2)
-            .max_unacked(2)
-            .max_backoff(0)
-            .build(),
-    );
+    let mut c = client(base().epoch_limit(100).window_of(2).build());
     for i in 0..3u8 {
         c.write(vec![i]);
     }
@@ -768,30 +586,14 @@ fn close_drains_then_reports_drained_once() {
 
 #[test]
 fn close_with_nothing_pending_drains_at_once() {
-    let mut c = client(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(5)
-            .window(1)
-            .max_unacked(1)
-            .max_backoff(0)
-            .build(),
-    );
+    let mut c = client(base().epoch_limit(5).window_of(1).build());
     c.close();
     assert_eq!(events(&mut c), [Event::Drained]);
 }
 
 #[test]
 fn loss_sets_aside_what_was_never_acknowledged() {
-    let mut c = client(
-        TestParams::new()
-            .epoch_millis(1000)
-            .epoch_limit(2)
-            .window(2)
-            .max_unacked(2)
-            .max_backoff(0)
-            .build(),
-    );
+    let mut c = client(base().epoch_limit(2).window_of(2).build());
     for i in 0..5u8 {
         c.write(vec![i]);
     }
@@ -810,13 +612,7 @@ fn loss_sets_aside_what_was_never_acknowledged() {
 /// window forever and neither close completes.
 #[test]
 fn both_sides_closing_with_data_in_flight_still_drain() {
-    let p = TestParams::new()
-        .epoch_millis(1000)
-        .epoch_limit(100)
-        .window(1)
-        .max_unacked(1)
-        .max_backoff(0)
-        .build();
+    let p = base().epoch_limit(100).window_of(1).build();
     let mut c = client(p);
     let mut s = server(p);
     for i in 0..3u8 {

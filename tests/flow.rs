@@ -14,6 +14,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{payload, poll_until, Heartbeats, RawPeer, TestParams, WAIT};
+
+/// What most tests here share: 30 ms epochs.
+fn base() -> TestParams {
+    TestParams::new().epoch_millis(30)
+}
 use crossbeam_channel::Receiver;
 use liveseq::proto::{Message, MsgType};
 use liveseq::{Client, ConnId, Error, Params, Server, ServerEvent};
@@ -113,12 +118,7 @@ fn fill_client(client: &Client, raw: &mut RawPeer, isn: u64) -> BTreeMap<u64, Ve
 
 #[test]
 fn client_write_blocks_on_a_full_send_buffer_until_acked() {
-    let p = TestParams::new()
-        .epoch_millis(30)
-        .epoch_limit(200)
-        .window(8)
-        .max_unacked(8)
-        .build();
+    let p = base().epoch_limit(200).window_of(8).build();
     let (client, mut raw, isn, _heartbeats) = client_against_a_silent_server(p);
     // Exactly LIMIT writes fit; they go out at once (the window is wider).
     let mut seen = fill_client(&client, &mut raw, isn);
@@ -170,12 +170,7 @@ fn client_write_blocks_on_a_full_send_buffer_until_acked() {
 
 #[test]
 fn client_blocked_writer_wakes_when_the_connection_is_lost() {
-    let p = TestParams::new()
-        .epoch_millis(30)
-        .epoch_limit(20)
-        .window(8)
-        .max_unacked(8)
-        .build();
+    let p = base().epoch_limit(20).window_of(8).build();
     let (client, mut raw, isn, heartbeats) = client_against_a_silent_server(p);
     fill_client(&client, &mut raw, isn);
     let result = {
@@ -195,12 +190,7 @@ fn client_blocked_writer_wakes_when_the_connection_is_lost() {
 
 #[test]
 fn client_blocked_writer_wakes_when_the_client_closes() {
-    let p = TestParams::new()
-        .epoch_millis(30)
-        .epoch_limit(1000)
-        .window(8)
-        .max_unacked(8)
-        .build();
+    let p = base().epoch_limit(1000).window_of(8).build();
     let (client, mut raw, isn, _heartbeats) = client_against_a_silent_server(p);
     fill_client(&client, &mut raw, isn);
     let result = {
@@ -293,12 +283,7 @@ fn next_event_after_connects(server: &Server) -> ServerEvent {
 /// drains to half the limit the connection reports `Writable`.
 #[test]
 fn server_write_timeout_waits_only_for_that_connection() {
-    let p = TestParams::new()
-        .epoch_millis(30)
-        .epoch_limit(200)
-        .window(8)
-        .max_unacked(8)
-        .build();
+    let p = base().epoch_limit(200).window_of(8).build();
     let server = limited_server(p);
     let (mut a, a_id, _a_heartbeats) = raw_client(&server, p, 100);
     let (mut b, b_id, _b_heartbeats) = raw_client(&server, p, 200);
@@ -365,12 +350,7 @@ fn server_write_timeout_waits_only_for_that_connection() {
 /// limit; they then arrive, in order, followed by `Writable`.
 #[test]
 fn server_write_past_the_limit_queues_and_holds_back_the_peers_messages() {
-    let p = TestParams::new()
-        .epoch_millis(30)
-        .epoch_limit(200)
-        .window(8)
-        .max_unacked(8)
-        .build();
+    let p = base().epoch_limit(200).window_of(8).build();
     let server = limited_server(p);
     let (mut a, a_id, _heartbeats) = raw_client(&server, p, 100);
     let conn = ConnId::from(a_id);
@@ -431,12 +411,7 @@ fn server_write_past_the_limit_queues_and_holds_back_the_peers_messages() {
 
 #[test]
 fn server_waiting_writer_wakes_when_its_connection_is_closed() {
-    let p = TestParams::new()
-        .epoch_millis(30)
-        .epoch_limit(1000)
-        .window(8)
-        .max_unacked(8)
-        .build();
+    let p = base().epoch_limit(1000).window_of(8).build();
     let server = limited_server(p);
     let (mut a, a_id, _heartbeats) = raw_client(&server, p, 100);
     let conn = ConnId::from(a_id);
@@ -473,13 +448,7 @@ fn server_waiting_writer_wakes_when_its_connection_is_lost() {
     // without an ack, counted from the fill) well behind the loss
     // (epoch_limit silent epochs, counted from the last heartbeat, just
     // after the fill), so the connection is lost, not ended as slow.
-    let p = TestParams::new()
-        .epoch_millis(30)
-        .epoch_limit(20)
-        .window(8)
-        .max_unacked(8)
-        .max_backoff(10)
-        .build();
+    let p = base().epoch_limit(20).window_of(8).max_backoff(10).build();
     let server = limited_server(p);
     let (mut a, a_id, heartbeats) = raw_client(&server, p, 100);
     let conn = ConnId::from(a_id);
@@ -525,12 +494,7 @@ fn server_waiting_writer_wakes_when_its_connection_is_lost() {
 /// `SlowConsumer` until the server forgets it.
 #[test]
 fn server_waiting_writer_wakes_when_its_peer_is_a_slow_consumer() {
-    let p = TestParams::new()
-        .epoch_millis(30)
-        .epoch_limit(5)
-        .window(8)
-        .max_unacked(8)
-        .build();
+    let p = base().epoch_limit(5).window_of(8).build();
     let server = limited_server(p);
     let (mut a, a_id, _heartbeats) = raw_client(&server, p, 100);
     let conn = ConnId::from(a_id);
@@ -570,12 +534,7 @@ fn server_waiting_writer_wakes_when_its_peer_is_a_slow_consumer() {
 
 #[test]
 fn server_waiting_writer_wakes_when_the_server_closes() {
-    let p = TestParams::new()
-        .epoch_millis(30)
-        .epoch_limit(1000)
-        .window(8)
-        .max_unacked(8)
-        .build();
+    let p = base().epoch_limit(1000).window_of(8).build();
     let server = limited_server(p);
     let (mut a, a_id, _heartbeats) = raw_client(&server, p, 100);
     let conn = ConnId::from(a_id);
@@ -608,11 +567,10 @@ fn a_reader_a_hundred_times_slower_than_its_writer() {
     const WINDOW: u32 = 8;
     const SEND_BUFFER: usize = 32;
     const N: usize = 1000;
-    let p = TestParams::new()
+    let p = base()
         .epoch_millis(20)
         .epoch_limit(50)
-        .window(WINDOW)
-        .max_unacked(WINDOW)
+        .window_of(WINDOW)
         .build();
     let server = Server::builder()
         .params(p)
@@ -693,11 +651,10 @@ fn a_client_reader_a_hundred_times_slower_than_its_server() {
     const WINDOW: u32 = 8;
     const SEND_BUFFER: usize = 32;
     const N: usize = 1000;
-    let p = TestParams::new()
+    let p = base()
         .epoch_millis(20)
         .epoch_limit(50)
-        .window(WINDOW)
-        .max_unacked(WINDOW)
+        .window_of(WINDOW)
         .build();
     let server = Server::builder()
         .params(p)
@@ -770,11 +727,10 @@ fn next_ack(raw: &mut RawPeer, isn: u64) -> Message<'static> {
 fn go_like_writer_against_a_full_inbox(window: u64, inbox: (usize, usize)) {
     const M: u64 = 24;
     const ISN: u64 = 1000;
-    let p = TestParams::new()
+    let p = base()
         .epoch_millis(50)
         .epoch_limit(100)
-        .window(8)
-        .max_unacked(8)
+        .window_of(8)
         .build();
     // One receive thread: the model below follows the datagrams in the
     // order they were sent, and so must the server.

@@ -52,6 +52,11 @@ impl TestParams {
         self
     }
 
+    /// A window of `n` with as many messages unacknowledged: the common case.
+    pub fn window_of(self, n: u32) -> TestParams {
+        self.window(n).max_unacked(n)
+    }
+
     /// The cap, in epochs, of the retransmission back-off.
     pub fn max_backoff(mut self, epochs: u32) -> TestParams {
         self.0.max_backoff_interval = epochs;
